@@ -1,0 +1,54 @@
+# signoff entry points; `make test` and `make run` install what they need into .venv.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROTOS := $(wildcard proto/signoff/v1/*.proto)
+GEN_OUT := clients/python
+
+.PHONY: install run test check gen gen-check lint typecheck bench-decision clean
+
+$(STAMP): pyproject.toml clients/python/pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e clients/python -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/signoff serve --rules rules
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+gen: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I proto \
+		--python_out=$(GEN_OUT) --grpc_python_out=$(GEN_OUT) \
+		--mypy_out=$(GEN_OUT) --mypy_grpc_out=$(GEN_OUT) $(PROTOS)
+
+# Regenerates into a scratch tree and fails if the committed code differs.
+gen-check: $(STAMP)
+	rm -rf .gen-check && mkdir -p .gen-check
+	$(BIN)/python -m grpc_tools.protoc -I proto \
+		--python_out=.gen-check --grpc_python_out=.gen-check \
+		--mypy_out=.gen-check --mypy_grpc_out=.gen-check $(PROTOS)
+	diff -r .gen-check/signoff/v1 $(GEN_OUT)/signoff/v1 --exclude=__pycache__ --exclude=__init__.py
+	rm -rf .gen-check
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/buf lint
+	$(BIN)/buf format -d --exit-code
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+check: lint typecheck gen-check
+
+bench-decision: $(STAMP)
+	$(BIN)/python bench/decision.py
+
+clean:
+	rm -rf $(VENV) .gen-check .pytest_cache .mypy_cache .ruff_cache
