@@ -1,0 +1,1 @@
+"""The decision engine: compiled policies evaluated against one request at a time."""

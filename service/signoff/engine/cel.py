@@ -1,0 +1,333 @@
+"""CEL behind one small interface: type-check at load, compile once, evaluate per request.
+
+Two backends evaluate: cel-expr-python (Google's runtime, the default) and cel-python (pure
+Python, the portable reference). Type checking always uses cel-expr-python's checker against
+protobuf message types built from the declared attribute schema, so a typo such as
+`principal.rol` is a load error whichever backend evaluates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cel_expr_python import cel
+from google.protobuf import descriptor_pb2, descriptor_pool, duration_pb2, struct_pb2, timestamp_pb2
+
+from signoff.engine.schema import SECTIONS, AttributeSchema
+
+BACKENDS = ("cel-expr", "cel-python")
+DEFAULT_BACKEND = "cel-expr"
+
+_FDP = descriptor_pb2.FieldDescriptorProto
+_SCALARS: dict[str, tuple[int, str]] = {
+    "string": (_FDP.TYPE_STRING, ""),
+    "int": (_FDP.TYPE_INT64, ""),
+    "double": (_FDP.TYPE_DOUBLE, ""),
+    "bool": (_FDP.TYPE_BOOL, ""),
+    "timestamp": (_FDP.TYPE_MESSAGE, ".google.protobuf.Timestamp"),
+    "duration": (_FDP.TYPE_MESSAGE, ".google.protobuf.Duration"),
+    "dyn": (_FDP.TYPE_MESSAGE, ".google.protobuf.Value"),
+}
+_PKG = "signoff.celtypes"
+_ISSUE = re.compile(r"ERROR: <input>:(\d+):(\d+): ([^\n]*)")
+
+
+@dataclass(frozen=True)
+class CelIssue:
+    """One compile problem at a 1-based line/column inside the expression text."""
+
+    line: int
+    column: int
+    message: str
+
+
+class CelCompileError(Exception):
+    def __init__(self, issues: list[CelIssue]) -> None:
+        self.issues = issues
+        super().__init__("; ".join(i.message for i in issues))
+
+
+class CelEvalError(Exception):
+    """Evaluation failed; the message names no request value (safe to log)."""
+
+
+class Program(Protocol):
+    def evaluate(self, activation: Any) -> bool:
+        """True only when the expression yields boolean true; raises CelEvalError on error."""
+        ...
+
+
+class Backend(Protocol):
+    name: str
+
+    def compile(self, text: str) -> Program: ...
+
+    def activation(self, data: Mapping[str, Any]) -> Any: ...
+
+
+def _add_field(msg: descriptor_pb2.DescriptorProto, name: str, number: int, type_name: str) -> None:
+    f = msg.field.add(name=name, number=number, json_name=name)
+    if type_name.startswith("list<"):
+        inner = type_name[5:-1]
+        f.label = _FDP.LABEL_REPEATED
+        f.type, tn = _SCALARS[inner]
+        if tn:
+            f.type_name = tn
+        return
+    f.label = _FDP.LABEL_OPTIONAL
+    if type_name == "map<string,string>":
+        entry = msg.nested_type.add(name=f"{name.title().replace('_', '')}Entry")
+        entry.options.map_entry = True
+        entry.field.add(name="key", number=1, type=_FDP.TYPE_STRING, label=_FDP.LABEL_OPTIONAL)
+        entry.field.add(name="value", number=2, type=_FDP.TYPE_STRING, label=_FDP.LABEL_OPTIONAL)
+        f.label = _FDP.LABEL_REPEATED
+        f.type = _FDP.TYPE_MESSAGE
+        f.type_name = f".{_PKG}.{msg.name}.{entry.name}"
+        return
+    f.type, tn = _SCALARS[type_name]
+    if tn:
+        f.type_name = tn
+
+
+def _message(fdp: descriptor_pb2.FileDescriptorProto, name: str, fields: Mapping[str, str]) -> None:
+    msg = fdp.message_type.add(name=name)
+    for number, (field_name, type_name) in enumerate(sorted(fields.items()), start=1):
+        _add_field(msg, field_name, number, type_name)
+
+
+def _type_pool(schema: AttributeSchema) -> descriptor_pool.DescriptorPool:
+    """Message types mirroring the CEL variables, so the checker knows every field."""
+    pool = descriptor_pool.DescriptorPool()
+    for module in (timestamp_pb2, duration_pb2, struct_pb2):
+        proto = descriptor_pb2.FileDescriptorProto()
+        module.DESCRIPTOR.CopyToProto(proto)
+        pool.Add(proto)
+    fdp = descriptor_pb2.FileDescriptorProto(name="signoff/celtypes.proto", package=_PKG)
+    fdp.dependency.extend(
+        [
+            "google/protobuf/timestamp.proto",
+            "google/protobuf/duration.proto",
+            "google/protobuf/struct.proto",
+        ]
+    )
+    fdp.syntax = "proto3"
+    for section in SECTIONS:
+        _message(fdp, f"{section.title()}Attributes", schema.attrs(section))
+    _message(fdp, "Field", {"path": "string", "tags": "list<string>"})
+    _message(fdp, "Principal", {"id": "string", "kind": "string", "roles": "list<string>"})
+    _message(fdp, "Resource", {"kind": "string", "id": "string"})
+    _message(fdp, "Context", {"environment": "string", "source_ip": "string", "time": "timestamp"})
+    by_name = {m.name: m for m in fdp.message_type}
+    for section in ("principal", "resource", "context"):
+        msg = by_name[section.title()]
+        msg.field.add(
+            name="attr",
+            number=len(msg.field) + 1,
+            label=_FDP.LABEL_OPTIONAL,
+            type=_FDP.TYPE_MESSAGE,
+            type_name=f".{_PKG}.{section.title()}Attributes",
+        )
+    res = by_name["Resource"]
+    res.field.add(
+        name="fields",
+        number=len(res.field) + 1,
+        label=_FDP.LABEL_REPEATED,
+        type=_FDP.TYPE_MESSAGE,
+        type_name=f".{_PKG}.Field",
+    )
+    for extra in ("tags", "paths"):
+        res.field.add(
+            name=extra, number=len(res.field) + 1, label=_FDP.LABEL_REPEATED, type=_FDP.TYPE_STRING
+        )
+    pool.Add(fdp)
+    return pool
+
+
+class Checker:
+    """Type-checks expressions against the declared schema (cel-expr-python's checker)."""
+
+    def __init__(self, schema: AttributeSchema) -> None:
+        self._env = cel.NewEnv(
+            _type_pool(schema),
+            variables={
+                "principal": cel.Type(f"{_PKG}.Principal"),
+                "resource": cel.Type(f"{_PKG}.Resource"),
+                "context": cel.Type(f"{_PKG}.Context"),
+                "payload": cel.Type(f"{_PKG}.PayloadAttributes"),
+                "action": cel.Type.STRING,
+                "now": cel.Type.TIMESTAMP,
+            },
+        )
+
+    def check(self, text: str) -> None:
+        """Raise CelCompileError unless `text` parses, type-checks and yields a bool."""
+        try:
+            expr = self._env.compile(text)
+        except RuntimeError as exc:
+            raise CelCompileError(_issues(str(exc))) from None
+        result = expr.return_type()
+        if result != cel.Type.BOOL and result != cel.Type.DYN:
+            raise CelCompileError(
+                [CelIssue(1, 1, f"condition must be a bool, but it yields {result.name().lower()}")]
+            )
+
+
+def _issues(message: str) -> list[CelIssue]:
+    found = [CelIssue(int(m[1]), int(m[2]), m[3].strip()) for m in _ISSUE.finditer(message)]
+    return found or [CelIssue(1, 1, message.splitlines()[0] if message else "invalid expression")]
+
+
+# --- cel-expr-python -------------------------------------------------------------------------
+
+
+class _CelExprProgram:
+    __slots__ = ("_expr",)
+
+    def __init__(self, expr: Any) -> None:
+        self._expr = expr
+
+    def evaluate(self, activation: Any) -> bool:
+        value = self._expr.eval(activation)
+        # Errors come back as values whose text is truthy: only a real boolean true matches.
+        kind = value.type()
+        if kind == cel.Type.BOOL:
+            return value.value() is True
+        if kind == cel.Type.ERROR:
+            raise CelEvalError(_safe_cel_expr_error(str(value.value())))
+        raise CelEvalError(f"condition yielded {kind.name().lower()}, not a bool")
+
+
+def _safe_cel_expr_error(text: str) -> str:
+    # cel-cpp messages name keys and overloads, not values, but quote nothing beyond a line.
+    return text.splitlines()[0][:200] if text else "evaluation error"
+
+
+class CelExprBackend:
+    name = "cel-expr"
+
+    def __init__(self) -> None:
+        self._env = cel.NewEnv(
+            variables={
+                "principal": cel.Type.DYN,
+                "resource": cel.Type.DYN,
+                "context": cel.Type.DYN,
+                "payload": cel.Type.DYN,
+                "action": cel.Type.STRING,
+                "now": cel.Type.TIMESTAMP,
+            }
+        )
+
+    def compile(self, text: str) -> Program:
+        try:
+            return _CelExprProgram(self._env.compile(text))
+        except RuntimeError as exc:
+            raise CelCompileError(_issues(str(exc))) from None
+
+    def activation(self, data: Mapping[str, Any]) -> Any:
+        return self._env.Activation(data)
+
+
+# --- cel-python -----------------------------------------------------------------------------
+
+
+class _CelPythonProgram:
+    def __init__(self, runner: Any) -> None:
+        self._runner = runner
+        # cel-python's runner keeps per-evaluation state on itself.
+        self._lock = threading.Lock()
+
+    def evaluate(self, activation: Any) -> bool:
+        import celpy
+        from celpy import celtypes
+
+        try:
+            with self._lock:
+                value = self._runner.evaluate(activation)
+        except celpy.CELEvalError as exc:
+            raise CelEvalError(_safe_celpy_error(exc)) from None
+        except Exception as exc:  # a bug inside cel-python must still fail closed
+            raise CelEvalError(f"cel-python raised {type(exc).__name__}") from None
+        if isinstance(value, celpy.CELEvalError):
+            raise CelEvalError(_safe_celpy_error(value))
+        if isinstance(value, celtypes.BoolType):
+            return bool(value)
+        raise CelEvalError(f"condition yielded {type(value).__name__}, not a bool")
+
+
+def _safe_celpy_error(exc: BaseException) -> str:
+    # cel-python embeds the whole activation (request values) in some messages: keep only
+    # the kind of failure.
+    first = exc.args[0] if exc.args else ""
+    text = str(first)
+    if text.startswith("no such member in mapping"):
+        return text[:120]
+    return text.split(":", 1)[0][:80] or "evaluation error"
+
+
+def _to_celpy(value: Any) -> Any:
+    from celpy import celtypes
+
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return celtypes.BoolType(value)
+    if isinstance(value, int):
+        return celtypes.IntType(value)
+    if isinstance(value, float):
+        return celtypes.DoubleType(value)
+    if isinstance(value, str):
+        return celtypes.StringType(value)
+    if isinstance(value, dt.datetime):
+        return celtypes.TimestampType(value)
+    if isinstance(value, dt.timedelta):
+        return celtypes.DurationType(value)
+    if isinstance(value, list | tuple):
+        return celtypes.ListType([_to_celpy(v) for v in value])
+    if isinstance(value, dict):
+        return celtypes.MapType({celtypes.StringType(k): _to_celpy(v) for k, v in value.items()})
+    raise TypeError(f"cannot convert {type(value).__name__} to CEL")
+
+
+class CelPythonBackend:
+    name = "cel-python"
+
+    def __init__(self) -> None:
+        import celpy
+
+        self._env = celpy.Environment()
+
+    def compile(self, text: str) -> Program:
+        import celpy
+
+        try:
+            ast = self._env.compile(text)
+            return _CelPythonProgram(self._env.program(ast))
+        except celpy.CELParseError as exc:
+            line = getattr(exc, "line", None) or 1
+            column = getattr(exc, "column", None) or 1
+            raise CelCompileError(
+                [CelIssue(line, column, "cel-python cannot parse this")]
+            ) from None
+
+    def activation(self, data: Mapping[str, Any]) -> Any:
+        return {k: _to_celpy(v) for k, v in data.items()}
+
+
+_FACTORIES: dict[str, Callable[[], Backend]] = {
+    "cel-expr": CelExprBackend,
+    "cel-python": CelPythonBackend,
+}
+
+
+def backend(name: str) -> Backend:
+    """The evaluation backend called `name` (one of BACKENDS)."""
+    try:
+        return _FACTORIES[name]()
+    except KeyError:
+        choices = ", ".join(BACKENDS)
+        raise ValueError(f"unknown CEL backend {name!r}; choose one of {choices}") from None

@@ -1,0 +1,253 @@
+"""Decides one request against a compiled bundle: index, evaluate, combine, fail closed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from signoff.engine.cel import CelEvalError
+from signoff.engine.compiled import Bundle, CompiledPolicy, CompiledRule
+from signoff.engine.model import (
+    ApprovalRequirement,
+    Decision,
+    FieldMask,
+    MaskOp,
+    Request,
+    Verdict,
+)
+from signoff.engine.schema import convert_section
+
+NO_MATCH = "no_matching_rule"
+EVALUATION_ERROR = "evaluation_error"
+Clock = Callable[[], dt.datetime]
+
+
+def system_clock() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class _Index:
+    """Candidate rules per (resource kind, action), so a request evaluates only what can apply."""
+
+    def __init__(self, policies: Iterable[CompiledPolicy], max_entries: int = 8192) -> None:
+        self._exact: dict[str, list[CompiledPolicy]] = {}
+        self._globbed: list[CompiledPolicy] = []
+        for policy in policies:
+            if all(g.exact for g in policy.resources):
+                for g in policy.resources:
+                    self._exact.setdefault(g.pattern, []).append(policy)
+            else:
+                self._globbed.append(policy)
+        self._cache: dict[tuple[str, str], tuple[CompiledRule, ...]] = {}
+        self._max = max_entries
+        self._lock = threading.Lock()
+
+    def candidates(self, kind: str, action: str) -> tuple[CompiledRule, ...]:
+        key = (kind, action)
+        found = self._cache.get(key)
+        if found is not None:
+            return found
+        policies = {id(p): p for p in self._exact.get(kind, ())}
+        for p in self._globbed:
+            if any(g.matches(kind) for g in p.resources):
+                policies[id(p)] = p
+        rules = [
+            rule
+            for p in policies.values()
+            if any(g.matches(action) for g in p.actions)
+            for rule in p.rules
+        ]
+        result = tuple(sorted(rules, key=lambda r: r.sort_key))
+        with self._lock:
+            # Bounded so a caller inventing kinds or actions cannot grow memory without limit.
+            if len(self._cache) >= self._max:
+                self._cache.clear()
+            self._cache[key] = result
+        return result
+
+
+class Engine:
+    """Evaluates requests against one immutable bundle; safe to share between threads."""
+
+    def __init__(self, bundle: Bundle, clock: Clock | None = None) -> None:
+        self.bundle = bundle
+        self._clock = clock or system_clock
+        self._index = _Index(bundle.policies)
+
+    def candidates(self, kind: str, action: str) -> tuple[CompiledRule, ...]:
+        return self._index.candidates(kind, action)
+
+    def activation_data(self, request: Request) -> dict[str, Any]:
+        """The CEL variables for `request`; raises InvalidRequest on undeclared or mistyped data."""
+        schema = self.bundle.schema
+        p, r, c = request.principal, request.resource, request.context
+        context: dict[str, Any] = {
+            "environment": c.environment,
+            "source_ip": c.source_ip,
+            "attr": convert_section(schema, "context", c.attributes, "context.attributes"),
+        }
+        if c.time is not None:
+            context["time"] = c.time
+        declared_payload = schema.attrs("payload")
+        payload = {k: v for k, v in request.payload.items() if k in declared_payload}
+        tags = sorted({t for f in r.fields for t in f.tags})
+        return {
+            "principal": {
+                "id": p.id,
+                "kind": p.kind.value,
+                "roles": list(p.roles),
+                "attr": convert_section(schema, "principal", p.attributes, "principal.attributes"),
+            },
+            "action": request.action,
+            "resource": {
+                "kind": r.kind,
+                "id": r.id,
+                "attr": convert_section(schema, "resource", r.attributes, "resource.attributes"),
+                "fields": [{"path": f.path, "tags": list(f.tags)} for f in r.fields],
+                "tags": tags,
+                "paths": [f.path for f in r.fields],
+            },
+            "context": context,
+            "payload": convert_section(schema, "payload", payload, "payload"),
+            "now": self._clock(),
+        }
+
+    def decide(self, request: Request) -> Decision:
+        """The verdict for `request`. Raises InvalidRequest for malformed input only."""
+        data = self.activation_data(request)
+        rules = self.candidates(request.resource.kind, request.action)
+        revision = self.bundle.revision
+        if not rules:
+            return Decision(Verdict.DENY, revision, reasons=(NO_MATCH,))
+        activation = self.bundle.backend.activation(data)
+        roles = frozenset(request.principal.roles)
+        derived: dict[str, bool] = {}
+        matched: list[CompiledRule] = []
+        errored: list[str] = []
+        for rule in rules:
+            if rule.effect is not Verdict.DENY and (errored or _has_deny(matched)):
+                break  # rules are sorted strongest first: nothing weaker can change a DENY
+            try:
+                if self._holds(rule, roles, derived, activation):
+                    matched.append(rule)
+            except CelEvalError:
+                errored.append(rule.rule_id)
+        return _combine(revision, matched, errored, request)
+
+    def _holds(
+        self, rule: CompiledRule, roles: frozenset[str], derived: dict[str, bool], activation: Any
+    ) -> bool:
+        has_selector = bool(rule.static_roles or rule.derived_roles)
+        if (
+            has_selector
+            and not (rule.static_roles & roles)
+            and not any(self._derived(n, roles, derived, activation) for n in rule.derived_roles)
+        ):
+            return False
+        return rule.program is None or rule.program.evaluate(activation)
+
+    def _derived(
+        self, name: str, roles: frozenset[str], memo: dict[str, bool], activation: Any
+    ) -> bool:
+        if name not in memo:
+            role = self.bundle.derived_roles[name]
+            if role.parent_roles and not (role.parent_roles & roles):
+                memo[name] = False
+            else:
+                memo[name] = role.program.evaluate(activation)
+        return memo[name]
+
+
+def _has_deny(matched: list[CompiledRule]) -> bool:
+    return any(r.effect is Verdict.DENY for r in matched)
+
+
+def _combine(
+    revision: str, matched: list[CompiledRule], errored: list[str], request: Request
+) -> Decision:
+    ids = tuple(sorted(r.rule_id for r in matched))
+    denies = [r for r in matched if r.effect is Verdict.DENY]
+    if errored or denies:
+        reasons = [
+            r.reason or f"denied by {r.rule_id}" for r in sorted(denies, key=lambda r: r.rule_id)
+        ]
+        if errored:
+            reasons.append(EVALUATION_ERROR)
+        return Decision(
+            Verdict.DENY,
+            revision,
+            matched_rules=ids,
+            reasons=tuple(dict.fromkeys(reasons)),
+            errored_rules=tuple(sorted(errored)),
+        )
+    if not matched:
+        return Decision(Verdict.DENY, revision, reasons=(NO_MATCH,))
+    verdict = max(r.effect for r in matched)
+    plan = masking_plan([r for r in matched if r.effect is Verdict.MASK], request)
+    approval = merge_approvals([r.approval for r in matched if r.approval is not None])
+    reasons = tuple(
+        dict.fromkeys(
+            r.reason
+            for r in sorted(matched, key=lambda r: r.rule_id)
+            if r.effect is verdict and r.reason
+        )
+    )
+    return Decision(
+        verdict,
+        revision,
+        matched_rules=ids,
+        reasons=reasons,
+        masking_plan=plan,
+        approval=approval if verdict is Verdict.REQUIRE_APPROVAL else None,
+    )
+
+
+def masking_plan(rules: list[CompiledRule], request: Request) -> tuple[FieldMask, ...]:
+    """Per request field, the strictest mask any matched rule asks for."""
+    plan: dict[str, FieldMask] = {}
+    for rule in rules:
+        for spec in rule.masks:
+            for f in request.resource.fields:
+                hit = any(g.matches(f.path) for g in spec.paths) or any(
+                    g.matches(t) for g in spec.tags for t in f.tags
+                )
+                if not hit:
+                    continue
+                new = FieldMask(f.path, spec.op, spec.keep_first, spec.keep_last, (rule.rule_id,))
+                plan[f.path] = _stricter(plan.get(f.path), new)
+    return tuple(plan[k] for k in sorted(plan))
+
+
+def _stricter(old: FieldMask | None, new: FieldMask) -> FieldMask:
+    if old is None:
+        return new
+    rule_ids = tuple(sorted(set(old.rule_ids) | set(new.rule_ids)))
+    if old.op is new.op:
+        if old.op is MaskOp.PARTIAL:
+            # Fewer characters revealed is stricter, on each end independently.
+            return FieldMask(
+                old.path,
+                old.op,
+                min(old.keep_first, new.keep_first),
+                min(old.keep_last, new.keep_last),
+                rule_ids,
+            )
+        return FieldMask(old.path, old.op, rule_ids=rule_ids)
+    winner = old if old.op > new.op else new
+    return FieldMask(winner.path, winner.op, winner.keep_first, winner.keep_last, rule_ids)
+
+
+def merge_approvals(reqs: list[ApprovalRequirement]) -> ApprovalRequirement | None:
+    """The strictest combination: every approver set, the largest quorum, the shortest windows."""
+    if not reqs:
+        return None
+    sets = sorted({s for r in reqs for s in r.approvers}, key=lambda s: (s.roles, s.groups))
+    return ApprovalRequirement(
+        approvers=tuple(sets),
+        quorum=max(r.quorum for r in reqs),
+        pending_ttl=min(r.pending_ttl for r in reqs),
+        grant_ttl=min(r.grant_ttl for r in reqs),
+        rule_ids=tuple(sorted({i for r in reqs for i in r.rule_ids})),
+    )

@@ -1,0 +1,116 @@
+"""Plain data passed through the decision pipeline: requests in, decisions out, no protobuf."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Verdict(enum.IntEnum):
+    """Verdicts ordered by precedence: a higher value wins when rules disagree."""
+
+    ALLOW = 1
+    MASK = 2
+    REQUIRE_APPROVAL = 3
+    DENY = 4
+
+
+class PrincipalKind(enum.Enum):
+    HUMAN = "human"
+    AGENT = "agent"
+    SERVICE = "service"
+
+
+class MaskOp(enum.IntEnum):
+    """Masking operators ordered by strictness: a higher value wins on the same field."""
+
+    PARTIAL = 1
+    EMAIL = 2
+    HASH = 3
+    REDACT = 4
+    NULLIFY = 5
+
+
+@dataclass(frozen=True)
+class FieldRef:
+    """A field the action touches, with its data tags."""
+
+    path: str
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Principal:
+    id: str
+    kind: PrincipalKind
+    roles: tuple[str, ...] = ()
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Resource:
+    kind: str
+    id: str = ""
+    attributes: dict[str, Any] = field(default_factory=dict)
+    fields: tuple[FieldRef, ...] = ()
+
+
+@dataclass(frozen=True)
+class Context:
+    environment: str = ""
+    time: dt.datetime | None = None
+    source_ip: str = ""
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One question: may `principal` do `action` on `resource` in `context` with `payload`?"""
+
+    principal: Principal
+    action: str
+    resource: Resource
+    context: Context = field(default_factory=Context)
+    payload: dict[str, Any] = field(default_factory=dict)
+    approval_id: str = ""
+
+
+@dataclass(frozen=True)
+class FieldMask:
+    """One entry of a masking plan: how to transform the value at `path`."""
+
+    path: str
+    op: MaskOp
+    keep_first: int = 0
+    keep_last: int = 0
+    rule_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ApproverSet:
+    """Satisfied by a human holding any of `roles` or in any of `groups`."""
+
+    roles: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ApprovalRequirement:
+    approvers: tuple[ApproverSet, ...]
+    quorum: int
+    pending_ttl: dt.timedelta
+    grant_ttl: dt.timedelta
+    rule_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    policy_revision: str
+    matched_rules: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = ()
+    masking_plan: tuple[FieldMask, ...] = ()
+    approval: ApprovalRequirement | None = None
+    errored_rules: tuple[str, ...] = ()

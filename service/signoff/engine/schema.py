@@ -1,0 +1,164 @@
+"""Declared attribute types: how policies type-check and how request values are validated."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from signoff.errors import InvalidRequest
+
+TYPES = (
+    "string",
+    "int",
+    "double",
+    "bool",
+    "timestamp",
+    "duration",
+    "list<string>",
+    "list<int>",
+    "list<double>",
+    "map<string,string>",
+    "dyn",
+)
+SECTIONS = ("principal", "resource", "context", "payload")
+
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """Parse '1h30m', '45s', ... (the policy-file duration syntax)."""
+    m = _DURATION.match(text)
+    if not text or m is None:
+        raise ValueError(f"invalid duration {text!r}: expected e.g. '30m', '1h', '2h30m'")
+    h, mi, s = (int(g) if g else 0 for g in m.groups())
+    return dt.timedelta(hours=h, minutes=mi, seconds=s)
+
+
+@dataclass(frozen=True)
+class AttributeSchema:
+    """Declared attribute types per section; anything undeclared is rejected."""
+
+    sections: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    def attrs(self, section: str) -> Mapping[str, str]:
+        return self.sections.get(section, {})
+
+
+def _int(value: Any, where: str) -> int:
+    if isinstance(value, bool):
+        raise InvalidRequest(where, "expected an integer, got a bool")
+    if isinstance(value, int):
+        return value
+    # Struct carries every JSON number as a double; accept only exact integers.
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        if abs(value) > 2**53:
+            raise InvalidRequest(where, "integer out of the exactly representable range")
+        return int(value)
+    raise InvalidRequest(where, "expected an integer")
+
+
+def _double(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequest(where, "expected a number")
+    return float(value)
+
+
+def _string(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidRequest(where, "expected a string")
+    return value
+
+
+def _timestamp(value: Any, where: str) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        result = value
+    elif isinstance(value, str):
+        try:
+            result = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidRequest(where, "expected an RFC 3339 timestamp") from None
+    else:
+        raise InvalidRequest(where, "expected an RFC 3339 timestamp string")
+    if result.tzinfo is None:
+        raise InvalidRequest(where, "timestamp needs a time zone offset (e.g. 'Z')")
+    return result.astimezone(dt.UTC)
+
+
+def _duration(value: Any, where: str) -> dt.timedelta:
+    if isinstance(value, dt.timedelta):
+        return value
+    if isinstance(value, str):
+        try:
+            return parse_duration(value)
+        except ValueError:
+            pass
+    raise InvalidRequest(where, "expected a duration like '90s', '15m' or '1h'")
+
+
+def _json(value: Any, where: str, depth: int = 0) -> Any:
+    if depth > 32:
+        raise InvalidRequest(where, "value nested too deeply")
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, float):
+        # Integral JSON numbers become ints so `x == 1` behaves the same on both backends.
+        return int(value) if value.is_integer() and abs(value) <= 2**53 else value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, list):
+        return [_json(v, where, depth + 1) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json(v, where, depth + 1) for k, v in value.items()}
+    raise InvalidRequest(where, f"unsupported value of type {type(value).__name__}")
+
+
+def convert(type_name: str, value: Any, where: str) -> Any:
+    """Validate and convert one request value to its declared type."""
+    if type_name == "string":
+        return _string(value, where)
+    if type_name == "int":
+        return _int(value, where)
+    if type_name == "double":
+        return _double(value, where)
+    if type_name == "bool":
+        if not isinstance(value, bool):
+            raise InvalidRequest(where, "expected a bool")
+        return value
+    if type_name == "timestamp":
+        return _timestamp(value, where)
+    if type_name == "duration":
+        return _duration(value, where)
+    if type_name.startswith("list<"):
+        if not isinstance(value, list):
+            raise InvalidRequest(where, "expected a list")
+        inner = type_name[5:-1]
+        return [convert(inner, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if type_name == "map<string,string>":
+        if not isinstance(value, dict):
+            raise InvalidRequest(where, "expected an object of strings")
+        return {str(k): _string(v, f"{where}.{k}") for k, v in value.items()}
+    if type_name == "dyn":
+        return _json(value, where)
+    raise InvalidRequest(where, f"unknown declared type {type_name!r}")
+
+
+def convert_section(
+    schema: AttributeSchema, section: str, values: Mapping[str, Any], where: str
+) -> dict[str, Any]:
+    """Validate a request's attribute map against the section's declarations."""
+    declared = schema.attrs(section)
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        type_name = declared.get(key)
+        if type_name is None:
+            raise InvalidRequest(
+                f"{where}.{key}", f"attribute not declared in the {section} schema"
+            )
+        if value is None:
+            continue  # JSON null means absent: reading it fails closed like a missing key
+        out[key] = convert(type_name, value, f"{where}.{key}")
+    return out

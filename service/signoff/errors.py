@@ -1,0 +1,47 @@
+"""The one exception root of signoff and its families."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class SignoffError(Exception):
+    """Root of every error signoff raises on purpose."""
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One problem found in a policy bundle, located as precisely as the source allows."""
+
+    file: str
+    line: int
+    column: int
+    rule_id: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}"
+        rule = f" [{self.rule_id}]" if self.rule_id else ""
+        return f"{where}{rule}: {self.message}"
+
+
+class PolicyError(SignoffError):
+    """A policy bundle failed to load; carries every problem found, not just the first."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = sorted(problems)
+        lines = "\n".join(f"  {p}" for p in self.problems)
+        super().__init__(f"policy bundle has {len(self.problems)} problem(s):\n{lines}")
+
+
+class InvalidRequest(SignoffError):
+    """A request is malformed; `field` names the offending field path."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+class ConfigError(SignoffError):
+    """The service configuration is unusable."""

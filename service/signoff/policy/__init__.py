@@ -1,0 +1,1 @@
+"""Policy bundles: YAML files parsed, validated and compiled into an evaluable form."""

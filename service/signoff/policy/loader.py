@@ -1,0 +1,449 @@
+"""Loads `rules/` into a compiled Bundle, reporting every problem at once with its position."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from signoff.engine import cel
+from signoff.engine.compiled import (
+    Bundle,
+    CompiledPolicy,
+    CompiledRule,
+    DerivedRole,
+    Glob,
+    MaskSpec,
+)
+from signoff.engine.model import ApprovalRequirement, ApproverSet, MaskOp, Verdict
+from signoff.engine.schema import SECTIONS, AttributeSchema, parse_duration
+from signoff.errors import PolicyError, Problem
+from signoff.policy import expand, source
+
+SUITE_SUFFIX = "_test.yaml"
+DEFAULT_PENDING_TTL = dt.timedelta(hours=1)
+DEFAULT_GRANT_TTL = dt.timedelta(minutes=15)
+_EFFECTS = {
+    "allow": Verdict.ALLOW,
+    "deny": Verdict.DENY,
+    "mask": Verdict.MASK,
+    "require_approval": Verdict.REQUIRE_APPROVAL,
+}
+_OPS = {op.name.lower(): op for op in MaskOp}
+# The checker names its synthetic message types; policy authors know them as CEL paths.
+_FRIENDLY = {
+    f"struct 'signoff.celtypes.{section.title()}Attributes'": f"{section}.attr"
+    for section in ("principal", "resource", "context")
+} | {
+    "struct 'signoff.celtypes.PayloadAttributes'": "payload (declare it under schema.payload)",
+    "struct 'signoff.celtypes.Principal'": "principal",
+    "struct 'signoff.celtypes.Resource'": "resource",
+    "struct 'signoff.celtypes.Context'": "context",
+}
+
+
+@cache
+def file_schema() -> dict[str, Any]:
+    """The JSON Schema every policy file must satisfy (also shipped for editors)."""
+    text = (Path(__file__).parent / "policy.schema.json").read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def policy_files(rules_dir: Path) -> list[Path]:
+    """Policy files of a bundle, in a fixed order; suites (`*_test.yaml`) are not policies."""
+    files = [
+        p
+        for pattern in ("*.yaml", "*.yml")
+        for p in rules_dir.rglob(pattern)
+        if p.is_file() and not p.name.endswith(SUITE_SUFFIX)
+    ]
+    return sorted(files, key=lambda p: p.relative_to(rules_dir).as_posix())
+
+
+def revision_of(rules_dir: Path, files: list[Path]) -> str:
+    """SHA-256 over every file's relative name and bytes: the bundle's identity."""
+    digest = hashlib.sha256()
+    for path in files:
+        name = path.relative_to(rules_dir).as_posix().encode()
+        data = path.read_bytes()
+        digest.update(len(name).to_bytes(8, "big") + name + len(data).to_bytes(8, "big") + data)
+    return digest.hexdigest()
+
+
+@dataclass
+class _Context:
+    """Problems found so far and the shared compile machinery."""
+
+    backend: cel.Backend
+    problems: list[Problem] = field(default_factory=list)
+    checker: cel.Checker | None = None
+
+    def add(self, src: source.SourceFile, path: source.Path_, rule_id: str, msg: str) -> None:
+        pos = src.position(path)
+        self.problems.append(Problem(src.name, pos.line, pos.column, rule_id, msg))
+
+    def compile(
+        self,
+        src: source.SourceFile,
+        path: source.Path_,
+        rule_id: str,
+        text: str,
+        variables: dict[str, str] | None = None,
+    ) -> cel.Program | None:
+        """Expand, type-check and compile one condition; record problems and return None."""
+        assert self.checker is not None
+        locator = src.scalar_locator(path)
+        try:
+            expansion = expand.expand(text, (variables or {}).get)
+        except expand.UnknownVariable as exc:
+            pos = locator.locate(exc.offset)
+            self.problems.append(
+                Problem(src.name, pos.line, pos.column, rule_id, f"unknown variable V.{exc.name}")
+            )
+            return None
+        try:
+            self.checker.check(expansion.text)
+            return self.backend.compile(expansion.text)
+        except cel.CelCompileError as exc:
+            for issue in exc.issues:
+                offset = expansion.original_offset(expansion.offset_of(issue.line, issue.column))
+                pos = locator.locate(offset)
+                message = issue.message
+                for raw, friendly in _FRIENDLY.items():
+                    message = message.replace(raw, friendly)
+                self.problems.append(Problem(src.name, pos.line, pos.column, rule_id, message))
+            return None
+
+
+def _rule_id_at(data: Any, path: tuple[Any, ...]) -> str:
+    """`policy/rule` (or `policy`, or a derived role name) for a path inside a file."""
+    try:
+        if len(path) >= 2 and path[0] == "policies":
+            pid = str(data["policies"][path[1]].get("id", f"#{path[1]}"))
+            if len(path) >= 4 and path[2] == "rules":
+                rid = str(data["policies"][path[1]]["rules"][path[3]].get("id", f"#{path[3]}"))
+                return f"{pid}/{rid}"
+            return pid
+        if len(path) >= 2 and path[0] == "derived_roles":
+            return f"derived_role:{data['derived_roles'][path[1]].get('name', path[1])}"
+    except (KeyError, IndexError, TypeError, AttributeError):
+        pass
+    return ""
+
+
+def _validate_structure(ctx: _Context, src: source.SourceFile) -> set[tuple[Any, ...]]:
+    """Report schema violations; return the prefixes of the items they make unusable.
+
+    Only the broken policy, derived role or schema section is skipped, so the rest of the file
+    is still compiled and its CEL problems are reported in the same run.
+    """
+    validator = jsonschema.Draft202012Validator(file_schema())
+    bad: set[tuple[Any, ...]] = set()
+    for error in sorted(validator.iter_errors(src.data), key=lambda e: list(map(str, e.path))):
+        path = tuple(error.absolute_path)
+        if len(path) >= 4 and path[0] == "policies" and path[2] == "rules":
+            bad.add(path[:4])
+        elif len(path) >= 2 and path[0] in ("policies", "derived_roles"):
+            bad.add(path[:2])
+        elif path and path[0] == "schema":
+            bad.add(("schema",))
+        else:
+            bad.add(())
+        where = ".".join(str(p) for p in path) or "file"
+        ctx.add(src, path, _rule_id_at(src.data, path), f"{where}: {_schema_message(error)}")
+    return bad
+
+
+def _schema_message(error: jsonschema.ValidationError) -> str:
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = sorted(error.schema.get("properties", {}))
+        if allowed:
+            return f"{error.message}; allowed keys: {', '.join(allowed)}"
+    if error.validator == "not":
+        return (
+            "this effect does not take that section "
+            "(mask only with effect mask, approval only with require_approval)"
+        )
+    return error.message
+
+
+def load_bundle(rules_dir: str | Path, *, backend: str = cel.DEFAULT_BACKEND) -> Bundle:
+    """Parse, validate and compile every policy file under `rules_dir`.
+
+    Raises PolicyError listing every problem found (file, line, column, rule id).
+    """
+    root = Path(rules_dir)
+    if not root.is_dir():
+        raise PolicyError([Problem(str(root), 0, 0, "", "rules directory not found")])
+    files = policy_files(root)
+    ctx = _Context(backend=cel.backend(backend))
+    if not files:
+        raise PolicyError([Problem(str(root), 0, 0, "", "no policy files (*.yaml) found")])
+    sources: list[source.SourceFile] = []
+    for path in files:
+        name = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+            src = source.parse(name, text)
+        except UnicodeDecodeError:
+            ctx.problems.append(Problem(name, 1, 1, "", "file is not valid UTF-8"))
+            continue
+        except source.YamlSyntaxError as exc:
+            ctx.problems.append(Problem(name, exc.position.line, exc.position.column, "", str(exc)))
+            continue
+        if src.data is None:
+            ctx.problems.append(Problem(name, 1, 1, "", "file is empty"))
+            continue
+        bad = _validate_structure(ctx, src)
+        if () not in bad:
+            src.unusable = frozenset(bad)
+            sources.append(src)
+
+    schema = _merge_schema(ctx, sources)
+    ctx.checker = cel.Checker(schema)
+    derived = _derived_roles(ctx, sources)
+    policies = _policies(ctx, sources, derived)
+    if ctx.problems:
+        raise PolicyError(ctx.problems)
+    return Bundle(
+        revision=revision_of(root, files),
+        backend=ctx.backend,
+        schema=schema,
+        policies=tuple(policies),
+        derived_roles=derived,
+        files=tuple(str(p) for p in files),
+    )
+
+
+def _merge_schema(ctx: _Context, sources: list[source.SourceFile]) -> AttributeSchema:
+    merged: dict[str, dict[str, str]] = {s: {} for s in SECTIONS}
+    origin: dict[tuple[str, str], str] = {}
+    for src in sources:
+        if ("schema",) in src.unusable:
+            continue
+        for section, attrs in (src.data.get("schema") or {}).items():
+            for name, type_name in attrs.items():
+                key = (section, name)
+                if key in merged[section] and merged[section][name] != type_name:
+                    ctx.add(
+                        src,
+                        ("schema", section, name),
+                        "",
+                        f"{section}.attr {name!r} declared as {type_name} here but as "
+                        f"{merged[section][name]} in {origin[key]}",
+                    )
+                    continue
+                merged[section][name] = type_name
+                origin.setdefault(key, src.name)
+    return AttributeSchema({s: dict(sorted(a.items())) for s, a in merged.items()})
+
+
+def _derived_roles(ctx: _Context, sources: list[source.SourceFile]) -> dict[str, DerivedRole]:
+    roles: dict[str, DerivedRole] = {}
+    seen: dict[str, str] = {}
+    for src in sources:
+        for i, spec in enumerate(src.data.get("derived_roles") or []):
+            if ("derived_roles", i) in src.unusable:
+                continue
+            name = spec["name"]
+            rid = f"derived_role:{name}"
+            if name in seen:
+                ctx.add(
+                    src,
+                    ("derived_roles", i, "name"),
+                    rid,
+                    f"derived role {name!r} is also defined in {seen[name]}",
+                )
+                continue
+            seen[name] = src.name
+            program = ctx.compile(src, ("derived_roles", i, "when"), rid, spec["when"])
+            if program is not None:
+                roles[name] = DerivedRole(name, frozenset(spec.get("parent_roles", [])), program)
+    return roles
+
+
+def _policies(
+    ctx: _Context, sources: list[source.SourceFile], derived: dict[str, DerivedRole]
+) -> list[CompiledPolicy]:
+    compiled: list[CompiledPolicy] = []
+    seen: dict[str, str] = {}
+    for src in sources:
+        for i, spec in enumerate(src.data.get("policies") or []):
+            if ("policies", i) in src.unusable:
+                continue
+            pid = spec["id"]
+            base: source.Path_ = ("policies", i)
+            if pid in seen:
+                ctx.add(src, (*base, "id"), pid, f"policy id {pid!r} is also used in {seen[pid]}")
+                continue
+            seen[pid] = src.name
+            variables = _variables(ctx, src, base, pid, spec.get("variables") or {})
+            rules: list[CompiledRule] = []
+            rule_ids: set[str] = set()
+            for j, rule in enumerate(spec["rules"]):
+                if (*base, "rules", j) in src.unusable:
+                    continue
+                rule_id = f"{pid}/{rule['id']}"
+                if rule["id"] in rule_ids:
+                    ctx.add(
+                        src, (*base, "rules", j, "id"), rule_id, "duplicate rule id in this policy"
+                    )
+                    continue
+                rule_ids.add(rule["id"])
+                compiled_rule = _rule(
+                    ctx, src, (*base, "rules", j), rule_id, rule, variables, derived
+                )
+                if compiled_rule is not None:
+                    rules.append(compiled_rule)
+            compiled.append(
+                CompiledPolicy(
+                    policy_id=pid,
+                    resources=tuple(Glob.of(g) for g in spec["resources"]),
+                    actions=tuple(Glob.of(g) for g in spec["actions"]),
+                    rules=tuple(sorted(rules, key=lambda r: r.sort_key)),
+                )
+            )
+    return compiled
+
+
+def _variables(
+    ctx: _Context, src: source.SourceFile, base: source.Path_, pid: str, specs: dict[str, str]
+) -> dict[str, str]:
+    """Expanded variable bodies; each is checked on its own so errors point into it."""
+    expanded: dict[str, str] = {}
+    failed: set[str] = set()
+    visiting: list[str] = []
+
+    def resolve(name: str) -> str | None:
+        if name in expanded:
+            return expanded[name]
+        if name not in specs or name in failed:
+            return None
+        if name in visiting:
+            cycle = " -> ".join([*visiting[visiting.index(name) :], name])
+            ctx.add(
+                src,
+                (*base, "variables", name),
+                pid,
+                f"variables refer to each other in a cycle: {cycle}",
+            )
+            failed.add(name)
+            return None
+        visiting.append(name)
+        try:
+            result = expand.expand(specs[name], resolve)
+        except expand.UnknownVariable as exc:
+            if exc.name not in failed:
+                pos = src.scalar_locator((*base, "variables", name)).locate(exc.offset)
+                ctx.problems.append(
+                    Problem(src.name, pos.line, pos.column, pid, f"unknown variable V.{exc.name}")
+                )
+            failed.add(name)
+            return None
+        finally:
+            visiting.pop()
+        expanded[name] = result.text
+        return result.text
+
+    for name in specs:
+        resolve(name)
+    assert ctx.checker is not None
+    for name, text in list(expanded.items()):
+        try:
+            ctx.checker.check(text)
+        except cel.CelCompileError:
+            # Re-run through compile() on the raw text so positions point into the variable.
+            ctx.compile(src, (*base, "variables", name), f"{pid}:V.{name}", specs[name], expanded)
+            del expanded[name]
+            failed.add(name)
+    for name in failed:
+        expanded.pop(name, None)
+    # Variables with errors are reported once; rules using them are skipped by returning a
+    # sentinel that compiles but whose problems are already recorded.
+    return expanded | {name: "true" for name in failed}
+
+
+def _rule(
+    ctx: _Context,
+    src: source.SourceFile,
+    path: source.Path_,
+    rule_id: str,
+    spec: dict[str, Any],
+    variables: dict[str, str],
+    derived: dict[str, DerivedRole],
+) -> CompiledRule | None:
+    before = len(ctx.problems)
+    program = None
+    if "when" in spec:
+        program = ctx.compile(src, (*path, "when"), rule_id, spec["when"], variables)
+    roles = spec.get("roles", [])
+    derived_roles = tuple(sorted(r for r in roles if r in derived))
+    static_roles = frozenset(r for r in roles if r not in derived)
+    effect = _EFFECTS[spec["effect"]]
+    masks = tuple(
+        _mask(ctx, src, (*path, "mask", k), rule_id, m) for k, m in enumerate(spec.get("mask", []))
+    )
+    approval = None
+    if "approval" in spec:
+        approval = _approval(ctx, src, (*path, "approval"), rule_id, spec["approval"])
+    if len(ctx.problems) > before:
+        return None
+    reason = spec.get("reason") or ""
+    return CompiledRule(
+        rule_id=rule_id,
+        effect=effect,
+        program=program,
+        static_roles=static_roles,
+        derived_roles=derived_roles,
+        reason=reason,
+        masks=masks,
+        approval=approval,
+    )
+
+
+def _mask(
+    ctx: _Context, src: source.SourceFile, path: source.Path_, rule_id: str, spec: dict[str, Any]
+) -> MaskSpec:
+    op = _OPS[spec["operator"]]
+    keep_first = int(spec.get("keep_first", 0))
+    keep_last = int(spec.get("keep_last", 0))
+    if op is not MaskOp.PARTIAL and ("keep_first" in spec or "keep_last" in spec):
+        ctx.add(src, path, rule_id, "keep_first/keep_last apply only to the partial operator")
+    if op is MaskOp.PARTIAL and keep_first == 0 and keep_last == 0:
+        ctx.add(src, path, rule_id, "partial needs keep_first or keep_last (otherwise use redact)")
+    return MaskSpec(
+        paths=tuple(Glob.of(p) for p in spec.get("paths", [])),
+        tags=tuple(Glob.of(t) for t in spec.get("tags", [])),
+        op=op,
+        keep_first=keep_first,
+        keep_last=keep_last,
+    )
+
+
+def _approval(
+    ctx: _Context, src: source.SourceFile, path: source.Path_, rule_id: str, spec: dict[str, Any]
+) -> ApprovalRequirement:
+    approvers = spec["approvers"]
+    roles = tuple(sorted(set(approvers.get("roles", []))))
+    groups = tuple(sorted(set(approvers.get("groups", []))))
+    if not roles and not groups:
+        ctx.add(src, (*path, "approvers"), rule_id, "approvers needs at least one role or group")
+    ttls = {}
+    for key, default in (("pending_ttl", DEFAULT_PENDING_TTL), ("grant_ttl", DEFAULT_GRANT_TTL)):
+        ttls[key] = parse_duration(spec[key]) if key in spec else default
+        if ttls[key] <= dt.timedelta(0):
+            ctx.add(src, (*path, key), rule_id, f"{key} must be positive")
+    return ApprovalRequirement(
+        approvers=(ApproverSet(roles, groups),),
+        quorum=int(spec.get("quorum", 1)),
+        pending_ttl=ttls["pending_ttl"],
+        grant_ttl=ttls["grant_ttl"],
+        rule_ids=(rule_id,),
+    )
