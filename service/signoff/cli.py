@@ -1,0 +1,100 @@
+"""The `signoff` command: serve, check, test."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from signoff import config as config_mod
+from signoff.errors import ConfigError, PolicyError
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from signoff.client.masking import key_id
+    from signoff.engine.evaluator import Engine
+    from signoff.policy.loader import load_bundle
+    from signoff.server import app, convert
+
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        cfg = config_mod.from_args(args)
+        bundle = load_bundle(cfg.rules, backend=cfg.backend)
+    except PolicyError as exc:
+        print(f"signoff: refusing to start: {exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"signoff: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    try:
+        running = app.start(
+            Engine(bundle),
+            cfg.address,
+            hash_key_id=key_id(cfg.hash_key),
+            workers=cfg.workers,
+            limits=convert.Limits(max_batch_items=cfg.max_batch_items),
+        )
+    except OSError as exc:
+        print(f"signoff: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"signoff listening on {cfg.address.rsplit(':', 1)[0]}:{running.port} "
+        f"revision {bundle.revision[:12]} ({bundle.rule_count} rules)",
+        flush=True,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stop.wait()
+    running.stop()
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from signoff.client.cli import run_check
+
+    return run_check(args)
+
+
+def _test(args: argparse.Namespace) -> int:
+    from signoff.policytest import run_test
+
+    return run_test(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from signoff.client.cli import add_check_arguments
+    from signoff.policytest import add_test_arguments
+
+    parser = argparse.ArgumentParser(prog="signoff", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve decisions over gRPC on the bundle in --rules")
+    config_mod.add_serve_arguments(serve)
+    serve.set_defaults(run=_serve)
+    check = sub.add_parser("check", help="ask a running signoff for a verdict")
+    add_check_arguments(check)
+    check.set_defaults(run=_check)
+    test = sub.add_parser("test", help="run the policy suites (*_test.yaml) beside the policies")
+    add_test_arguments(test)
+    test.set_defaults(run=_test)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.run(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Service configuration from command-line flags and SIGNOFF_* environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from signoff.engine.cel import BACKENDS, DEFAULT_BACKEND
+from signoff.errors import ConfigError
+
+log = logging.getLogger("signoff.config")
+MIN_HASH_KEY_BYTES = 32
+
+
+@dataclass(frozen=True)
+class Config:
+    address: str
+    rules: Path
+    backend: str
+    workers: int
+    max_batch_items: int
+    hash_key: bytes
+    log_level: str
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    parser.add_argument(
+        "--address",
+        default=env("SIGNOFF_ADDRESS", "127.0.0.1:50051"),
+        help="host:port to listen on (SIGNOFF_ADDRESS; default 127.0.0.1:50051)",
+    )
+    parser.add_argument(
+        "--rules",
+        default=env("SIGNOFF_RULES", "rules"),
+        help="policy bundle directory (SIGNOFF_RULES; default ./rules)",
+    )
+    parser.add_argument(
+        "--cel-backend",
+        choices=BACKENDS,
+        default=env("SIGNOFF_CEL_BACKEND", DEFAULT_BACKEND),
+        help="CEL evaluator (SIGNOFF_CEL_BACKEND; default cel-expr)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=int(env("SIGNOFF_WORKERS", "8")),
+        help="gRPC worker threads (SIGNOFF_WORKERS; default 8)",
+    )
+    parser.add_argument(
+        "--max-batch-items",
+        type=int,
+        default=int(env("SIGNOFF_MAX_BATCH_ITEMS", "1000")),
+        help="largest CheckBatch accepted (SIGNOFF_MAX_BATCH_ITEMS; default 1000)",
+    )
+    parser.add_argument(
+        "--hash-key-file",
+        default=env("SIGNOFF_HASH_KEY_FILE", ""),
+        help="file holding the HMAC key for the hash mask (SIGNOFF_HASH_KEY_FILE); "
+        "SIGNOFF_HASH_KEY may hold the key itself. Never put it in policy files.",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=env("SIGNOFF_LOG_LEVEL", "INFO"),
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="SIGNOFF_LOG_LEVEL; default INFO",
+    )
+
+
+def hash_key(key_file: str) -> bytes:
+    """The HMAC key for the hash mask: from a file, SIGNOFF_HASH_KEY, or a per-process one."""
+    if key_file:
+        try:
+            key = Path(key_file).read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read hash key file {key_file}: {exc.strerror}") from None
+    else:
+        key = os.environ.get("SIGNOFF_HASH_KEY", "").encode()
+    if not key:
+        # Pseudonyms stay unguessable, but change on every restart; say so loudly.
+        log.warning(
+            "no hash key configured (SIGNOFF_HASH_KEY / --hash-key-file): using a random key; "
+            "hash pseudonyms will not be stable across restarts"
+        )
+        return secrets.token_bytes(MIN_HASH_KEY_BYTES)
+    if len(key) < MIN_HASH_KEY_BYTES:
+        raise ConfigError(f"hash key must be at least {MIN_HASH_KEY_BYTES} bytes")
+    return key
+
+
+def from_args(args: argparse.Namespace) -> Config:
+    if args.workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    if args.max_batch_items < 1:
+        raise ConfigError("--max-batch-items must be at least 1")
+    return Config(
+        address=args.address,
+        rules=Path(args.rules),
+        backend=args.cel_backend,
+        workers=args.workers,
+        max_batch_items=args.max_batch_items,
+        hash_key=hash_key(args.hash_key_file),
+        log_level=args.log_level,
+    )

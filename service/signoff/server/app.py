@@ -1,0 +1,79 @@
+"""Assembles the gRPC server: decision service, health checking and reflection."""
+
+from __future__ import annotations
+
+import logging
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from signoff.engine.evaluator import Engine
+from signoff.server import convert
+from signoff.server.service import DecisionService
+from signoff.v1 import signoff_pb2 as pb
+from signoff.v1 import signoff_pb2_grpc as pb_grpc
+
+log = logging.getLogger("signoff.server")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass
+class Running:
+    server: grpc.Server
+    port: int
+    decisions: DecisionService
+    health: health.HealthServicer
+
+    def stop(self, grace: float | None = 5.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+
+
+def start(
+    engine: Engine,
+    address: str,
+    *,
+    hash_key_id: str,
+    workers: int = 8,
+    limits: convert.Limits | None = None,
+) -> Running:
+    """Start serving on `address` ("host:port"; port 0 picks a free one)."""
+    options = [
+        # A second server on the same port must fail loudly, not silently share the traffic.
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
+    decisions = DecisionService(engine, hash_key_id=hash_key_id, limits=limits)
+    pb_grpc.add_DecisionServiceServicer_to_server(decisions, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen on {address}: {exc}") from None
+    server.start()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info(
+        "serving %s on port %d (revision %s, %d rules, backend %s)",
+        SERVICE_NAME,
+        port,
+        engine.bundle.revision[:12],
+        engine.bundle.rule_count,
+        engine.bundle.backend.name,
+    )
+    return Running(server, port, decisions, health_servicer)

@@ -1,0 +1,182 @@
+"""Protobuf requests to engine requests (validated) and engine decisions to protobuf responses."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import struct_pb2
+
+from signoff.engine import model
+from signoff.errors import InvalidRequest
+from signoff.v1 import signoff_pb2 as pb
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on request size, so one caller cannot make a decision arbitrarily expensive."""
+
+    max_batch_items: int = 1000
+    max_id_length: int = 512
+    max_roles: int = 256
+    max_fields: int = 2000
+    max_tags_per_field: int = 64
+    max_struct_bytes: int = 256 * 1024
+
+
+_KINDS = {
+    pb.PRINCIPAL_KIND_HUMAN: model.PrincipalKind.HUMAN,
+    pb.PRINCIPAL_KIND_AGENT: model.PrincipalKind.AGENT,
+    pb.PRINCIPAL_KIND_SERVICE: model.PrincipalKind.SERVICE,
+}
+_VERDICTS = {
+    model.Verdict.ALLOW: pb.VERDICT_ALLOW,
+    model.Verdict.DENY: pb.VERDICT_DENY,
+    model.Verdict.MASK: pb.VERDICT_MASK,
+    model.Verdict.REQUIRE_APPROVAL: pb.VERDICT_REQUIRE_APPROVAL,
+}
+_OPS = {
+    model.MaskOp.NULLIFY: pb.MASK_OPERATOR_NULLIFY,
+    model.MaskOp.REDACT: pb.MASK_OPERATOR_REDACT,
+    model.MaskOp.HASH: pb.MASK_OPERATOR_HASH,
+    model.MaskOp.EMAIL: pb.MASK_OPERATOR_EMAIL,
+    model.MaskOp.PARTIAL: pb.MASK_OPERATOR_PARTIAL,
+}
+
+
+def _value(v: struct_pb2.Value) -> Any:
+    kind = v.WhichOneof("kind")
+    if kind == "struct_value":
+        return _struct(v.struct_value)
+    if kind == "list_value":
+        return [_value(x) for x in v.list_value.values]
+    if kind == "string_value":
+        return v.string_value
+    if kind == "number_value":
+        return v.number_value
+    if kind == "bool_value":
+        return v.bool_value
+    return None
+
+
+def _struct(s: struct_pb2.Struct) -> dict[str, Any]:
+    return {k: _value(v) for k, v in s.fields.items()}
+
+
+def _bounded_struct(s: struct_pb2.Struct, field: str, limits: Limits) -> dict[str, Any]:
+    if not s.fields:
+        return {}
+    if s.ByteSize() > limits.max_struct_bytes:
+        raise InvalidRequest(field, f"larger than {limits.max_struct_bytes} bytes")
+    return _struct(s)
+
+
+def _text(value: str, field: str, limits: Limits, *, required: bool = False) -> str:
+    if required and not value:
+        raise InvalidRequest(field, "is required")
+    if len(value) > limits.max_id_length:
+        raise InvalidRequest(field, f"longer than {limits.max_id_length} characters")
+    return value
+
+
+def to_request(msg: pb.CheckRequest, limits: Limits) -> model.Request:
+    """Validate a CheckRequest; raises InvalidRequest naming the first offending field."""
+    if not msg.HasField("principal"):
+        raise InvalidRequest("principal", "is required")
+    p = msg.principal
+    kind = _KINDS.get(p.kind)
+    if kind is None:
+        if p.kind == pb.PRINCIPAL_KIND_UNSPECIFIED:
+            raise InvalidRequest("principal.kind", "is required (human, agent or service)")
+        raise InvalidRequest("principal.kind", f"unknown value {p.kind}")
+    if len(p.roles) > limits.max_roles:
+        raise InvalidRequest("principal.roles", f"more than {limits.max_roles} roles")
+    for i, role in enumerate(p.roles):
+        _text(role, f"principal.roles[{i}]", limits, required=True)
+    principal = model.Principal(
+        id=_text(p.id, "principal.id", limits, required=True),
+        kind=kind,
+        roles=tuple(p.roles),
+        attributes=_bounded_struct(p.attributes, "principal.attributes", limits),
+    )
+    action = _text(msg.action, "action", limits, required=True)
+    if not msg.HasField("resource"):
+        raise InvalidRequest("resource", "is required")
+    r = msg.resource
+    if len(r.fields) > limits.max_fields:
+        raise InvalidRequest("resource.fields", f"more than {limits.max_fields} fields")
+    fields = []
+    for i, f in enumerate(r.fields):
+        where = f"resource.fields[{i}]"
+        if len(f.tags) > limits.max_tags_per_field:
+            raise InvalidRequest(f"{where}.tags", f"more than {limits.max_tags_per_field} tags")
+        fields.append(
+            model.FieldRef(
+                path=_text(f.path, f"{where}.path", limits, required=True),
+                tags=tuple(_text(t, f"{where}.tags", limits, required=True) for t in f.tags),
+            )
+        )
+    resource = model.Resource(
+        kind=_text(r.kind, "resource.kind", limits, required=True),
+        id=_text(r.id, "resource.id", limits),
+        attributes=_bounded_struct(r.attributes, "resource.attributes", limits),
+        fields=tuple(fields),
+    )
+    c = msg.context
+    when = None
+    if c.HasField("time"):
+        try:
+            when = c.time.ToDatetime(tzinfo=dt.UTC)
+        except (ValueError, OverflowError):
+            raise InvalidRequest("context.time", "not a valid timestamp") from None
+    context = model.Context(
+        environment=_text(c.environment, "context.environment", limits),
+        time=when,
+        source_ip=_text(c.source_ip, "context.source_ip", limits),
+        attributes=_bounded_struct(c.attributes, "context.attributes", limits),
+    )
+    return model.Request(
+        principal=principal,
+        action=action,
+        resource=resource,
+        context=context,
+        payload=_bounded_struct(msg.payload, "payload", limits),
+        approval_id=_text(msg.approval_id, "approval_id", limits),
+    )
+
+
+def to_response(decision: model.Decision, decision_id: str, hash_key_id: str) -> pb.CheckResponse:
+    out = pb.CheckResponse(
+        verdict=_VERDICTS[decision.verdict],
+        decision_id=decision_id,
+        policy_revision=decision.policy_revision,
+        matched_rules=decision.matched_rules,
+        reasons=decision.reasons,
+        errored_rules=decision.errored_rules,
+    )
+    for m in decision.masking_plan:
+        out.masking_plan.fields.add(
+            path=m.path,
+            operator=_OPS[m.op],
+            keep_first=m.keep_first,
+            keep_last=m.keep_last,
+            key_id=hash_key_id if m.op is model.MaskOp.HASH else "",
+            rule_ids=m.rule_ids,
+        )
+    a = decision.approval
+    if a is not None:
+        out.approval.quorum = a.quorum
+        out.approval.pending_ttl.FromTimedelta(a.pending_ttl)
+        out.approval.grant_ttl.FromTimedelta(a.grant_ttl)
+        out.approval.rule_ids.extend(a.rule_ids)
+        for s in a.approvers:
+            out.approval.approvers.add(roles=s.roles, groups=s.groups)
+    return out
+
+
+def struct_of(values: Mapping[str, Any]) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(values)
+    return s

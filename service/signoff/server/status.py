@@ -1,0 +1,34 @@
+"""The one place where errors become gRPC status codes."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+import uuid
+
+import grpc
+
+from signoff.errors import ConfigError, InvalidRequest, PolicyError, SignoffError
+
+log = logging.getLogger("signoff.server")
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """Status and caller-safe message for `exc`; unexpected errors never show a traceback."""
+    if isinstance(exc, InvalidRequest):
+        return grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: {exc.field}: {exc.message}"
+    if isinstance(exc, PolicyError | ConfigError):
+        return grpc.StatusCode.FAILED_PRECONDITION, "the service has no usable policy bundle"
+    if isinstance(exc, SignoffError):
+        return grpc.StatusCode.INTERNAL, "internal error"
+    ref = uuid.uuid4().hex[:12]
+    # The exception text may quote request data: log its type and where it was raised only.
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+    log.error("unexpected %s at %s (ref %s)", type(exc).__name__, where, ref)
+    return grpc.StatusCode.INTERNAL, f"internal error (ref {ref})"
+
+
+def grpc_code_value(code: grpc.StatusCode) -> int:
+    value: int = code.value[0]
+    return value
