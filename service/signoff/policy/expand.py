@@ -36,7 +36,12 @@ class Expansion:
                 if seg.literal:
                     return seg.original_start + expanded - seg.expanded_start
                 return seg.original_start
-        return self.segments[-1].original_start if self.segments else 0
+        if not self.segments:
+            return 0
+        last = self.segments[-1]  # past the end (e.g. "unexpected end of input"): clamp to it
+        if last.literal:
+            return last.original_start + max(last.expanded_end - last.expanded_start - 1, 0)
+        return last.original_start
 
     def offset_of(self, line: int, column: int) -> int:
         """Offset in the expanded text of a 1-based line/column."""

@@ -231,7 +231,7 @@ def _merge_schema(ctx: _Context, sources: list[source.SourceFile]) -> AttributeS
         for section, attrs in (src.data.get("schema") or {}).items():
             for name, type_name in attrs.items():
                 key = (section, name)
-                if key in merged[section] and merged[section][name] != type_name:
+                if name in merged[section] and merged[section][name] != type_name:
                     ctx.add(
                         src,
                         ("schema", section, name),
@@ -280,10 +280,11 @@ def _policies(
                 continue
             pid = spec["id"]
             base: source.Path_ = ("policies", i)
-            if pid in seen:
+            duplicate = pid in seen
+            if duplicate:
+                # Still compiled below so its own problems are reported in the same run.
                 ctx.add(src, (*base, "id"), pid, f"policy id {pid!r} is also used in {seen[pid]}")
-                continue
-            seen[pid] = src.name
+            seen.setdefault(pid, src.name)
             variables = _variables(ctx, src, base, pid, spec.get("variables") or {})
             rules: list[CompiledRule] = []
             rule_ids: set[str] = set()
@@ -302,6 +303,8 @@ def _policies(
                 )
                 if compiled_rule is not None:
                     rules.append(compiled_rule)
+            if duplicate:
+                continue
             compiled.append(
                 CompiledPolicy(
                     policy_id=pid,
