@@ -89,7 +89,9 @@ def test_no_candidate_rule_is_default_deny(write_rules: WriteRules, backend: str
 def test_candidate_rules_that_do_not_match_are_default_deny(
     write_rules: WriteRules, backend: str
 ) -> None:
-    engine = engine_for(write_rules, backend, one_policy("      - {id: a, effect: allow, when: 'false'}"))
+    engine = engine_for(
+        write_rules, backend, one_policy("      - {id: a, effect: allow, when: 'false'}")
+    )
     assert engine.decide(req()).verdict is Verdict.DENY
 
 
@@ -151,7 +153,9 @@ def test_masks_merge_with_the_strictest_operator_per_field(
     assert (card.op, card.keep_first, card.keep_last) == (MaskOp.PARTIAL, 0, 4)
 
 
-def test_approval_requirements_merge_to_the_strictest(write_rules: WriteRules, backend: str) -> None:
+def test_approval_requirements_merge_to_the_strictest(
+    write_rules: WriteRules, backend: str
+) -> None:
     engine = engine_for(
         write_rules,
         backend,
@@ -194,7 +198,10 @@ def test_an_error_in_an_allow_rule_also_denies(write_rules: WriteRules, backend:
     engine = engine_for(
         write_rules,
         backend,
-        one_policy("      - {id: ok, effect: allow}", "      - {id: bad, effect: allow, when: 'resource.attr.rows / 0 > 1'}"),
+        one_policy(
+            "      - {id: ok, effect: allow}",
+            "      - {id: bad, effect: allow, when: 'resource.attr.rows / 0 > 1'}",
+        ),
     )
     decision = engine.decide(req(rattr={"rows": 5}))
     assert decision.verdict is Verdict.DENY
@@ -231,13 +238,15 @@ derived_roles:
     when: resource.attr.tenant == principal.attr.tenant
 """,
     )
-    same = {"tenant": "acme"}
+    same: dict[str, object] = {"tenant": "acme"}
     assert engine.decide(req(roles=("employee",), pattr=same, rattr=same)).verdict is Verdict.ALLOW
     assert engine.decide(req(roles=("guest",), pattr=same, rattr=same)).verdict is Verdict.DENY
 
 
 def test_static_role_selector(write_rules: WriteRules, backend: str) -> None:
-    engine = engine_for(write_rules, backend, one_policy("      - {id: a, effect: allow, roles: [admin]}"))
+    engine = engine_for(
+        write_rules, backend, one_policy("      - {id: a, effect: allow, roles: [admin]}")
+    )
     assert engine.decide(req(roles=("admin",))).verdict is Verdict.ALLOW
     assert engine.decide(req(roles=("viewer",))).verdict is Verdict.DENY
 
@@ -288,8 +297,14 @@ def test_server_clock_drives_time_rules(write_rules: WriteRules, backend: str) -
         policies=one_policy("      - {id: day, effect: allow, when: \"now.getHours('UTC') >= 8\"}")
     )
     bundle = load_bundle(root, backend=backend)
-    assert Engine(bundle, clock=fixed_clock("2026-03-02T09:00:00Z")).decide(req()).verdict is Verdict.ALLOW
-    assert Engine(bundle, clock=fixed_clock("2026-03-02T02:00:00Z")).decide(req()).verdict is Verdict.DENY
+    assert (
+        Engine(bundle, clock=fixed_clock("2026-03-02T09:00:00Z")).decide(req()).verdict
+        is Verdict.ALLOW
+    )
+    assert (
+        Engine(bundle, clock=fixed_clock("2026-03-02T02:00:00Z")).decide(req()).verdict
+        is Verdict.DENY
+    )
 
 
 def test_undeclared_attribute_is_invalid(write_rules: WriteRules, backend: str) -> None:
@@ -319,7 +334,9 @@ def test_mistyped_attribute_is_invalid(
 
 def test_json_doubles_become_declared_ints(write_rules: WriteRules, backend: str) -> None:
     engine = engine_for(
-        write_rules, backend, one_policy("      - {id: a, effect: allow, when: 'principal.attr.level == 3'}")
+        write_rules,
+        backend,
+        one_policy("      - {id: a, effect: allow, when: 'principal.attr.level == 3'}"),
     )
     assert engine.decide(req(pattr={"level": 3.0})).verdict is Verdict.ALLOW
 
@@ -332,7 +349,9 @@ def test_undeclared_payload_keys_are_ignored_and_declared_ones_checked(
         backend,
         one_policy("      - {id: a, effect: allow, when: \"payload.target.startsWith('s3://')\"}"),
     )
-    assert engine.decide(req(payload={"target": "s3://x", "sql": "select"})).verdict is Verdict.ALLOW
+    assert (
+        engine.decide(req(payload={"target": "s3://x", "sql": "select"})).verdict is Verdict.ALLOW
+    )
     with pytest.raises(InvalidRequest):
         engine.decide(req(payload={"target": 3}))
 

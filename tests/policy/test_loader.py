@@ -148,7 +148,9 @@ def test_duplicate_yaml_keys_are_rejected(write_rules: WriteRules) -> None:
     root = write_rules(p="policies: []\npolicies: []\n")
     with pytest.raises(PolicyError) as info:
         load_bundle(root)
-    assert info.value.problems == [Problem(str(root / "p.yaml"), 2, 1, "", "duplicate key 'policies'")]
+    assert info.value.problems == [
+        Problem(str(root / "p.yaml"), 2, 1, "", "duplicate key 'policies'")
+    ]
 
 
 def test_conflicting_schema_declarations_are_rejected(write_rules: WriteRules) -> None:

@@ -24,7 +24,7 @@ BACKENDS = ("cel-expr", "cel-python")
 DEFAULT_BACKEND = "cel-expr"
 
 _FDP = descriptor_pb2.FieldDescriptorProto
-_SCALARS: dict[str, tuple[int, str]] = {
+_SCALARS: dict[str, tuple[descriptor_pb2.FieldDescriptorProto.Type.ValueType, str]] = {
     "string": (_FDP.TYPE_STRING, ""),
     "int": (_FDP.TYPE_INT64, ""),
     "double": (_FDP.TYPE_DOUBLE, ""),
@@ -194,6 +194,9 @@ class _CelExprProgram:
     def evaluate(self, activation: Any) -> bool:
         value = self._expr.eval(activation)
         # Errors come back as values whose text is truthy: only a real boolean true matches.
+        plain = value.value()
+        if plain is True or plain is False:
+            return plain
         kind = value.type()
         if kind == cel.Type.BOOL:
             return value.value() is True
@@ -242,17 +245,17 @@ class _CelPythonProgram:
         self._lock = threading.Lock()
 
     def evaluate(self, activation: Any) -> bool:
-        import celpy
         from celpy import celtypes
+        from celpy.evaluation import CELEvalError
 
         try:
             with self._lock:
                 value = self._runner.evaluate(activation)
-        except celpy.CELEvalError as exc:
+        except CELEvalError as exc:
             raise CelEvalError(_safe_celpy_error(exc)) from None
         except Exception as exc:  # a bug inside cel-python must still fail closed
             raise CelEvalError(f"cel-python raised {type(exc).__name__}") from None
-        if isinstance(value, celpy.CELEvalError):
+        if isinstance(value, CELEvalError):
             raise CelEvalError(_safe_celpy_error(value))
         if isinstance(value, celtypes.BoolType):
             return bool(value)
@@ -302,12 +305,12 @@ class CelPythonBackend:
         self._env = celpy.Environment()
 
     def compile(self, text: str) -> Program:
-        import celpy
+        from celpy.celparser import CELParseError
 
         try:
             ast = self._env.compile(text)
             return _CelPythonProgram(self._env.program(ast))
-        except celpy.CELParseError as exc:
+        except CELParseError as exc:
             line = getattr(exc, "line", None) or 1
             column = getattr(exc, "column", None) or 1
             raise CelCompileError(

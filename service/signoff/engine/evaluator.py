@@ -187,7 +187,7 @@ def _combine(
     verdict = max(r.effect for r in matched)
     plan = masking_plan([r for r in matched if r.effect is Verdict.MASK], request)
     approval = merge_approvals([r.approval for r in matched if r.approval is not None])
-    reasons = tuple(
+    because = tuple(
         dict.fromkeys(
             r.reason
             for r in sorted(matched, key=lambda r: r.rule_id)
@@ -198,7 +198,7 @@ def _combine(
         verdict,
         revision,
         matched_rules=ids,
-        reasons=reasons,
+        reasons=because,
         masking_plan=plan,
         approval=approval if verdict is Verdict.REQUIRE_APPROVAL else None,
     )

@@ -163,7 +163,8 @@ def _validate_structure(ctx: _Context, src: source.SourceFile) -> set[tuple[Any,
 
 def _schema_message(error: jsonschema.ValidationError) -> str:
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        allowed = sorted(error.schema.get("properties", {}))
+        schema = error.schema if isinstance(error.schema, dict) else {}
+        allowed = sorted(schema.get("properties", {}))
         if allowed:
             return f"{error.message}; allowed keys: {', '.join(allowed)}"
     if error.validator == "not":
