@@ -33,7 +33,7 @@ gen-check: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I proto \
 		--python_out=.gen-check --grpc_python_out=.gen-check \
 		--mypy_out=.gen-check --mypy_grpc_out=.gen-check $(PROTOS)
-	diff -r .gen-check/signoff/v1 $(GEN_OUT)/signoff/v1 --exclude=__pycache__ --exclude=__init__.py
+	diff -r .gen-check/signoff/v1 $(GEN_OUT)/signoff/v1 --exclude=__pycache__ --exclude=__init__.py --exclude=py.typed
 	rm -rf .gen-check
 
 lint: $(STAMP)
