@@ -20,6 +20,11 @@ def _serve(args: argparse.Namespace) -> int:
     from signoff.policy.loader import load_bundle
     from signoff.server import app, convert
 
+    try:
+        config_mod.validate_plain(args)
+    except ConfigError as exc:
+        print(f"signoff: bad configuration: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -14,6 +14,7 @@ from signoff.errors import ConfigError
 
 log = logging.getLogger("signoff.config")
 MIN_HASH_KEY_BYTES = 32
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 @dataclass(frozen=True)
@@ -48,13 +49,17 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers",
         type=int,
-        default=int(env("SIGNOFF_WORKERS", "8")),
+        default=env(
+            "SIGNOFF_WORKERS", "8"
+        ),  # a string: argparse converts it and reports bad values
         help="gRPC worker threads (SIGNOFF_WORKERS; default 8)",
     )
     parser.add_argument(
         "--max-batch-items",
         type=int,
-        default=int(env("SIGNOFF_MAX_BATCH_ITEMS", "1000")),
+        default=env(
+            "SIGNOFF_MAX_BATCH_ITEMS", "1000"
+        ),  # a string: argparse converts it and reports bad values
         help="largest CheckBatch accepted (SIGNOFF_MAX_BATCH_ITEMS; default 1000)",
     )
     parser.add_argument(
@@ -66,7 +71,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level",
         default=env("SIGNOFF_LOG_LEVEL", "INFO"),
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        choices=LOG_LEVELS,
         help="SIGNOFF_LOG_LEVEL; default INFO",
     )
 
@@ -92,7 +97,16 @@ def hash_key(key_file: str) -> bytes:
     return key
 
 
+def validate_plain(args: argparse.Namespace) -> None:
+    """Check values argparse cannot: `choices` are not applied to defaults from the env."""
+    if args.cel_backend not in BACKENDS:
+        raise ConfigError(f"unknown CEL backend {args.cel_backend!r}; choose {', '.join(BACKENDS)}")
+    if args.log_level not in LOG_LEVELS:
+        raise ConfigError(f"unknown log level {args.log_level!r}; choose {', '.join(LOG_LEVELS)}")
+
+
 def from_args(args: argparse.Namespace) -> Config:
+    validate_plain(args)
     if args.workers < 1:
         raise ConfigError("--workers must be at least 1")
     if args.max_batch_items < 1:

@@ -29,7 +29,8 @@ class PolicyError(SignoffError):
     """A policy bundle failed to load; carries every problem found, not just the first."""
 
     def __init__(self, problems: list[Problem]) -> None:
-        self.problems = sorted(problems)
+        # The checker can report one fault twice (e.g. inside a macro); list each once.
+        self.problems = sorted(set(problems))
         lines = "\n".join(f"  {p}" for p in self.problems)
         super().__init__(f"policy bundle has {len(self.problems)} problem(s):\n{lines}")
 

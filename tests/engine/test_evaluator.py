@@ -359,3 +359,31 @@ def test_undeclared_payload_keys_are_ignored_and_declared_ones_checked(
 def test_deny_reasons_default_to_the_rule_id(write_rules: WriteRules, backend: str) -> None:
     engine = engine_for(write_rules, backend, one_policy("      - {id: nope, effect: deny}"))
     assert engine.decide(req()).reasons == ("denied by p/nope",)
+
+
+def test_a_variable_may_yield_any_type(write_rules: WriteRules, backend: str) -> None:
+    policies = """
+policies:
+  - id: p
+    resources: [db]
+    actions: [read]
+    variables:
+      hour: now.getHours('UTC')
+    rules: [{id: late, effect: allow, when: "V.hour >= 12"}]
+"""
+    assert engine_for(write_rules, backend, policies).decide(req()).verdict is Verdict.ALLOW
+
+
+def test_timestamp_values_nested_in_maps_are_readable(write_rules: WriteRules, backend: str) -> None:
+    root = write_rules(
+        schema="schema:\n  principal: {since: timestamp, grace: duration}\n",
+        policies=one_policy(
+            "      - {id: a, effect: allow, when: 'principal.attr.since + principal.attr.grace < now'}"
+        ),
+    )
+    engine = Engine(load_bundle(root, backend=backend), clock=fixed_clock("2026-03-02T14:00:00Z"))
+    old = req(pattr={"since": "2026-03-01T00:00:00Z", "grace": "1h"})
+    new = req(pattr={"since": "2026-03-02T13:30:00Z", "grace": "1h"})
+    assert engine.decide(old).verdict is Verdict.ALLOW
+    assert engine.decide(new).verdict is Verdict.DENY
+    assert engine.decide(new).errored_rules == ()

@@ -88,6 +88,11 @@ CASES = [
         (9, 92, "p/r", "does not match"),
     ),
     (
+        "duration units out of order",
+        "    rules:\n      - {id: r, effect: require_approval, approval: {approvers: {roles: [x]}, grant_ttl: 30m1h}}\n",
+        (9, 90, "p/r", "does not match"),
+    ),
+    (
         "keep_last on redact",
         "    rules:\n      - {id: r, effect: mask, mask: [{tags: [pii], operator: redact, keep_last: 4}]}\n",
         (9, 38, "p/r", "only to the partial operator"),
@@ -191,3 +196,23 @@ def test_revision_changes_with_content_and_only_with_content(write_rules: WriteR
 def test_bundled_rules_load(backend: str) -> None:
     bundle = load_bundle(RULES, backend=backend)
     assert bundle.rule_count > 0
+
+
+def test_one_bad_schema_entry_does_not_cascade(write_rules: WriteRules) -> None:
+    root = write_rules(
+        schema="schema:\n  principal: {tenant: string, level: integer}\n",
+        p="policies:\n  - id: p\n    resources: [db]\n    actions: [read]\n"
+        "    rules: [{id: r, effect: allow, when: 'principal.attr.level > 2'}]\n",
+    )
+    with pytest.raises(PolicyError) as info:
+        load_bundle(root)
+    (problem,) = info.value.problems
+    assert (Path(problem.file).name, problem.line) == ("schema.yaml", 2)
+    assert "'integer' is not one of" in problem.message
+
+
+def test_suites_named_yml_are_not_policies(write_rules: WriteRules) -> None:
+    root = write_rules(
+        {"p.yaml": HEAD + "    rules: [{id: r, effect: allow}]\n", "p_test.yml": "cases: []\n"}
+    )
+    assert load_bundle(root).files == (str(root / "p.yaml"),)

@@ -164,14 +164,15 @@ class Checker:
             },
         )
 
-    def check(self, text: str) -> None:
-        """Raise CelCompileError unless `text` parses, type-checks and yields a bool."""
+    def check(self, text: str, *, condition: bool = True) -> None:
+        """Raise CelCompileError unless `text` parses, type-checks and (for a condition)
+        yields a bool; a policy variable may yield any type."""
         try:
             expr = self._env.compile(text)
         except RuntimeError as exc:
             raise CelCompileError(_issues(str(exc))) from None
         result = expr.return_type()
-        if result != cel.Type.BOOL and result != cel.Type.DYN:
+        if condition and result != cel.Type.BOOL and result != cel.Type.DYN:
             raise CelCompileError(
                 [CelIssue(1, 1, f"condition must be a bool, but it yields {result.name().lower()}")]
             )
@@ -205,9 +206,34 @@ class _CelExprProgram:
         raise CelEvalError(f"condition yielded {kind.name().lower()}, not a bool")
 
 
+def _to_cel_expr(value: Any) -> Any:
+    # cel-expr-python takes datetimes only at the top level; nested ones must be protobuf
+    # well-known types or every read of the enclosing map fails.
+    if isinstance(value, dict):
+        return {k: _to_cel_expr(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_cel_expr(v) for v in value]
+    if isinstance(value, dt.datetime):
+        ts = timestamp_pb2.Timestamp()
+        ts.FromDatetime(value)
+        return ts
+    if isinstance(value, dt.timedelta):
+        d = duration_pb2.Duration()
+        d.FromTimedelta(value)
+        return d
+    return value
+
+
+_SAFE_CEL_EXPR_ERRORS = ("Key not found in map", "No matching overloads", "divide by zero")
+
+
 def _safe_cel_expr_error(text: str) -> str:
-    # cel-cpp messages name keys and overloads, not values, but quote nothing beyond a line.
-    return text.splitlines()[0][:200] if text else "evaluation error"
+    # Some cel-cpp messages quote the offending value; keep only shapes known to name keys,
+    # overloads or arithmetic faults, and otherwise just the status code.
+    first = text.splitlines()[0] if text else ""
+    if any(shape in first for shape in _SAFE_CEL_EXPR_ERRORS):
+        return first[:200]
+    return first.split(":", 1)[0][:40] or "evaluation error"
 
 
 class CelExprBackend:
@@ -232,7 +258,7 @@ class CelExprBackend:
             raise CelCompileError(_issues(str(exc))) from None
 
     def activation(self, data: Mapping[str, Any]) -> Any:
-        return self._env.Activation(data)
+        return self._env.Activation({k: _to_cel_expr(v) for k, v in data.items()})
 
 
 # --- cel-python -----------------------------------------------------------------------------

@@ -25,6 +25,9 @@ TYPES = (
     "dyn",
 )
 SECTIONS = ("principal", "resource", "context", "payload")
+MAX_NAME_LENGTH = 128
+# google.protobuf.Duration's range, which both CEL backends enforce.
+MAX_DURATION_SECONDS = 315_576_000_000
 
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
@@ -33,9 +36,12 @@ def parse_duration(text: str) -> dt.timedelta:
     """Parse '1h30m', '45s', ... (the policy-file duration syntax)."""
     m = _DURATION.match(text)
     if not text or m is None:
-        raise ValueError(f"invalid duration {text!r}: expected e.g. '30m', '1h', '2h30m'")
+        raise ValueError(f"invalid duration {text[:40]!r}: expected e.g. '30m', '1h', '2h30m'")
     h, mi, s = (int(g) if g else 0 for g in m.groups())
-    return dt.timedelta(hours=h, minutes=mi, seconds=s)
+    total = h * 3600 + mi * 60 + s
+    if total > MAX_DURATION_SECONDS:
+        raise ValueError("duration out of range (CEL allows about 10,000 years)")
+    return dt.timedelta(seconds=total)
 
 
 @dataclass(frozen=True)
@@ -85,7 +91,10 @@ def _timestamp(value: Any, where: str) -> dt.datetime:
         raise InvalidRequest(where, "expected an RFC 3339 timestamp string")
     if result.tzinfo is None:
         raise InvalidRequest(where, "timestamp needs a time zone offset (e.g. 'Z')")
-    return result.astimezone(dt.UTC)
+    try:
+        return result.astimezone(dt.UTC)
+    except OverflowError:
+        raise InvalidRequest(where, "timestamp out of range") from None
 
 
 def _duration(value: Any, where: str) -> dt.timedelta:
@@ -154,6 +163,8 @@ def convert_section(
     out: dict[str, Any] = {}
     for key, value in values.items():
         type_name = declared.get(key)
+        if type_name is None and len(key) > MAX_NAME_LENGTH:
+            raise InvalidRequest(where, f"attribute name longer than {MAX_NAME_LENGTH} characters")
         if type_name is None:
             raise InvalidRequest(
                 f"{where}.{key}", f"attribute not declared in the {section} schema"

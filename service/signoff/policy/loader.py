@@ -26,7 +26,7 @@ from signoff.engine.schema import SECTIONS, AttributeSchema, parse_duration
 from signoff.errors import PolicyError, Problem
 from signoff.policy import expand, source
 
-SUITE_SUFFIX = "_test.yaml"
+SUITE_SUFFIXES = ("_test.yaml", "_test.yml")
 DEFAULT_PENDING_TTL = dt.timedelta(hours=1)
 DEFAULT_GRANT_TTL = dt.timedelta(minutes=15)
 _EFFECTS = {
@@ -62,7 +62,7 @@ def policy_files(rules_dir: Path) -> list[Path]:
         p
         for pattern in ("*.yaml", "*.yml")
         for p in rules_dir.rglob(pattern)
-        if p.is_file() and not p.name.endswith(SUITE_SUFFIX)
+        if p.is_file() and not p.name.endswith(SUITE_SUFFIXES)
     ]
     return sorted(files, key=lambda p: p.relative_to(rules_dir).as_posix())
 
@@ -96,6 +96,8 @@ class _Context:
         rule_id: str,
         text: str,
         variables: dict[str, str] | None = None,
+        *,
+        condition: bool = True,
     ) -> cel.Program | None:
         """Expand, type-check and compile one condition; record problems and return None."""
         assert self.checker is not None
@@ -109,7 +111,7 @@ class _Context:
             )
             return None
         try:
-            self.checker.check(expansion.text)
+            self.checker.check(expansion.text, condition=condition)
             return self.backend.compile(expansion.text)
         except cel.CelCompileError as exc:
             for issue in exc.issues:
@@ -152,6 +154,8 @@ def _validate_structure(ctx: _Context, src: source.SourceFile) -> set[tuple[Any,
             bad.add(path[:4])
         elif len(path) >= 2 and path[0] in ("policies", "derived_roles"):
             bad.add(path[:2])
+        elif len(path) >= 3 and path[0] == "schema":
+            bad.add(path[:3])  # one bad declaration: declared as dyn so users don't cascade
         elif path and path[0] == "schema":
             bad.add(("schema",))
         else:
@@ -230,7 +234,9 @@ def _merge_schema(ctx: _Context, sources: list[source.SourceFile]) -> AttributeS
         if ("schema",) in src.unusable:
             continue
         for section, attrs in (src.data.get("schema") or {}).items():
-            for name, type_name in attrs.items():
+            for name, declared in attrs.items():
+                valid = ("schema", section, name) not in src.unusable
+                type_name = declared if valid else "dyn"
                 key = (section, name)
                 if name in merged[section] and merged[section][name] != type_name:
                     ctx.add(
@@ -361,10 +367,17 @@ def _variables(
     assert ctx.checker is not None
     for name, text in list(expanded.items()):
         try:
-            ctx.checker.check(text)
+            ctx.checker.check(text, condition=False)
         except cel.CelCompileError:
             # Re-run through compile() on the raw text so positions point into the variable.
-            ctx.compile(src, (*base, "variables", name), f"{pid}:V.{name}", specs[name], expanded)
+            ctx.compile(
+                src,
+                (*base, "variables", name),
+                f"{pid}:V.{name}",
+                specs[name],
+                expanded,
+                condition=False,
+            )
             del expanded[name]
             failed.add(name)
     for name in failed:
@@ -441,7 +454,12 @@ def _approval(
         ctx.add(src, (*path, "approvers"), rule_id, "approvers needs at least one role or group")
     ttls = {}
     for key, default in (("pending_ttl", DEFAULT_PENDING_TTL), ("grant_ttl", DEFAULT_GRANT_TTL)):
-        ttls[key] = parse_duration(spec[key]) if key in spec else default
+        try:
+            ttls[key] = parse_duration(spec[key]) if key in spec else default
+        except ValueError as exc:
+            ctx.add(src, (*path, key), rule_id, str(exc))
+            ttls[key] = default
+            continue
         if ttls[key] <= dt.timedelta(0):
             ctx.add(src, (*path, key), rule_id, f"{key} must be positive")
     return ApprovalRequirement(

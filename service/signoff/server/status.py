@@ -16,7 +16,9 @@ log = logging.getLogger("signoff.server")
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """Status and caller-safe message for `exc`; unexpected errors never show a traceback."""
     if isinstance(exc, InvalidRequest):
-        return grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: {exc.field}: {exc.message}"
+        # Field paths can embed caller-chosen names: bound them so the status always fits.
+        field = exc.field if len(exc.field) <= 200 else exc.field[:200] + "..."
+        return grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: {field}: {exc.message[:300]}"
     if isinstance(exc, PolicyError | ConfigError):
         return grpc.StatusCode.FAILED_PRECONDITION, "the service has no usable policy bundle"
     if isinstance(exc, SignoffError):
