@@ -1,0 +1,7 @@
+"""`python -m signoff.policytest rules/` runs the suites like `signoff test rules/`."""
+
+import sys
+
+from signoff.policytest.cli import main
+
+sys.exit(main())
