@@ -37,6 +37,14 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"signoff: bad configuration: {exc}", file=sys.stderr)
         return 2
+    # Handlers go in before the ready line: a supervisor may stop us the moment it sees it.
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         running = app.start(
             Engine(bundle),
@@ -53,13 +61,6 @@ def _serve(args: argparse.Namespace) -> int:
         f"revision {bundle.revision[:12]} ({bundle.rule_count} rules)",
         flush=True,
     )
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     stop.wait()
     running.stop()
     return 0

@@ -1,0 +1,202 @@
+"""Helpers shared by the end-to-end tests: an in-process server, request builders, status checks."""
+
+from __future__ import annotations
+
+import functools
+import socket
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+
+from signoff.client.masking import key_id
+from signoff.engine.compiled import Bundle
+from signoff.engine.evaluator import Engine
+from signoff.policy.loader import load_bundle
+from signoff.server import app, convert
+from signoff.v1 import signoff_pb2 as pb
+from tests.conftest import RULES, fixed_clock
+
+# The HMAC key the tests' servers name in HASH entries (at least 32 bytes, like the real one).
+KEY = b"signoff-e2e-test-hash-key-0123456789abcdef"
+KEY_ID = key_id(KEY)
+# Monday 2026-03-02 14:00 UTC (15:00 in Berlin): business hours, daytime everywhere.
+DAY = "2026-03-02T14:00:00Z"
+# Monday 23:30 UTC (Tuesday 00:30 in Berlin): night for customer data, after hours for infra.
+NIGHT = "2026-03-02T23:30:00Z"
+# No call in these tests should ever take this long; a hang fails instead of blocking the run.
+TIMEOUT = 10.0
+
+HUMAN = pb.PRINCIPAL_KIND_HUMAN
+AGENT = pb.PRINCIPAL_KIND_AGENT
+SERVICE = pb.PRINCIPAL_KIND_SERVICE
+
+
+@functools.cache
+def bundled(backend: str = "cel-expr") -> Bundle:
+    """The bundled rules, loaded once per backend (a Bundle is immutable)."""
+    return load_bundle(RULES, backend=backend)
+
+
+@contextmanager
+def serving(
+    rules: Path | None = None,
+    *,
+    now: str = DAY,
+    backend: str = "cel-expr",
+    limits: convert.Limits | None = None,
+) -> Iterator[app.Running]:
+    """Serve `rules` (default: the bundled rules) on a free port with the clock pinned at `now`."""
+    bundle = bundled(backend) if rules is None else load_bundle(rules, backend=backend)
+    engine = Engine(bundle, clock=fixed_clock(now))
+    running = app.start(engine, "127.0.0.1:0", hash_key_id=KEY_ID, limits=limits)
+    try:
+        yield running
+    finally:
+        running.stop(grace=None)
+
+
+@contextmanager
+def channel_to(port: int) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        yield channel
+
+
+def closed_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
+    out = struct_pb2.Struct()
+    out.update(values)
+    return out
+
+
+def principal(
+    pid: str, kind: pb.PrincipalKind.ValueType, roles: Sequence[str], **attributes: Any
+) -> pb.Principal:
+    return pb.Principal(id=pid, kind=kind, roles=roles, attributes=struct(attributes))
+
+
+def alice() -> pb.Principal:
+    """An analyst of tenant acme who is not a data steward."""
+    return principal("alice@acme.io", HUMAN, ["analyst"], tenant="acme")
+
+
+def dana() -> pb.Principal:
+    """A data steward of tenant acme."""
+    return principal("dana@acme.io", HUMAN, ["data_steward"], tenant="acme")
+
+
+def eve() -> pb.Principal:
+    """An analyst of another tenant (globex)."""
+    return principal("eve@globex.io", HUMAN, ["analyst"], tenant="globex")
+
+
+def intern() -> pb.Principal:
+    """A human of tenant acme with no role that any policy grants anything to."""
+    return principal("ian@acme.io", HUMAN, ["intern"], tenant="acme")
+
+
+def export_bot() -> pb.Principal:
+    """An AI agent with the analyst role, owned by alice who signed in with MFA."""
+    return principal(
+        "agent:export-bot", AGENT, ["analyst"], tenant="acme", owner="alice@acme.io", owner_mfa=True
+    )
+
+
+def orphan_bot(tenant: str = "acme") -> pb.Principal:
+    """An AI agent nobody owns."""
+    return principal("agent:orphan-bot", AGENT, ["analyst"], tenant=tenant)
+
+
+def ivan() -> pb.Principal:
+    """A human IAM administrator."""
+    return principal("ivan@acme.io", HUMAN, ["iam_admin"], tenant="acme")
+
+
+def deploy_bot() -> pb.Principal:
+    """A CI/CD pipeline allowed to deploy."""
+    return principal("svc:deploy-bot", SERVICE, ["deployer"], tenant="acme")
+
+
+def customers(tenant: str = "acme") -> pb.Resource:
+    """The CRM customer table: a customer id, an email and a card number (tagged), a country."""
+    return pb.Resource(
+        kind="customer_table",
+        id="crm.customers",
+        attributes=struct({"tenant": tenant}),
+        fields=[
+            pb.Field(path="customers.*.id", tags=["pii.customer_id"]),
+            pb.Field(path="customers.*.email", tags=["pii.email"]),
+            pb.Field(path="customers.*.card_number", tags=["pci.pan"]),
+            pb.Field(path="customers.*.country"),
+        ],
+    )
+
+
+def iam_role() -> pb.Resource:
+    return pb.Resource(kind="iam_role", id="roles/db-admin", attributes=struct({"tenant": "acme"}))
+
+
+def deployment() -> pb.Resource:
+    return pb.Resource(
+        kind="infra.k8s_deployment", id="prod/checkout", attributes=struct({"tenant": "acme"})
+    )
+
+
+def check_request(
+    who: pb.Principal,
+    action: str,
+    what: pb.Resource,
+    *,
+    environment: str = "prod",
+    payload: Mapping[str, Any] | None = None,
+) -> pb.CheckRequest:
+    request = pb.CheckRequest(
+        principal=who, action=action, resource=what, context=pb.Context(environment=environment)
+    )
+    if payload is not None:
+        request.payload.CopyFrom(struct(payload))
+    return request
+
+
+def allowed_read() -> pb.CheckRequest:
+    """alice reads 20 rows of customer data by day: ALLOW."""
+    return check_request(alice(), "read", customers(), payload={"row_limit": 20})
+
+
+def masked_export() -> pb.CheckRequest:
+    """alice exports customer data in bulk: MASK (email, card number, customer id)."""
+    return check_request(
+        alice(), "export", customers(), payload={"target": "s3://acme-exports/customers.parquet"}
+    )
+
+
+def cross_tenant_read() -> pb.CheckRequest:
+    """eve (globex) reads acme's customer data: DENY."""
+    return check_request(eve(), "read", customers(), payload={"row_limit": 10})
+
+
+def prod_grant() -> pb.CheckRequest:
+    """ivan grants a role to bob in prod: REQUIRE_APPROVAL by two security engineers."""
+    return check_request(
+        ivan(), "grant_role", iam_role(), payload={"grantee": "bob@acme.io", "role": "db-admin"}
+    )
+
+
+def rpc_error(call: Callable[[], object]) -> grpc.Call:
+    """Run `call`, which must fail, and return the failed call (code, details, metadata)."""
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    error = info.value
+    assert isinstance(error, grpc.Call)
+    return error

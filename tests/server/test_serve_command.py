@@ -1,0 +1,336 @@
+"""`signoff serve` as a subprocess: refusing bad bundles, serving, SIGNOFF_* config, clean stops."""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from signoff.client.masking import key_id
+from signoff.engine.evaluator import Engine
+from signoff.server import app
+from signoff.v1 import signoff_pb2 as pb
+from signoff.v1 import signoff_pb2_grpc as pb_grpc
+from tests.conftest import RULES, WriteRules
+from tests.server.harness import (
+    KEY,
+    TIMEOUT,
+    allowed_read,
+    bundled,
+    channel_to,
+    masked_export,
+    rpc_error,
+    serving,
+)
+
+STARTUP_SECONDS = 20.0
+LISTENING = re.compile(r"^signoff listening on (?P<host>\S+):(?P<port>\d+) ")
+PROBLEM = re.compile(
+    r"^\s+(?P<file>\S+?):(?P<line>\d+):(?P<col>\d+)(?: \[(?P<rule>[^\]]+)\])?: .+$"
+)
+
+
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "signoff.cli", "serve", *args]
+
+
+def _environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without any SIGNOFF_* variable, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNOFF_")}
+    env.update(extra or {})
+    return env
+
+
+def _run(
+    *args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `signoff serve` expecting it to exit by itself (it is killed after a timeout)."""
+    return subprocess.run(
+        _command(*args),
+        env=_environment(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=STARTUP_SECONDS,
+        check=False,
+    )
+
+
+@dataclass
+class Served:
+    process: subprocess.Popen[str]
+    host: str
+    port: int
+
+
+@contextmanager
+def _serve(
+    *args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> Iterator[Served]:
+    """Start `signoff serve`, wait for its listening line; the process is killed if still alive."""
+    process = subprocess.Popen(
+        _command(*args),
+        env=_environment(env),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = _first_line(process)
+        match = LISTENING.match(line)
+        if match is None:
+            process.kill()
+            _, err = process.communicate(timeout=STARTUP_SECONDS)
+            pytest.fail(f"no listening line (got {line!r}); stderr:\n{err}")
+        yield Served(process, match["host"], int(match["port"]))
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=STARTUP_SECONDS)
+
+
+def _first_line(process: subprocess.Popen[str]) -> str:
+    assert process.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout=STARTUP_SECONDS):
+            return ""
+    return process.stdout.readline()
+
+
+def _health(port: int) -> int:
+    with channel_to(port) as channel:
+        response = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="signoff.v1.DecisionService"), timeout=TIMEOUT
+        )
+    status: int = response.status
+    return status
+
+
+def _stop(served: Served) -> tuple[int, str, str]:
+    served.process.send_signal(signal.SIGTERM)
+    out, err = served.process.communicate(timeout=STARTUP_SECONDS)
+    return served.process.returncode, out, err
+
+
+BAD_SCHEMA = """
+schema:
+  principal: {tenant: string}
+"""
+BAD_POLICIES = """
+policies:
+  - id: docs
+    resources: [doc]
+    actions: [read]
+    rules:
+      - id: typo
+        effect: allow
+        when: principal.attr.tenantt == 'acme'
+      - id: bad-effect
+        effect: permit
+"""
+BAD_CEL = """
+policies:
+  - id: other
+    resources: [doc]
+    actions: [write]
+    rules:
+      - id: undeclared
+        effect: deny
+        when: resource.attr.zzz == 1
+"""
+BAD_YAML = """
+policies:
+  - id: broken: [
+"""
+
+
+def test_bad_bundle_exits_2_listing_every_problem_with_its_position(
+    write_rules: WriteRules,
+) -> None:
+    root = write_rules(schema=BAD_SCHEMA, a=BAD_POLICIES, b=BAD_CEL, c=BAD_YAML)
+
+    result = _run("--rules", str(root), "--address", "127.0.0.1:0")
+
+    assert result.returncode == 2
+    assert "listening" not in result.stdout
+    assert "Traceback" not in result.stderr
+    assert "signoff: refusing to start: policy bundle has 4 problem(s):" in result.stderr
+    problems = [m for m in map(PROBLEM.match, result.stderr.splitlines()) if m is not None]
+    found = {(Path(m["file"]).name, int(m["line"]), m["rule"]) for m in problems}
+    assert found == {
+        ("a.yaml", 8, "docs/typo"),
+        ("a.yaml", 10, "docs/bad-effect"),
+        ("b.yaml", 8, "other/undeclared"),
+        ("c.yaml", 2, None),
+    }
+    assert all(Path(m["file"]).parent == root and int(m["col"]) >= 1 for m in problems)
+
+
+def test_missing_rules_directory_exits_2(tmp_path: Path) -> None:
+    result = _run("--rules", str(tmp_path / "nowhere"), "--address", "127.0.0.1:0")
+
+    assert result.returncode == 2
+    assert "rules directory not found" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_answers_health_and_checks_and_stops_cleanly_on_sigterm() -> None:
+    with _serve("--rules", str(RULES), "--address", "127.0.0.1:0") as served:
+        assert served.host == "127.0.0.1"
+        assert _health(served.port) == health_pb2.HealthCheckResponse.SERVING
+        with channel_to(served.port) as channel:
+            response = pb_grpc.DecisionServiceStub(channel).Check(allowed_read(), timeout=TIMEOUT)
+        assert response.verdict == pb.VERDICT_ALLOW
+        assert response.policy_revision == bundled().revision
+
+        started = time.monotonic()
+        code, _, err = _stop(served)
+
+    assert code == 0, err
+    assert time.monotonic() - started < 10
+    assert "Traceback" not in err
+    with channel_to(served.port) as channel:
+        gone = rpc_error(
+            lambda: health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=2
+            )
+        )
+    assert gone.code() == grpc.StatusCode.UNAVAILABLE
+
+
+# Runs `signoff serve` in a process that sends itself SIGTERM the moment the listening line is
+# written: the earliest instant a supervisor that waits for that line could stop the server.
+SIGTERM_ON_LISTENING = """
+import os, signal, sys
+from signoff import cli
+
+class Stdout:
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        written = self._stream.write(text)
+        if "signoff listening on" in text:
+            self._stream.flush()
+            os.kill(os.getpid(), signal.SIGTERM)
+        return written
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+sys.stdout = Stdout(sys.stdout)
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+SERVE_BUNDLED = ("serve", "--rules", str(RULES), "--address", "127.0.0.1:0")
+
+
+def test_sigterm_as_soon_as_the_server_says_it_listens_stops_it_cleanly() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", SIGTERM_ON_LISTENING, *SERVE_BUNDLED],
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        timeout=STARTUP_SECONDS,
+        check=False,
+    )
+
+    assert LISTENING.match(result.stdout)
+    assert result.returncode == 0, f"exit {result.returncode}; stderr:\n{result.stderr[-2000:]}"
+
+
+def test_signoff_environment_variables_configure_the_server(tmp_path: Path) -> None:
+    env = {
+        "SIGNOFF_RULES": str(RULES),
+        "SIGNOFF_ADDRESS": "127.0.0.1:0",
+        "SIGNOFF_HASH_KEY": KEY.decode(),
+        "SIGNOFF_MAX_BATCH_ITEMS": "2",
+    }
+    # Run where ./rules does not exist, so only SIGNOFF_RULES can point at the bundle.
+    with _serve(env=env, cwd=tmp_path) as served:
+        with channel_to(served.port) as channel:
+            stub = pb_grpc.DecisionServiceStub(channel)
+            masked = stub.Check(masked_export(), timeout=TIMEOUT)
+            at_limit = stub.CheckBatch(
+                pb.CheckBatchRequest(items=[allowed_read()] * 2), timeout=TIMEOUT
+            )
+            over = rpc_error(
+                lambda: stub.CheckBatch(
+                    pb.CheckBatchRequest(items=[allowed_read()] * 3), timeout=TIMEOUT
+                )
+            )
+        code, _, err = _stop(served)
+
+    assert served.port != 50051  # SIGNOFF_ADDRESS asked for a free port
+    hash_key_ids = [
+        e.key_id for e in masked.masking_plan.fields if e.operator == pb.MASK_OPERATOR_HASH
+    ]
+    assert hash_key_ids == [key_id(KEY)]
+    assert len(at_limit.results) == 2
+    assert over.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert code == 0
+    assert "no hash key configured" not in err
+
+
+def test_command_line_flags_override_environment_variables(tmp_path: Path) -> None:
+    env = {"SIGNOFF_RULES": str(tmp_path / "nowhere"), "SIGNOFF_ADDRESS": "127.0.0.1:1"}
+
+    with _serve("--rules", str(RULES), "--address", "127.0.0.1:0", env=env) as served:
+        assert _health(served.port) == health_pb2.HealthCheckResponse.SERVING
+        code, _, _ = _stop(served)
+
+    assert code == 0
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SIGNOFF_WORKERS", "many"),
+        ("SIGNOFF_MAX_BATCH_ITEMS", "lots"),
+        ("SIGNOFF_LOG_LEVEL", "verbose"),
+        ("SIGNOFF_CEL_BACKEND", "bogus"),
+        ("SIGNOFF_WORKERS", "0"),
+        ("SIGNOFF_HASH_KEY", "too-short"),
+        ("SIGNOFF_HASH_KEY_FILE", "/nonexistent/signoff.key"),
+    ],
+)
+def test_bad_environment_value_exits_2_with_a_message_not_a_traceback(
+    variable: str, value: str
+) -> None:
+    result = _run("--rules", str(RULES), "--address", "127.0.0.1:0", env={variable: value})
+
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert re.search(r"^signoff\b.*: ", result.stderr, re.MULTILINE)
+
+
+def test_port_already_in_use_is_a_clear_error() -> None:
+    with serving() as running:
+        result = _run("--rules", str(RULES), "--address", f"127.0.0.1:{running.port}")
+        # The server that holds the port is untouched.
+        assert _health(running.port) == health_pb2.HealthCheckResponse.SERVING
+
+    assert result.returncode == 1
+    assert f"signoff: cannot listen on 127.0.0.1:{running.port}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "listening" not in result.stdout
+
+
+def test_starting_in_process_on_a_used_port_raises_oserror() -> None:
+    with serving() as running, pytest.raises(OSError, match=f"127.0.0.1:{running.port}"):
+        app.start(Engine(bundled()), f"127.0.0.1:{running.port}", hash_key_id="k")
