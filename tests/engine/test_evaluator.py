@@ -374,7 +374,9 @@ policies:
     assert engine_for(write_rules, backend, policies).decide(req()).verdict is Verdict.ALLOW
 
 
-def test_timestamp_values_nested_in_maps_are_readable(write_rules: WriteRules, backend: str) -> None:
+def test_timestamp_values_nested_in_maps_are_readable(
+    write_rules: WriteRules, backend: str
+) -> None:
     root = write_rules(
         schema="schema:\n  principal: {since: timestamp, grace: duration}\n",
         policies=one_policy(
