@@ -1,0 +1,279 @@
+"""The one implementation of signoff masking plans; docs/masking.md is its specification."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import hmac
+import json
+import math
+import re
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from signoff.client.errors import MaskingError
+from signoff.v1 import signoff_pb2
+
+__all__ = [
+    "HASH_PREFIX",
+    "REDACTED",
+    "MaskingError",
+    "apply_mask",
+    "canonical_form",
+    "key_id",
+]
+
+REDACTED = "[REDACTED]"
+HASH_PREFIX = "hmac-sha256:"
+
+_KEY_ID_MESSAGE = b"signoff-key-id"
+_WILDCARD = "*"
+# Only the canonical decimal spelling indexes a list, so "01" and "+1" never alias index 1.
+_INDEX = re.compile(r"0|[1-9][0-9]*")
+# Higher wins when several entries hit the same value.
+_STRICTNESS: dict[int, int] = {
+    signoff_pb2.MASK_OPERATOR_PARTIAL: 1,
+    signoff_pb2.MASK_OPERATOR_EMAIL: 2,
+    signoff_pb2.MASK_OPERATOR_HASH: 3,
+    signoff_pb2.MASK_OPERATOR_REDACT: 4,
+    signoff_pb2.MASK_OPERATOR_NULLIFY: 5,
+}
+_IMMUTABLE_LEAVES = (str, int, float, bool, bytes, type(None))
+
+# A concrete position in a record: dict keys and list indices from the root down.
+_Location: TypeAlias = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """One validated plan entry, with its hash key resolved up front."""
+
+    segments: tuple[str, ...]
+    operator: int
+    keep_first: int = 0
+    keep_last: int = 0
+    key: bytes = b""
+
+
+def apply_mask(
+    record: Any,
+    plan: signoff_pb2.MaskingPlan | signoff_pb2.CheckResponse,
+    *,
+    keys: Mapping[str, bytes] | None = None,
+) -> Any:
+    """Return a masked deep copy of `record`; `record` itself is never modified.
+
+    `record` is JSON-like: dicts (any Mapping), lists (or tuples), strings, numbers, booleans and
+    None, nested freely; a list at the top is treated as rows. The copy is made of plain dicts and
+    lists. `plan` is a MaskingPlan, or a CheckResponse whose masking_plan is used. `keys` maps a
+    key id (see `key_id`) to the HMAC key used by HASH entries naming it.
+
+    Raises MaskingError, before touching anything, when the plan has an unusable entry: an empty
+    path or path segment, an unspecified or unknown operator, or a HASH entry whose key id is
+    not in `keys`. Raises MaskingError when a value to hash cannot be put in canonical form.
+    See docs/masking.md for the exact semantics.
+    """
+    if isinstance(plan, signoff_pb2.CheckResponse):
+        plan = plan.masking_plan
+    elif not isinstance(plan, signoff_pb2.MaskingPlan):
+        raise TypeError(f"plan must be a MaskingPlan or a CheckResponse, not {type(plan).__name__}")
+    rules = [_rule(index, entry, keys) for index, entry in enumerate(plan.fields)]
+    result = _copy(record)
+    targets: dict[_Location, _Rule] = {}
+    for rule in rules:
+        segments = rule.segments
+        if isinstance(result, list) and segments[0] != _WILDCARD:
+            segments = (_WILDCARD, *segments)
+        for location in _resolve(result, segments):
+            current = targets.get(location)
+            targets[location] = rule if current is None else _stricter(current, rule)
+    # Deepest first: a value is masked before any ancestor, so an ancestor's operator only ever
+    # sees already-masked descendants and no weaker entry can reveal what a stricter one hid.
+    for location in sorted(targets, key=len, reverse=True):
+        parent = result
+        for step in location[:-1]:
+            parent = parent[step]
+        parent[location[-1]] = _transform(targets[location], parent[location[-1]])
+    return result
+
+
+def key_id(key: bytes) -> str:
+    """Return the public identifier of an HMAC key: it names the key without revealing it."""
+    return hmac.new(key, _KEY_ID_MESSAGE, hashlib.sha256).hexdigest()[:16]
+
+
+def canonical_form(value: Any) -> bytes:
+    """Return the bytes HASH feeds to HMAC: a string's UTF-8, else its canonical JSON (RFC 8785).
+
+    Integers are written as exact decimals; floats as ECMAScript writes numbers. Raises
+    MaskingError for values JSON cannot carry (NaN, infinities, non-string keys, other types).
+    """
+    text = value if isinstance(value, str) else _json(value)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise MaskingError("value contains a lone surrogate, which has no UTF-8 form") from err
+
+
+def _rule(index: int, entry: signoff_pb2.FieldMask, keys: Mapping[str, bytes] | None) -> _Rule:
+    where = f"masking plan entry {index} (path {entry.path!r})"
+    segments = tuple(entry.path.split("."))
+    if "" in segments:
+        raise MaskingError(f"{where}: path and path segments must not be empty")
+    operator = int(entry.operator)
+    if operator not in _STRICTNESS:
+        name = signoff_pb2.MaskOperator.Name(entry.operator) if operator == 0 else str(operator)
+        raise MaskingError(f"{where}: unsupported mask operator {name}")
+    if operator == signoff_pb2.MASK_OPERATOR_PARTIAL:
+        return _Rule(segments, operator, entry.keep_first, entry.keep_last)
+    if operator == signoff_pb2.MASK_OPERATOR_HASH:
+        key = (keys or {}).get(entry.key_id)
+        if key is None:
+            raise MaskingError(f"{where}: no hash key for key id {entry.key_id!r}")
+        if not isinstance(key, bytes) or not key:
+            raise MaskingError(f"{where}: hash key {entry.key_id!r} must be non-empty bytes")
+        if not hmac.compare_digest(key_id(key), entry.key_id):
+            # A wrong key would still produce pseudonyms, just ones that never join.
+            raise MaskingError(f"{where}: the key given for id {entry.key_id!r} has another id")
+        return _Rule(segments, operator, key=key)
+    return _Rule(segments, operator)
+
+
+def _stricter(current: _Rule, new: _Rule) -> _Rule:
+    if _STRICTNESS[new.operator] != _STRICTNESS[current.operator]:
+        return new if _STRICTNESS[new.operator] > _STRICTNESS[current.operator] else current
+    if current.operator == signoff_pb2.MASK_OPERATOR_PARTIAL:
+        return _Rule(
+            current.segments,
+            current.operator,
+            min(current.keep_first, new.keep_first),
+            min(current.keep_last, new.keep_last),
+        )
+    # Same operator otherwise: the earlier entry stays, so plan order decides the HASH key.
+    return current
+
+
+def _copy(value: Any) -> Any:
+    # Not copy.deepcopy: it keeps shared sub-objects shared, and masking one occurrence must not
+    # change another that sits at an unmasked path.
+    if isinstance(value, Mapping):
+        return {key: _copy(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_copy(item) for item in value]
+    if isinstance(value, _IMMUTABLE_LEAVES):
+        return value
+    return copy.deepcopy(value)
+
+
+def _resolve(root: Any, segments: tuple[str, ...]) -> list[_Location]:
+    found: list[tuple[_Location, Any]] = [((), root)]
+    for segment in segments:
+        deeper: list[tuple[_Location, Any]] = []
+        for location, node in found:
+            if isinstance(node, dict):
+                if segment == _WILDCARD:
+                    deeper.extend(((*location, key), item) for key, item in node.items())
+                elif segment in node:
+                    deeper.append(((*location, segment), node[segment]))
+            elif isinstance(node, list):
+                if segment == _WILDCARD:
+                    deeper.extend(((*location, i), item) for i, item in enumerate(node))
+                elif _INDEX.fullmatch(segment) and int(segment) < len(node):
+                    deeper.append(((*location, int(segment)), node[int(segment)]))
+        found = deeper
+    return [location for location, _ in found]
+
+
+def _transform(rule: _Rule, value: Any) -> Any:
+    if rule.operator == signoff_pb2.MASK_OPERATOR_NULLIFY:
+        return None
+    if rule.operator == signoff_pb2.MASK_OPERATOR_REDACT:
+        return REDACTED
+    if rule.operator == signoff_pb2.MASK_OPERATOR_HASH:
+        digest = hmac.new(rule.key, canonical_form(value), hashlib.sha256).hexdigest()
+        return HASH_PREFIX + digest[:32]
+    if rule.operator == signoff_pb2.MASK_OPERATOR_EMAIL:
+        return _email(value)
+    return _partial(value, rule.keep_first, rule.keep_last)
+
+
+def _email(value: Any) -> str:
+    if isinstance(value, str) and value.count("@") == 1:
+        local, domain = value.split("@")
+        if local and domain:
+            return "***@" + domain
+    return REDACTED
+
+
+def _partial(value: Any, keep_first: int, keep_last: int) -> str:
+    text = value if isinstance(value, str) else canonical_form(value).decode("utf-8")
+    positions = [i for i, char in enumerate(text) if _maskable(char)]
+    if keep_first + keep_last >= len(positions):
+        hidden = set(positions)
+    else:
+        hidden = set(positions[keep_first : len(positions) - keep_last])
+    return "".join("*" if i in hidden else char for i, char in enumerate(text))
+
+
+def _maskable(char: str) -> bool:
+    # Letters, marks and numbers: marks count because in many scripts (e.g. Devanagari vowel
+    # signs) they carry part of the content; everything else is a separator and stays.
+    return unicodedata.category(char)[0] in "LMN"
+
+
+def _json(value: Any) -> str:
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, float):
+        return _number(value)
+    if isinstance(value, Mapping):
+        for key in value:
+            if not isinstance(key, str):
+                # The key is record data: name only its type.
+                raise MaskingError(f"cannot hash an object with a {type(key).__name__} key")
+        # RFC 8785 orders keys by UTF-16 code units, which differs from code point order
+        # once characters beyond the Basic Multilingual Plane are involved.
+        keys = sorted(value, key=lambda key: key.encode("utf-16-be", "surrogatepass"))
+        members = (f"{json.dumps(key, ensure_ascii=False)}:{_json(value[key])}" for key in keys)
+        return "{" + ",".join(members) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_json(item) for item in value) + "]"
+    raise MaskingError(f"cannot hash a value of type {type(value).__name__}")
+
+
+def _number(value: float) -> str:
+    """Write a float as ECMAScript's Number::toString does (RFC 8785 section 3.2.2.3)."""
+    if not math.isfinite(value):
+        raise MaskingError(f"cannot hash the non-finite number {value!r}")
+    if value == 0:
+        return "0"
+    sign = "-" if value < 0 else ""
+    # repr gives the shortest digits that round-trip, the same digits ECMAScript chooses.
+    mantissa, _, exponent = repr(abs(value)).partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    significant = (whole + fraction).lstrip("0")
+    digits = significant.rstrip("0")
+    # value = 0.<digits> x 10**point, the form the ECMAScript algorithm is stated in.
+    point = int(exponent or "0") - len(fraction) + len(significant)
+    count = len(digits)
+    if count <= point <= 21:
+        text = digits + "0" * (point - count)
+    elif 0 < point <= 21:
+        text = digits[:point] + "." + digits[point:]
+    elif -6 < point <= 0:
+        text = "0." + "0" * -point + digits
+    else:
+        power = point - 1
+        text = digits[0] + ("." + digits[1:] if count > 1 else "")
+        text += f"e{'+' if power >= 0 else '-'}{abs(power)}"
+    return sign + text
