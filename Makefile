@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard proto/signoff/v1/*.proto)
 GEN_OUT := clients/python
+PROTOC := $(BIN)/python -m grpc_tools.protoc -I proto \
+	--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy \
+	--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc
 
 .PHONY: install run test check gen gen-check lint typecheck bench-decision clean
 
@@ -23,14 +26,14 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 gen: $(STAMP)
-	$(BIN)/python -m grpc_tools.protoc -I proto \
+	$(PROTOC) \
 		--python_out=$(GEN_OUT) --grpc_python_out=$(GEN_OUT) \
 		--mypy_out=$(GEN_OUT) --mypy_grpc_out=$(GEN_OUT) $(PROTOS)
 
 # Regenerates into a scratch tree and fails if the committed code differs.
 gen-check: $(STAMP)
 	rm -rf .gen-check && mkdir -p .gen-check
-	$(BIN)/python -m grpc_tools.protoc -I proto \
+	$(PROTOC) \
 		--python_out=.gen-check --grpc_python_out=.gen-check \
 		--mypy_out=.gen-check --mypy_grpc_out=.gen-check $(PROTOS)
 	diff -r .gen-check/signoff/v1 $(GEN_OUT)/signoff/v1 --exclude=__pycache__ --exclude=__init__.py --exclude=py.typed

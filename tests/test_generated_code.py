@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import filecmp
+import sys
 from pathlib import Path
 
 from grpc_tools import protoc
@@ -13,10 +14,13 @@ from tests.conftest import REPO
 def test_generated_code_matches_the_proto(tmp_path: Path) -> None:
     protos = sorted(str(p.relative_to(REPO / "proto")) for p in (REPO / "proto").rglob("*.proto"))
     out = str(tmp_path)
+    bin_dir = Path(sys.executable).parent  # the plugins live beside the interpreter
     args = [
         "protoc",
         f"-I{REPO / 'proto'}",
         f"-I{Path(protoc.__file__).parent / '_proto'}",
+        f"--plugin=protoc-gen-mypy={bin_dir / 'protoc-gen-mypy'}",
+        f"--plugin=protoc-gen-mypy_grpc={bin_dir / 'protoc-gen-mypy_grpc'}",
         f"--python_out={out}",
         f"--grpc_python_out={out}",
         f"--mypy_out={out}",
