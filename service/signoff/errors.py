@@ -46,3 +46,27 @@ class InvalidRequest(SignoffError):
 
 class ConfigError(SignoffError):
     """The service configuration is unusable."""
+
+
+class Unauthenticated(SignoffError):
+    """No credential, or one that does not verify (signature, issuer, audience, expiry)."""
+
+
+class PermissionDenied(SignoffError):
+    """The verified caller may not do this; `code` is a stable machine-readable reason."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class NotFound(SignoffError):
+    """The named object does not exist (or no longer exists)."""
+
+
+class Conflict(SignoffError):
+    """The object is not in a state that allows this, e.g. approving a rejected approval."""
+
+
+class StoreUnavailable(SignoffError):
+    """The approval store (Redis) cannot be reached; never treated as permission."""

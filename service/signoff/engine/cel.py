@@ -152,6 +152,7 @@ class Checker:
     """Type-checks expressions against the declared schema (cel-expr-python's checker)."""
 
     def __init__(self, schema: AttributeSchema) -> None:
+        self.schema = schema
         self._env = cel.NewEnv(
             _type_pool(schema),
             variables={

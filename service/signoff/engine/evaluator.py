@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 from signoff.engine.cel import CelEvalError
@@ -134,7 +135,7 @@ class Engine:
                     matched.append(rule)
             except CelEvalError:
                 errored.append(rule.rule_id)
-        return _combine(revision, matched, errored, request)
+        return _combine(revision, matched, errored, request, data["principal"]["attr"])
 
     def _holds(
         self, rule: CompiledRule, roles: frozenset[str], derived: dict[str, bool], activation: Any
@@ -165,7 +166,11 @@ def _has_deny(matched: list[CompiledRule]) -> bool:
 
 
 def _combine(
-    revision: str, matched: list[CompiledRule], errored: list[str], request: Request
+    revision: str,
+    matched: list[CompiledRule],
+    errored: list[str],
+    request: Request,
+    principal_attrs: dict[str, Any],
 ) -> Decision:
     ids = tuple(sorted(r.rule_id for r in matched))
     denies = [r for r in matched if r.effect is Verdict.DENY]
@@ -187,6 +192,9 @@ def _combine(
     verdict = max(r.effect for r in matched)
     plan = masking_plan([r for r in matched if r.effect is Verdict.MASK], request)
     approval = merge_approvals([r.approval for r in matched if r.approval is not None])
+    if approval is not None:
+        own = requester_ids(request, approval.requester_attrs, principal_attrs)
+        approval = replace(approval, requester_ids=own)
     because = tuple(
         dict.fromkeys(
             r.reason
@@ -239,6 +247,18 @@ def _stricter(old: FieldMask | None, new: FieldMask) -> FieldMask:
     return FieldMask(winner.path, winner.op, winner.keep_first, winner.keep_last, rule_ids)
 
 
+def requester_ids(
+    request: Request, attrs: tuple[str, ...], principal_attrs: dict[str, Any]
+) -> tuple[str, ...]:
+    """The principal and every identity the policy says is the principal's own."""
+    ids = {request.principal.id}
+    for name in attrs:
+        value = principal_attrs.get(name)
+        values = value if isinstance(value, list) else [value]
+        ids.update(v for v in values if isinstance(v, str) and v)
+    return tuple(sorted(ids))
+
+
 def merge_approvals(reqs: list[ApprovalRequirement]) -> ApprovalRequirement | None:
     """The strictest combination: every approver set, the largest quorum, the shortest windows."""
     if not reqs:
@@ -250,4 +270,5 @@ def merge_approvals(reqs: list[ApprovalRequirement]) -> ApprovalRequirement | No
         pending_ttl=min(r.pending_ttl for r in reqs),
         grant_ttl=min(r.grant_ttl for r in reqs),
         rule_ids=tuple(sorted({i for r in reqs for i in r.rule_ids})),
+        requester_attrs=tuple(sorted({a for r in reqs for a in r.requester_attrs})),
     )

@@ -103,6 +103,10 @@ class ApprovalRequirement:
     pending_ttl: dt.timedelta
     grant_ttl: dt.timedelta
     rule_ids: tuple[str, ...] = ()
+    # Principal attribute names whose values count as the requester's own identities.
+    requester_attrs: tuple[str, ...] = ()
+    # Filled per decision: the principal id plus the values of requester_attrs.
+    requester_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -462,10 +462,23 @@ def _approval(
             continue
         if ttls[key] <= dt.timedelta(0):
             ctx.add(src, (*path, key), rule_id, f"{key} must be positive")
+    attrs = []
+    declared = ctx.checker.schema.attrs("principal") if ctx.checker else {}
+    for k, ref in enumerate(spec.get("requester_identities", [])):
+        name = ref.split(".", 2)[2]
+        if declared.get(name) not in ("string", "list<string>"):
+            ctx.add(
+                src,
+                (*path, "requester_identities", k),
+                rule_id,
+                f"{ref} must be a declared principal attribute of type string or list<string>",
+            )
+        attrs.append(name)
     return ApprovalRequirement(
         approvers=(ApproverSet(roles, groups),),
         quorum=int(spec.get("quorum", 1)),
         pending_ttl=ttls["pending_ttl"],
         grant_ttl=ttls["grant_ttl"],
         rule_ids=(rule_id,),
+        requester_attrs=tuple(sorted(set(attrs))),
     )

@@ -10,14 +10,19 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from signoff.approvals.flow import ApprovalFlow
 from signoff.engine.evaluator import Engine
 from signoff.server import convert
+from signoff.server.approvals import ApprovalService
 from signoff.server.service import DecisionService
+from signoff.v1 import approvals_pb2 as apb
+from signoff.v1 import approvals_pb2_grpc as apb_grpc
 from signoff.v1 import signoff_pb2 as pb
 from signoff.v1 import signoff_pb2_grpc as pb_grpc
 
 log = logging.getLogger("signoff.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
+APPROVAL_SERVICE_NAME = apb.DESCRIPTOR.services_by_name["ApprovalService"].full_name
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
@@ -40,6 +45,8 @@ def start(
     hash_key_id: str,
     workers: int = 8,
     limits: convert.Limits | None = None,
+    approvals: ApprovalFlow | None = None,
+    approval_service: ApprovalService | None = None,
 ) -> Running:
     """Start serving on `address` ("host:port"; port 0 picks a free one)."""
     options = [
@@ -49,24 +56,22 @@ def start(
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
-    decisions = DecisionService(engine, hash_key_id=hash_key_id, limits=limits)
+    decisions = DecisionService(engine, hash_key_id=hash_key_id, limits=limits, approvals=approvals)
     pb_grpc.add_DecisionServiceServicer_to_server(decisions, server)
+    names = [SERVICE_NAME]
+    if approval_service is not None:
+        apb_grpc.add_ApprovalServiceServicer_to_server(approval_service, server)
+        names.append(APPROVAL_SERVICE_NAME)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (
-            SERVICE_NAME,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
+    health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+    reflection.enable_server_reflection((*names, health_name, reflection.SERVICE_NAME), server)
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as exc:
         raise OSError(f"cannot listen on {address}: {exc}") from None
     server.start()
-    for name in ("", SERVICE_NAME):
+    for name in ("", *names):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(
         "serving %s on port %d (revision %s, %d rules, backend %s)",

@@ -147,10 +147,13 @@ def to_request(msg: pb.CheckRequest, limits: Limits) -> model.Request:
     )
 
 
-def to_response(decision: model.Decision, decision_id: str, hash_key_id: str) -> pb.CheckResponse:
+def to_response(
+    decision: model.Decision, decision_id: str, hash_key_id: str, approval_id: str = ""
+) -> pb.CheckResponse:
     out = pb.CheckResponse(
         verdict=_VERDICTS[decision.verdict],
         decision_id=decision_id,
+        approval_id=approval_id,
         policy_revision=decision.policy_revision,
         matched_rules=decision.matched_rules,
         reasons=decision.reasons,
@@ -171,6 +174,7 @@ def to_response(decision: model.Decision, decision_id: str, hash_key_id: str) ->
         out.approval.pending_ttl.FromTimedelta(a.pending_ttl)
         out.approval.grant_ttl.FromTimedelta(a.grant_ttl)
         out.approval.rule_ids.extend(a.rule_ids)
+        out.approval.requester_ids.extend(a.requester_ids)
         for s in a.approvers:
             out.approval.approvers.add(roles=s.roles, groups=s.groups)
     return out

@@ -9,8 +9,10 @@ from typing import TypeVar
 
 import grpc
 
+from signoff.approvals.flow import ApprovalFlow
 from signoff.engine.evaluator import Engine
-from signoff.errors import InvalidRequest
+from signoff.engine.model import Verdict
+from signoff.errors import InvalidRequest, StoreUnavailable
 from signoff.server import convert
 from signoff.server.status import grpc_code_value, status_for
 from signoff.v1 import signoff_pb2 as pb
@@ -24,17 +26,29 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
     """Answers checks from the engine currently installed (swappable as a whole)."""
 
     def __init__(
-        self, engine: Engine, *, hash_key_id: str, limits: convert.Limits | None = None
+        self,
+        engine: Engine,
+        *,
+        hash_key_id: str,
+        limits: convert.Limits | None = None,
+        approvals: ApprovalFlow | None = None,
     ) -> None:
         self.engine = engine
         self._hash_key_id = hash_key_id
         self._limits = limits or convert.Limits()
+        self._approvals = approvals
 
     def _decide(self, msg: pb.CheckRequest) -> pb.CheckResponse:
         engine = self.engine  # one bundle for the whole decision, even if swapped meanwhile
         request = convert.to_request(msg, self._limits)
         decision = engine.decide(request)
         decision_id = str(uuid.uuid4())
+        approval_id = ""
+        if decision.verdict is Verdict.REQUIRE_APPROVAL:
+            if self._approvals is None:
+                raise StoreUnavailable("approvals are not configured on this service")
+            held = self._approvals.apply(request, decision, decision_id)
+            decision, approval_id = held.decision, held.approval_id
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "decision %s verdict=%s rules=%s revision=%s",
@@ -43,7 +57,7 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
                 ",".join(decision.matched_rules) or "-",
                 decision.policy_revision[:12],
             )
-        return convert.to_response(decision, decision_id, self._hash_key_id)
+        return convert.to_response(decision, decision_id, self._hash_key_id, approval_id)
 
     def Check(self, request: pb.CheckRequest, context: grpc.ServicerContext) -> pb.CheckResponse:
         return _guarded(context, lambda: self._decide(request))

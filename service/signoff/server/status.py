@@ -8,7 +8,17 @@ import uuid
 
 import grpc
 
-from signoff.errors import ConfigError, InvalidRequest, PolicyError, SignoffError
+from signoff.errors import (
+    ConfigError,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    PolicyError,
+    SignoffError,
+    StoreUnavailable,
+    Unauthenticated,
+)
 
 log = logging.getLogger("signoff.server")
 
@@ -19,6 +29,17 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         # Field paths can embed caller-chosen names: bound them so the status always fits.
         field = exc.field if len(exc.field) <= 200 else exc.field[:200] + "..."
         return grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: {field}: {exc.message[:300]}"
+    if isinstance(exc, Unauthenticated):
+        return grpc.StatusCode.UNAUTHENTICATED, f"unauthenticated: {exc}"
+    if isinstance(exc, PermissionDenied):
+        return grpc.StatusCode.PERMISSION_DENIED, f"permission denied ({exc.code}): {exc}"
+    if isinstance(exc, NotFound):
+        return grpc.StatusCode.NOT_FOUND, str(exc)
+    if isinstance(exc, Conflict):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+    if isinstance(exc, StoreUnavailable):
+        # Never an answer to act on: the caller must retry, and no approval is assumed.
+        return grpc.StatusCode.UNAVAILABLE, f"{exc}; decisions needing an approval fail closed"
     if isinstance(exc, PolicyError | ConfigError):
         return grpc.StatusCode.FAILED_PRECONDITION, "the service has no usable policy bundle"
     if isinstance(exc, SignoffError):

@@ -376,6 +376,7 @@ class ApprovalRequirement(_message.Message):
     PENDING_TTL_FIELD_NUMBER: _builtins.int
     GRANT_TTL_FIELD_NUMBER: _builtins.int
     RULE_IDS_FIELD_NUMBER: _builtins.int
+    REQUESTER_IDS_FIELD_NUMBER: _builtins.int
     quorum: _builtins.int
     """Number of distinct human approvers needed."""
     @_builtins.property
@@ -392,6 +393,12 @@ class ApprovalRequirement(_message.Message):
 
     @_builtins.property
     def rule_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def requester_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Identities that count as the requester's own and so can never approve: the principal and
+        those the policy names (e.g. an agent's human owner).
+        """
+
     def __init__(
         self,
         *,
@@ -400,10 +407,11 @@ class ApprovalRequirement(_message.Message):
         pending_ttl: _duration_pb2.Duration | None = ...,
         grant_ttl: _duration_pb2.Duration | None = ...,
         rule_ids: _abc.Iterable[_builtins.str] | None = ...,
+        requester_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["grant_ttl", b"grant_ttl", "pending_ttl", b"pending_ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approvers", b"approvers", "grant_ttl", b"grant_ttl", "pending_ttl", b"pending_ttl", "quorum", b"quorum", "rule_ids", b"rule_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approvers", b"approvers", "grant_ttl", b"grant_ttl", "pending_ttl", b"pending_ttl", "quorum", b"quorum", "requester_ids", b"requester_ids", "rule_ids", b"rule_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -423,10 +431,15 @@ class CheckResponse(_message.Message):
     MASKING_PLAN_FIELD_NUMBER: _builtins.int
     APPROVAL_FIELD_NUMBER: _builtins.int
     ERRORED_RULES_FIELD_NUMBER: _builtins.int
+    APPROVAL_ID_FIELD_NUMBER: _builtins.int
     verdict: Global___Verdict.ValueType
     decision_id: _builtins.str
     policy_revision: _builtins.str
     """SHA-256 of the loaded policy bundle."""
+    approval_id: _builtins.str
+    """With REQUIRE_APPROVAL: the pending approval to wait for, then to pass back as
+    CheckRequest.approval_id. With an approval consumed by this check: that approval.
+    """
     @_builtins.property
     def matched_rules(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Rules whose condition held, sorted."""
@@ -456,10 +469,11 @@ class CheckResponse(_message.Message):
         masking_plan: Global___MaskingPlan | None = ...,
         approval: Global___ApprovalRequirement | None = ...,
         errored_rules: _abc.Iterable[_builtins.str] | None = ...,
+        approval_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "masking_plan", b"masking_plan"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "decision_id", b"decision_id", "errored_rules", b"errored_rules", "masking_plan", b"masking_plan", "matched_rules", b"matched_rules", "policy_revision", b"policy_revision", "reasons", b"reasons", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "approval_id", b"approval_id", "decision_id", b"decision_id", "errored_rules", b"errored_rules", "masking_plan", b"masking_plan", "matched_rules", b"matched_rules", "policy_revision", b"policy_revision", "reasons", b"reasons", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

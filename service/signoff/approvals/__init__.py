@@ -1,0 +1,1 @@
+"""Human sign-off: approval records in Redis, bound to the exact action they were asked for."""

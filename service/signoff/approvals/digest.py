@@ -1,0 +1,55 @@
+"""The digest that binds an approval to the exact action it was asked for."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+
+from signoff.client.masking import canonical_form
+from signoff.engine.model import Request
+
+DIGEST_VERSION = 1
+
+
+def canonical_request(request: Request) -> dict[str, Any]:
+    """What an approval covers: principal, action, resource with its fields, and payload.
+
+    Context (time, source ip) is left out on purpose: it changes between asking and using.
+    Lists whose order carries no meaning are sorted so equal requests digest equally.
+    """
+    p, r = request.principal, request.resource
+    return {
+        "v": DIGEST_VERSION,
+        "principal": {
+            "id": p.id,
+            "kind": p.kind.value,
+            "roles": sorted(set(p.roles)),
+            "attributes": p.attributes,
+        },
+        "action": request.action,
+        "resource": {
+            "kind": r.kind,
+            "id": r.id,
+            "attributes": r.attributes,
+            "fields": sorted(
+                ({"path": f.path, "tags": sorted(set(f.tags))} for f in r.fields),
+                key=lambda f: (f["path"], f["tags"]),
+            ),
+        },
+        "payload": request.payload,
+    }
+
+
+def request_digest(request: Request, key: bytes) -> str:
+    """HMAC-SHA256 over the RFC 8785 canonical JSON of the request.
+
+    Keyed, so a reader of the approval store cannot confirm guesses of masked values by
+    hashing candidate requests.
+    """
+    return hmac.new(key, canonical_form(canonical_request(request)), hashlib.sha256).hexdigest()
+
+
+def digest_key(secret: bytes) -> bytes:
+    """A key for digests derived from the service secret, distinct from the hash-mask key."""
+    return hmac.new(secret, b"signoff approval digest v1", hashlib.sha256).digest()
