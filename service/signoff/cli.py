@@ -4,21 +4,31 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from signoff import config as config_mod
-from signoff.errors import ConfigError, PolicyError
+from signoff.errors import ConfigError, PolicyError, StoreUnavailable
+
+if TYPE_CHECKING:
+    from signoff.approvals.store import ApprovalStore
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from signoff.approvals.digest import digest_key
+    from signoff.approvals.flow import ApprovalFlow
+    from signoff.approvals.store import ApprovalStore
     from signoff.client.masking import key_id
     from signoff.engine.evaluator import Engine
+    from signoff.identity import authenticator_for, from_env
     from signoff.policy.loader import load_bundle
     from signoff.server import app, convert
+    from signoff.server.approvals import ApprovalService
 
     try:
         config_mod.validate_plain(args)
@@ -30,6 +40,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     try:
         cfg = config_mod.from_args(args)
+        identity = authenticator_for(from_env(os.environ))
         bundle = load_bundle(cfg.rules, backend=cfg.backend)
     except PolicyError as exc:
         print(f"signoff: refusing to start: {exc}", file=sys.stderr)
@@ -37,6 +48,11 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"signoff: bad configuration: {exc}", file=sys.stderr)
         return 2
+    store = ApprovalStore(cfg.redis_url, prefix=cfg.redis_prefix)
+    secret = cfg.hash_key or _dev_secret(store)
+    flow = ApprovalFlow(
+        store, digest_key=digest_key(secret), hash_key=secret, hash_key_id=key_id(secret)
+    )
     # Handlers go in before the ready line: a supervisor may stop us the moment it sees it.
     stop = threading.Event()
 
@@ -49,13 +65,17 @@ def _serve(args: argparse.Namespace) -> int:
         running = app.start(
             Engine(bundle),
             cfg.address,
-            hash_key_id=key_id(cfg.hash_key),
+            hash_key_id=key_id(secret),
             workers=cfg.workers,
             limits=convert.Limits(max_batch_items=cfg.max_batch_items),
+            approvals=flow,
+            approval_service=ApprovalService(store, identity),
         )
     except OSError as exc:
         print(f"signoff: {exc}", file=sys.stderr)
         return 1
+    sweeper = threading.Thread(target=_sweep, args=(store, stop), name="expiry", daemon=True)
+    sweeper.start()
     print(
         f"signoff listening on {cfg.address.rsplit(':', 1)[0]}:{running.port} "
         f"revision {bundle.revision[:12]} ({bundle.rule_count} rules)",
@@ -64,6 +84,38 @@ def _serve(args: argparse.Namespace) -> int:
     stop.wait()
     running.stop()
     return 0
+
+
+def _dev_secret(store: ApprovalStore) -> bytes:
+    log = logging.getLogger("signoff.config")
+    log.warning(
+        "no SIGNOFF_HASH_KEY configured: using a development secret kept in Redis; "
+        "set SIGNOFF_HASH_KEY (32+ bytes) in production"
+    )
+    try:
+        return store.shared_dev_secret()
+    except StoreUnavailable:
+        log.warning(
+            "Redis unreachable at start: using a per-process secret; approvals made now will "
+            "not be usable after a restart"
+        )
+        return config_mod.random_secret()
+
+
+def _sweep(store: ApprovalStore, stop: threading.Event, every: float = 1.0) -> None:
+    """Turns ended windows into 'expired' transitions, so watchers and notifiers hear of it."""
+    log = logging.getLogger("signoff.approvals")
+    down = False
+    while not stop.wait(every):
+        try:
+            store.expire_due()
+            if down:
+                log.info("approval store reachable again")
+            down = False
+        except StoreUnavailable:
+            if not down:
+                log.warning("approval store unreachable; expiry sweeps paused")
+            down = True
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -80,6 +132,7 @@ def _test(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from signoff.client.cli import add_check_arguments
+    from signoff.devtokens import add_dev_arguments
     from signoff.policytest import add_test_arguments
 
     parser = argparse.ArgumentParser(prog="signoff", description=__doc__)
@@ -93,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     test = sub.add_parser("test", help="run the policy suites (*_test.yaml) beside the policies")
     add_test_arguments(test)
     test.set_defaults(run=_test)
+    add_dev_arguments(sub)
     return parser
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import socket
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,13 +14,19 @@ from typing import Any
 
 import grpc
 import pytest
+import redis
 from google.protobuf import struct_pb2
 
+from signoff.approvals.digest import digest_key
+from signoff.approvals.flow import ApprovalFlow
+from signoff.approvals.store import ApprovalStore
 from signoff.client.masking import key_id
 from signoff.engine.compiled import Bundle
 from signoff.engine.evaluator import Engine
+from signoff.identity import NoAuthenticator
 from signoff.policy.loader import load_bundle
 from signoff.server import app, convert
+from signoff.server.approvals import ApprovalService, Authenticator
 from signoff.v1 import signoff_pb2 as pb
 from tests.conftest import RULES, fixed_clock
 
@@ -30,6 +39,7 @@ DAY = "2026-03-02T14:00:00Z"
 NIGHT = "2026-03-02T23:30:00Z"
 # No call in these tests should ever take this long; a hang fails instead of blocking the run.
 TIMEOUT = 10.0
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 HUMAN = pb.PRINCIPAL_KIND_HUMAN
 AGENT = pb.PRINCIPAL_KIND_AGENT
@@ -49,15 +59,37 @@ def serving(
     now: str = DAY,
     backend: str = "cel-expr",
     limits: convert.Limits | None = None,
+    authenticator: Authenticator | None = None,
+    redis_url: str = REDIS_URL,
 ) -> Iterator[app.Running]:
-    """Serve `rules` (default: the bundled rules) on a free port with the clock pinned at `now`."""
+    """Serve `rules` (default: the bundled rules) on a free port with the clock pinned at `now`,
+    with approvals kept in the real Redis under a key prefix of its own."""
     bundle = bundled(backend) if rules is None else load_bundle(rules, backend=backend)
     engine = Engine(bundle, clock=fixed_clock(now))
-    running = app.start(engine, "127.0.0.1:0", hash_key_id=KEY_ID, limits=limits)
+    prefix = f"signoff:test:{uuid.uuid4().hex}:"
+    store = ApprovalStore(redis_url, prefix=prefix)
+    flow = ApprovalFlow(store, digest_key=digest_key(KEY), hash_key=KEY, hash_key_id=KEY_ID)
+    running = app.start(
+        engine,
+        "127.0.0.1:0",
+        hash_key_id=KEY_ID,
+        limits=limits,
+        approvals=flow,
+        approval_service=ApprovalService(store, authenticator or NoAuthenticator()),
+    )
     try:
         yield running
     finally:
         running.stop(grace=None)
+        drop_prefix(store.redis, prefix)
+
+
+def drop_prefix(client: redis.Redis, prefix: str) -> None:
+    """Delete every key under `prefix` (tests share the machine's Redis)."""
+    with contextlib.suppress(redis.RedisError):
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
 
 
 @contextmanager
