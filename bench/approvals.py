@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.protobuf import struct_pb2
@@ -26,7 +27,7 @@ from signoff.v1 import signoff_pb2_grpc as pb_grpc
 REPO = Path(__file__).resolve().parent.parent
 
 
-def struct(values: dict[str, object]) -> struct_pb2.Struct:
+def struct(values: dict[str, Any]) -> struct_pb2.Struct:
     s = struct_pb2.Struct()
     s.update(values)
     return s

@@ -131,6 +131,7 @@ def _test(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from signoff.approvals.notifier import add_notify_arguments, run_notify
     from signoff.client.cli import add_check_arguments
     from signoff.devtokens import add_dev_arguments
     from signoff.policytest import add_test_arguments
@@ -146,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     test = sub.add_parser("test", help="run the policy suites (*_test.yaml) beside the policies")
     add_test_arguments(test)
     test.set_defaults(run=_test)
+    notify = sub.add_parser("notify", help="post new approval requests to Slack and Teams")
+    add_notify_arguments(notify)
+    notify.set_defaults(run=run_notify)
     add_dev_arguments(sub)
     return parser
 
