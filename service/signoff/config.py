@@ -24,8 +24,10 @@ class Config:
     backend: str
     workers: int
     max_batch_items: int
-    hash_key: bytes
+    hash_key: bytes | None  # None: not configured (development fallback applies)
     log_level: str
+    redis_url: str
+    redis_prefix: str
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,6 +71,16 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "SIGNOFF_HASH_KEY may hold the key itself. Never put it in policy files.",
     )
     parser.add_argument(
+        "--redis-url",
+        default=env("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        help="approval store (REDIS_URL; default redis://127.0.0.1:6379/0)",
+    )
+    parser.add_argument(
+        "--redis-prefix",
+        default=env("SIGNOFF_REDIS_PREFIX", "signoff:"),
+        help="key prefix in Redis (SIGNOFF_REDIS_PREFIX; default 'signoff:')",
+    )
+    parser.add_argument(
         "--log-level",
         default=env("SIGNOFF_LOG_LEVEL", "INFO"),
         choices=LOG_LEVELS,
@@ -76,8 +88,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def hash_key(key_file: str) -> bytes:
-    """The HMAC key for the hash mask: from a file, SIGNOFF_HASH_KEY, or a per-process one."""
+def hash_key(key_file: str) -> bytes | None:
+    """The service secret (hash-mask key, and the root of the approval digest key), from a
+    file or SIGNOFF_HASH_KEY; None when neither is set."""
     if key_file:
         try:
             key = Path(key_file).read_bytes().strip()
@@ -86,15 +99,14 @@ def hash_key(key_file: str) -> bytes:
     else:
         key = os.environ.get("SIGNOFF_HASH_KEY", "").encode()
     if not key:
-        # Pseudonyms stay unguessable, but change on every restart; say so loudly.
-        log.warning(
-            "no hash key configured (SIGNOFF_HASH_KEY / --hash-key-file): using a random key; "
-            "hash pseudonyms will not be stable across restarts"
-        )
-        return secrets.token_bytes(MIN_HASH_KEY_BYTES)
+        return None
     if len(key) < MIN_HASH_KEY_BYTES:
         raise ConfigError(f"hash key must be at least {MIN_HASH_KEY_BYTES} bytes")
     return key
+
+
+def random_secret() -> bytes:
+    return secrets.token_bytes(MIN_HASH_KEY_BYTES)
 
 
 def validate_plain(args: argparse.Namespace) -> None:
@@ -119,4 +131,6 @@ def from_args(args: argparse.Namespace) -> Config:
         max_batch_items=args.max_batch_items,
         hash_key=hash_key(args.hash_key_file),
         log_level=args.log_level,
+        redis_url=args.redis_url,
+        redis_prefix=args.redis_prefix,
     )
