@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -50,6 +51,13 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     store = ApprovalStore(cfg.redis_url, prefix=cfg.redis_prefix)
     secret = cfg.hash_key or _dev_secret(store)
+    if secret is None:
+        print(
+            "signoff: no SIGNOFF_HASH_KEY and Redis is unreachable, so there is no secret shared "
+            "with other processes; set SIGNOFF_HASH_KEY or start Redis",
+            file=sys.stderr,
+        )
+        return 1
     flow = ApprovalFlow(
         store, digest_key=digest_key(secret), hash_key=secret, hash_key_id=key_id(secret)
     )
@@ -86,20 +94,26 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dev_secret(store: ApprovalStore) -> bytes:
+def _dev_secret(store: ApprovalStore, wait_seconds: float = 30.0) -> bytes | None:
+    """The development secret shared through Redis, or None if Redis stays unreachable.
+
+    Never a private per-process secret: processes on one Redis must digest and pseudonymise
+    alike, or approvals made on one would be refused on another for as long as it runs.
+    """
     log = logging.getLogger("signoff.config")
     log.warning(
         "no SIGNOFF_HASH_KEY configured: using a development secret kept in Redis; "
         "set SIGNOFF_HASH_KEY (32+ bytes) in production"
     )
-    try:
-        return store.shared_dev_secret()
-    except StoreUnavailable:
-        log.warning(
-            "Redis unreachable at start: using a per-process secret; approvals made now will "
-            "not be usable after a restart"
-        )
-        return config_mod.random_secret()
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            return store.shared_dev_secret()
+        except StoreUnavailable:
+            if time.monotonic() >= deadline:
+                return None
+            log.warning("waiting for Redis to agree on the development secret")
+            time.sleep(1.0)
 
 
 def _sweep(store: ApprovalStore, stop: threading.Event, every: float = 1.0) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,10 +102,6 @@ def hash_key(key_file: str) -> bytes | None:
     if len(key) < MIN_HASH_KEY_BYTES:
         raise ConfigError(f"hash key must be at least {MIN_HASH_KEY_BYTES} bytes")
     return key
-
-
-def random_secret() -> bytes:
-    return secrets.token_bytes(MIN_HASH_KEY_BYTES)
 
 
 def validate_plain(args: argparse.Namespace) -> None:
