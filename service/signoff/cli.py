@@ -77,7 +77,7 @@ def _serve(args: argparse.Namespace) -> int:
             workers=cfg.workers,
             limits=convert.Limits(max_batch_items=cfg.max_batch_items),
             approvals=flow,
-            approval_service=ApprovalService(store, identity),
+            approval_service=ApprovalService(store, identity, max_watchers=cfg.workers // 2),
         )
     except OSError as exc:
         print(f"signoff: {exc}", file=sys.stderr)
@@ -146,6 +146,7 @@ def _test(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from signoff.approvals.notifier import add_notify_arguments, run_notify
+    from signoff.client.approvals_cli import add_approvals_arguments
     from signoff.client.cli import add_check_arguments
     from signoff.devtokens import add_dev_arguments
     from signoff.policytest import add_test_arguments
@@ -161,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     test = sub.add_parser("test", help="run the policy suites (*_test.yaml) beside the policies")
     add_test_arguments(test)
     test.set_defaults(run=_test)
+    add_approvals_arguments(sub)
     notify = sub.add_parser("notify", help="post new approval requests to Slack and Teams")
     add_notify_arguments(notify)
     notify.set_defaults(run=run_notify)

@@ -70,3 +70,7 @@ class Conflict(SignoffError):
 
 class StoreUnavailable(SignoffError):
     """The approval store (Redis) cannot be reached; never treated as permission."""
+
+
+class Overloaded(SignoffError):
+    """A bounded resource (e.g. concurrent watch streams) is at its limit; retry or poll."""

@@ -7,20 +7,35 @@ import hmac
 from typing import Any
 
 from signoff.client.masking import canonical_form
-from signoff.engine.model import Request
+from signoff.engine.model import ApprovalRequirement, Request
 
-DIGEST_VERSION = 1
+DIGEST_VERSION = 2
 
 
-def canonical_request(request: Request) -> dict[str, Any]:
-    """What an approval covers: principal, action, resource with its fields, and payload.
+def canonical_request(
+    request: Request, requirement: ApprovalRequirement | None = None
+) -> dict[str, Any]:
+    """What an approval covers: principal, action, resource with its fields, payload, and the
+    requirement it satisfies.
 
-    Context (time, source ip) is left out on purpose: it changes between asking and using.
-    Lists whose order carries no meaning are sorted so equal requests digest equally.
+    The requirement is part of it so an approval granted under a weaker requirement (fewer
+    approvers, other approver roles) never lifts a stricter one for the same request after a
+    policy change. Context (time, source ip) is left out on purpose: it changes between asking
+    and using. Lists whose order carries no meaning are sorted so equal requests digest equally.
     """
     p, r = request.principal, request.resource
+    bound: dict[str, Any] = {}
+    if requirement is not None:
+        bound = {
+            "approvers": sorted(
+                [sorted(set(s.roles)), sorted(set(s.groups))] for s in requirement.approvers
+            ),
+            "quorum": requirement.quorum,
+            "requester_ids": sorted(set(requirement.requester_ids)),
+        }
     return {
         "v": DIGEST_VERSION,
+        "requirement": bound,
         "principal": {
             "id": p.id,
             "kind": p.kind.value,
@@ -41,13 +56,16 @@ def canonical_request(request: Request) -> dict[str, Any]:
     }
 
 
-def request_digest(request: Request, key: bytes) -> str:
+def request_digest(
+    request: Request, key: bytes, requirement: ApprovalRequirement | None = None
+) -> str:
     """HMAC-SHA256 over the RFC 8785 canonical JSON of the request.
 
     Keyed, so a reader of the approval store cannot confirm guesses of masked values by
     hashing candidate requests.
     """
-    return hmac.new(key, canonical_form(canonical_request(request)), hashlib.sha256).hexdigest()
+    canonical = canonical_form(canonical_request(request, requirement))
+    return hmac.new(key, canonical, hashlib.sha256).hexdigest()
 
 
 def digest_key(secret: bytes) -> bytes:

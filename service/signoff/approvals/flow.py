@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from signoff.approvals.digest import request_digest
-from signoff.approvals.store import ApprovalStore, iso
+from signoff.approvals.model import is_approval_id
+from signoff.approvals.store import ApprovalStore, Outcome, iso
 from signoff.client.masking import apply_mask
 from signoff.engine.model import ApprovalRequirement, Decision, MaskOp, Request, Verdict
 from signoff.v1 import signoff_pb2 as pb
@@ -63,13 +64,16 @@ class ApprovalFlow:
         """Raises StoreUnavailable when the approval store is needed but unreachable."""
         if decision.verdict is not Verdict.REQUIRE_APPROVAL:
             return Held(decision)
-        digest = request_digest(request, self._digest_key)
+        digest = request_digest(request, self._digest_key, decision.approval)
         if request.approval_id:
             return self._use(request, decision, digest)
         return self._hold(request, decision, decision_id, digest)
 
     def _use(self, request: Request, decision: Decision, digest: str) -> Held:
-        outcome = self.store.consume(request.approval_id, digest, request.principal.id)
+        if is_approval_id(request.approval_id):
+            outcome = self.store.consume(request.approval_id, digest, request.principal.id)
+        else:
+            outcome = Outcome("not_found")
         if outcome.status == "ok":
             # What the action would have been without the sign-off: MASK keeps its plan, so a
             # caller that only looks at the verdict still knows it must mask.

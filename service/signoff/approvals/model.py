@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+# "apr_" + secrets.token_urlsafe(18): anything else is no approval of ours, and must never be
+# spliced into a Redis key (":votes" or ":events" suffixes would name other keys).
+APPROVAL_ID = re.compile(r"apr_[A-Za-z0-9_-]{24}")
+
+
+def is_approval_id(value: str) -> bool:
+    return APPROVAL_ID.fullmatch(value) is not None
 
 
 class State(enum.Enum):

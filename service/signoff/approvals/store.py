@@ -27,7 +27,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from signoff.approvals.model import ApprovalRecord, State, Vote
+from signoff.approvals.model import ApprovalRecord, State, Vote, is_approval_id
 from signoff.errors import StoreUnavailable
 
 DEFAULT_PREFIX = "signoff:"
@@ -360,6 +360,11 @@ class ApprovalStore:
         return str(got[0][1][-1][0]) if got else last
 
     def get(self, approval_id: str) -> ApprovalRecord | None:
+        if not is_approval_id(approval_id):
+            return None
+        return self._get(approval_id)
+
+    def _get(self, approval_id: str) -> ApprovalRecord | None:
         """The record as stored; a window that has ended reads as expired even before the
         sweeper has written it."""
         key = f"{self.prefix}approval:{approval_id}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol, TypeVar
@@ -11,9 +12,9 @@ import grpc
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from signoff.approvals.eligibility import check_approver, is_requester, may_view, voter_key
-from signoff.approvals.model import ApprovalRecord, Identity, State
+from signoff.approvals.model import ApprovalRecord, Identity, State, is_approval_id
 from signoff.approvals.store import ApprovalStore
-from signoff.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
+from signoff.errors import Conflict, InvalidRequest, NotFound, Overloaded, PermissionDenied
 from signoff.server.status import status_for
 from signoff.v1 import approvals_pb2 as apb
 from signoff.v1 import approvals_pb2_grpc as apb_grpc
@@ -133,7 +134,7 @@ def _reason(value: str, *, required: bool) -> str:
 def _approval_id(value: str) -> str:
     if not value:
         raise InvalidRequest("approval_id", "is required")
-    if len(value) > 128 or not value.startswith("apr_"):
+    if not is_approval_id(value):
         raise NotFound("no such approval")
     return value
 
@@ -148,11 +149,14 @@ class ApprovalService(apb_grpc.ApprovalServiceServicer):
         *,
         watch_poll_ms: int = 1000,
         watch_max_seconds: float = 900.0,
+        max_watchers: int = 4,
     ) -> None:
         self.store = store
         self.auth = authenticator
         self._poll_ms = watch_poll_ms
         self._watch_max = watch_max_seconds
+        # Each open watch holds a worker thread; bounded so watchers can never starve Check.
+        self._watch_slots = threading.BoundedSemaphore(max(1, max_watchers))
 
     def _who(self, context: grpc.ServicerContext) -> Identity:
         return self.auth.from_metadata(context.invocation_metadata())
@@ -274,6 +278,19 @@ class ApprovalService(apb_grpc.ApprovalServiceServicer):
         return _guarded(context, run)
 
     def WatchApproval(
+        self, request: apb.WatchApprovalRequest, context: grpc.ServicerContext
+    ) -> Iterator[apb.WatchApprovalResponse]:
+        if not self._watch_slots.acquire(blocking=False):
+            code, message = status_for(
+                Overloaded("too many open watches on this server; poll Check or GetApproval")
+            )
+            context.abort(code, message)
+        try:
+            yield from self._watch(request, context)
+        finally:
+            self._watch_slots.release()
+
+    def _watch(
         self, request: apb.WatchApprovalRequest, context: grpc.ServicerContext
     ) -> Iterator[apb.WatchApprovalResponse]:
         try:

@@ -13,6 +13,7 @@ from signoff.errors import (
     Conflict,
     InvalidRequest,
     NotFound,
+    Overloaded,
     PermissionDenied,
     PolicyError,
     SignoffError,
@@ -37,6 +38,8 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.NOT_FOUND, str(exc)
     if isinstance(exc, Conflict):
         return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+    if isinstance(exc, Overloaded):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
     if isinstance(exc, StoreUnavailable):
         # Never an answer to act on: the caller must retry, and no approval is assumed.
         return grpc.StatusCode.UNAVAILABLE, f"{exc}; decisions needing an approval fail closed"

@@ -258,7 +258,7 @@ Global___ListApprovalsRequest: _TypeAlias = ListApprovalsRequest  # noqa: Y015
 
 @_typing.final
 class ListApprovalsResponse(_message.Message):
-    """ListApprovalsResponse holds pending approvals, oldest first."""
+    """ListApprovalsResponse holds pending approvals, the soonest to expire first."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
