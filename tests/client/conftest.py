@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import textwrap
 import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, TypeVar
 
 import grpc
 import pytest
 
 from signoff.client import SignoffClient
+from signoff.devtokens import DEV_AUDIENCE, DEV_ISSUER, JWKS_FILE, create_dev_keys, mint
+from signoff.identity import Authenticator, IdentityConfig
 from signoff.v1 import signoff_pb2 as pb
 from signoff.v1 import signoff_pb2_grpc as pb_grpc
-from tests.server.harness import closed_port, serving
+from tests.server.harness import NIGHT, closed_port, serving
 
 # A stalled call is held at most this long, so a test that gives no timeout fails instead of hangs.
 STALL_LIMIT = 10.0
@@ -150,3 +154,106 @@ def signoff_address() -> Iterator[str]:
 def unreachable() -> str:
     """The address of a loopback port nothing listens on."""
     return f"127.0.0.1:{closed_port()}"
+
+
+# --- approvals: a dev identity provider, servers that verify its tokens, and its tokens -------
+
+# A small bundle whose approvals are easy to drive: `publish` waits an hour for an editor,
+# `rush` only one second, and emails in the payload are masked for writers.
+APPROVAL_RULES = {
+    "schema.yaml": """
+        schema:
+          payload:
+            customers: dyn
+            title: string
+    """,
+    "reports.yaml": """
+        policies:
+          - id: reports
+            resources: [report]
+            actions: [publish, rush]
+            rules:
+              - id: allow-writers
+                effect: allow
+                roles: [writer]
+                reason: writers publish reports
+              - id: mask-emails
+                effect: mask
+                roles: [writer]
+                reason: reviewers never see customer emails
+                mask:
+                  - tags: [pii.email]
+                    operator: email
+              - id: editor-signs-off
+                effect: require_approval
+                roles: [writer]
+                when: action == 'publish'
+                reason: an editor signs off every report
+                approval:
+                  approvers: {roles: [editor]}
+                  quorum: 1
+                  pending_ttl: 1h
+                  grant_ttl: 10m
+              - id: rush-expires-fast
+                effect: require_approval
+                roles: [writer]
+                when: action == 'rush'
+                reason: a rushed report needs an editor within a second
+                approval:
+                  approvers: {roles: [editor]}
+                  quorum: 1
+                  pending_ttl: 1s
+                  grant_ttl: 10m
+    """,
+}
+
+
+@dataclass(frozen=True)
+class DevIdentity:
+    """Development signing keys the approval servers trust, and a way to mint their tokens."""
+
+    keys: Path
+
+    def token(
+        self,
+        subject: str,
+        *,
+        kind: str = "human",
+        roles: tuple[str, ...] = (),
+        groups: tuple[str, ...] = (),
+    ) -> str:
+        return mint(self.keys, subject=subject, kind=kind, roles=roles, groups=groups)
+
+    def authenticator(self) -> Authenticator:
+        config = IdentityConfig(
+            jwks=str(self.keys / JWKS_FILE), issuer=DEV_ISSUER, audience=DEV_AUDIENCE
+        )
+        return Authenticator(config)
+
+
+@pytest.fixture(scope="session")
+def dev_identity(tmp_path_factory: pytest.TempPathFactory) -> DevIdentity:
+    """A fresh dev key pair (see `signoff dev-keys`) for this test run."""
+    keys = tmp_path_factory.mktemp("dev-keys")
+    create_dev_keys(keys)
+    return DevIdentity(keys)
+
+
+@pytest.fixture(scope="session")
+def approvals_address(dev_identity: DevIdentity) -> Iterator[str]:
+    """The real server on the bundled rules at night (when agents' exports need sign-off),
+    with approvals on the real Redis and tokens from `dev_identity` verified."""
+    with serving(now=NIGHT, authenticator=dev_identity.authenticator()) as running:
+        yield f"127.0.0.1:{running.port}"
+
+
+@pytest.fixture(scope="session")
+def reports_address(
+    dev_identity: DevIdentity, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The real server on APPROVAL_RULES, with approvals and tokens as `approvals_address`."""
+    root = tmp_path_factory.mktemp("approval-rules")
+    for name, text in APPROVAL_RULES.items():
+        (root / name).write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    with serving(root, authenticator=dev_identity.authenticator()) as running:
+        yield f"127.0.0.1:{running.port}"

@@ -1,5 +1,13 @@
-"""Client for the signoff decision service: typed checks, a guard, and masking."""
+"""Client for the signoff decision service: typed checks, a guard, approvals, and masking."""
 
+from signoff.client.approvals import (
+    Approval,
+    ApprovalState,
+    ApproverSet,
+    RequestView,
+    Requirement,
+    Vote,
+)
 from signoff.client.client import SignoffClient
 from signoff.client.errors import (
     InvalidInput,
@@ -8,7 +16,18 @@ from signoff.client.errors import (
     SignoffClientError,
     SignoffRpcError,
 )
-from signoff.client.guard import ApprovalRequired, Denied, Guard, Permit, guard, guarded
+from signoff.client.guard import (
+    ApprovalCancelled,
+    ApprovalExpired,
+    ApprovalFailed,
+    ApprovalRejected,
+    ApprovalRequired,
+    Denied,
+    Guard,
+    Permit,
+    guard,
+    guarded,
+)
 from signoff.client.masking import REDACTED, apply_mask, canonical_form, key_id
 from signoff.client.types import (
     CheckItem,
@@ -24,7 +43,14 @@ from signoff.client.types import (
 
 __all__ = [
     "REDACTED",
+    "Approval",
+    "ApprovalCancelled",
+    "ApprovalExpired",
+    "ApprovalFailed",
+    "ApprovalRejected",
     "ApprovalRequired",
+    "ApprovalState",
+    "ApproverSet",
     "CheckItem",
     "Context",
     "Decision",
@@ -38,11 +64,14 @@ __all__ = [
     "Principal",
     "PrincipalKindName",
     "ProtocolError",
+    "RequestView",
+    "Requirement",
     "Resource",
     "SignoffClient",
     "SignoffClientError",
     "SignoffRpcError",
     "Verdict",
+    "Vote",
     "apply_mask",
     "canonical_form",
     "guard",

@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 
+from signoff.client.approvals_cli import add_approvals_arguments, run_approvals
 from signoff.client.client import SignoffClient
 from signoff.client.errors import InvalidInput, ProtocolError, SignoffRpcError
 from signoff.client.types import (
@@ -28,11 +29,13 @@ __all__ = [
     "EXIT_CODES",
     "EXIT_UNAVAILABLE",
     "EXIT_USAGE",
+    "add_approvals_arguments",
     "add_check_arguments",
     "main",
     "parse_assignment",
     "parse_field",
     "render",
+    "run_approvals",
     "run_check",
 ]
 
@@ -185,6 +188,8 @@ def render(decision: Decision) -> str:
     if decision.approval is not None:
         lines.append("approval:")
         lines.extend(f"  {line}" for line in _describe_approval(decision.approval))
+    if decision.approval_id:
+        lines.append(f"approval id: {decision.approval_id}")
     lines.append(f"decision:  {decision.decision_id}")
     lines.append(f"revision:  {decision.policy_revision}")
     return "\n".join(lines)

@@ -1,20 +1,24 @@
-"""A typed, synchronous client for the signoff DecisionService."""
+"""A typed, synchronous client for the signoff DecisionService and ApprovalService."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import grpc
 
+from signoff.client.approvals import Approval, ApprovalState
 from signoff.client.errors import InvalidInput, ProtocolError, SignoffRpcError
 from signoff.client.types import CheckItem, Context, Decision, ItemFailure, Principal, Resource
-from signoff.v1 import signoff_pb2, signoff_pb2_grpc
+from signoff.v1 import approvals_pb2, approvals_pb2_grpc, signoff_pb2, signoff_pb2_grpc
 
 __all__ = ["SignoffClient"]
 
 _Response = TypeVar("_Response")
+# A stream the server ends early (it caps each watch) is reopened, but never in a tight loop.
+_REWATCH_PAUSE = 0.5
 
 
 class SignoffClient:
@@ -23,20 +27,50 @@ class SignoffClient:
     With no `channel`, an insecure channel to `target` is opened and closed by `close()` (or by
     leaving the `with` block). A `channel` passed in belongs to the caller and is left open, so
     one channel can be shared; `target` is then only used in messages.
+
+    `token` is the caller's bearer credential (a JWT from the identity provider), sent with
+    every ApprovalService call and never with checks. It is opaque here: never parsed, logged
+    or shown in a repr or an error. The channel opened for `target` is not encrypted, so for
+    a service beyond this machine pass a `channel` made with grpc.secure_channel instead.
     """
 
     def __init__(
-        self, target: str, *, timeout: float = 5.0, channel: grpc.Channel | None = None
+        self,
+        target: str,
+        *,
+        timeout: float = 5.0,
+        channel: grpc.Channel | None = None,
+        token: str | None = None,
     ) -> None:
         if not timeout > 0:
             raise InvalidInput(f"timeout must be positive, not {timeout!r}")
         if channel is None and not target:
             raise InvalidInput("target must name the service, e.g. '127.0.0.1:50051'")
+        # The message never quotes the value: a malformed token is still somebody's secret.
+        if token is not None and (
+            not isinstance(token, str)
+            or not token
+            or not token.isascii()
+            or not token.isprintable()
+            or any(char.isspace() for char in token)
+        ):
+            raise InvalidInput("token must be a non-empty ASCII string without whitespace")
         self.target = target
         self.timeout = timeout
+        self._token = token
         self._owns_channel = channel is None
         self._channel = grpc.insecure_channel(target) if channel is None else channel
         self._stub = signoff_pb2_grpc.DecisionServiceStub(self._channel)
+        self._approvals = approvals_pb2_grpc.ApprovalServiceStub(self._channel)
+
+    def __repr__(self) -> str:
+        token = "set" if self._token else "none"
+        return f"SignoffClient(target={self.target!r}, timeout={self.timeout!r}, token={token})"
+
+    @property
+    def has_token(self) -> bool:
+        """Whether ApprovalService calls carry a credential."""
+        return self._token is not None
 
     def __enter__(self) -> Self:
         return self
@@ -101,17 +135,161 @@ class SignoffClient:
                 raise ProtocolError(f"CheckBatch result {index} has neither decision nor error")
         return results
 
+    def list_approvals(
+        self, page_size: int = 50, *, timeout: float | None = None
+    ) -> list[Approval]:
+        """The pending approvals this token's holder may decide, oldest first."""
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
+            raise InvalidInput(f"page_size must be a positive integer, not {page_size!r}")
+        request = approvals_pb2.ListApprovalsRequest(page_size=page_size)
+        response = self._call(
+            "ListApprovals", self._approvals.ListApprovals, request, timeout, self._metadata()
+        )
+        return [Approval.from_proto(item) for item in response.approvals]
+
+    def get_approval(self, approval_id: str, *, timeout: float | None = None) -> Approval:
+        """One approval, as its requester or an eligible approver sees it."""
+        request = approvals_pb2.GetApprovalRequest(approval_id=_approval_id(approval_id))
+        response = self._call(
+            "GetApproval", self._approvals.GetApproval, request, timeout, self._metadata()
+        )
+        return _approval_of("GetApproval", response)
+
+    def approve(self, approval_id: str, reason: str, *, timeout: float | None = None) -> Approval:
+        """Approve as the token's holder; `reason` (why you sign off) is required."""
+        request = approvals_pb2.ApproveRequest(
+            approval_id=_approval_id(approval_id), reason=_reason(reason, required=True)
+        )
+        response = self._call(
+            "Approve", self._approvals.Approve, request, timeout, self._metadata()
+        )
+        return _approval_of("Approve", response)
+
+    def reject(self, approval_id: str, reason: str, *, timeout: float | None = None) -> Approval:
+        """Reject as the token's holder; one eligible rejection ends the approval."""
+        request = approvals_pb2.RejectRequest(
+            approval_id=_approval_id(approval_id), reason=_reason(reason, required=True)
+        )
+        response = self._call("Reject", self._approvals.Reject, request, timeout, self._metadata())
+        return _approval_of("Reject", response)
+
+    def cancel(
+        self, approval_id: str, reason: str = "", *, timeout: float | None = None
+    ) -> Approval:
+        """Withdraw your own pending (or approved but unused) request."""
+        request = approvals_pb2.CancelRequest(
+            approval_id=_approval_id(approval_id), reason=_reason(reason, required=False)
+        )
+        response = self._call("Cancel", self._approvals.Cancel, request, timeout, self._metadata())
+        return _approval_of("Cancel", response)
+
+    def watch_approval(self, approval_id: str, *, timeout: float | None) -> Iterator[Approval]:
+        """Yield the approval now and on every change, for at most `timeout` seconds.
+
+        The iterator ends when the server ends the stream (once the approval is final, or when
+        the server caps the watch) or when `timeout` passes; look at the last state to tell
+        which. Note that APPROVED is not final: stop there yourself if that is all you need.
+        Leaving the loop early closes the stream. Raises SignoffRpcError when the call fails.
+        """
+        request = approvals_pb2.WatchApprovalRequest(approval_id=_approval_id(approval_id))
+        if timeout is not None and not timeout > 0:
+            raise InvalidInput(f"timeout must be positive, not {timeout!r}")
+        return self._watch(request, timeout)
+
+    def wait_for_approval(
+        self,
+        approval_id: str,
+        *,
+        timeout: float | None,
+        on_change: Callable[[Approval], None] | None = None,
+    ) -> Approval:
+        """Watch until the approval is no longer pending, or for at most `timeout` seconds
+        (None: until it is decided).
+
+        Returns the approval as last seen, which is PENDING only when the time ran out. A
+        stream the server ends early is reopened. `on_change` hears every distinct state.
+        """
+        if timeout is not None and not timeout > 0:
+            raise InvalidInput(f"timeout must be positive, not {timeout!r}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        latest: Approval | None = None
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                # Out of time before the stream said anything: one plain read gives a state.
+                return latest if latest is not None else self.get_approval(approval_id)
+            for approval in self.watch_approval(approval_id, timeout=left):
+                # A reopened stream starts with the state already seen; report changes only.
+                if approval != latest and on_change is not None:
+                    on_change(approval)
+                latest = approval
+                if approval.state is not ApprovalState.PENDING:
+                    return approval
+            left = None if deadline is None else deadline - time.monotonic()
+            time.sleep(_REWATCH_PAUSE if left is None else max(0.0, min(_REWATCH_PAUSE, left)))
+
+    def _watch(
+        self, request: approvals_pb2.WatchApprovalRequest, timeout: float | None
+    ) -> Iterator[Approval]:
+        stream = self._approvals.WatchApproval(request, timeout=timeout, metadata=self._metadata())
+        try:
+            for response in stream:
+                yield _approval_of("WatchApproval", response)
+        except grpc.RpcError as err:
+            # Our own deadline ending the stream is the timeout the caller asked for.
+            if (
+                timeout is not None
+                and isinstance(err, grpc.Call)
+                and err.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            ):
+                return
+            raise _rpc_error("WatchApproval", err) from err
+        finally:
+            # Closes the stream when the caller leaves the loop early; a no-op once it ended.
+            stream.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves it untyped
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        if self._token is None:
+            return ()
+        return (("authorization", f"Bearer {self._token}"),)
+
     def _call(
         self,
         method: str,
         call: Callable[..., _Response],
         request: Any,
         timeout: float | None,
+        metadata: tuple[tuple[str, str], ...] = (),
     ) -> _Response:
+        seconds = self.timeout if timeout is None else timeout
         try:
-            return call(request, timeout=self.timeout if timeout is None else timeout)
+            return call(request, timeout=seconds, metadata=metadata or None)
         except grpc.RpcError as err:
-            # Only a grpc.Call carries a status; a bare RpcError has nothing more to say.
-            if isinstance(err, grpc.Call):
-                raise SignoffRpcError(method, err.code().name, err.details() or "") from err
-            raise SignoffRpcError(method, "UNKNOWN", str(err)) from err
+            raise _rpc_error(method, err) from err
+
+
+def _rpc_error(method: str, err: grpc.RpcError) -> SignoffRpcError:
+    # Only a grpc.Call carries a status; a bare RpcError has nothing more to say.
+    if isinstance(err, grpc.Call):
+        return SignoffRpcError(method, err.code().name, err.details() or "")
+    return SignoffRpcError(method, "UNKNOWN", str(err))
+
+
+def _approval_id(value: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput("approval_id must name an approval, e.g. 'apr_...'")
+    return value.strip()
+
+
+def _reason(value: str, *, required: bool) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput("reason must be a string")
+    if required and not value.strip():
+        raise InvalidInput("reason is required: say why")
+    return value
+
+
+def _approval_of(method: str, response: Any) -> Approval:
+    if not response.HasField("approval"):
+        raise ProtocolError(f"{method} answered without an approval")
+    return Approval.from_proto(response.approval)

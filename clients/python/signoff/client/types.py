@@ -166,6 +166,9 @@ class Decision:
     masking_plan: signoff_pb2.MaskingPlan = field(default_factory=signoff_pb2.MaskingPlan)
     approval: signoff_pb2.ApprovalRequirement | None = None
     errored_rules: tuple[str, ...] = ()
+    # With REQUIRE_APPROVAL: the pending approval to wait for and pass back as
+    # CheckItem.approval_id. On a check that named an approval: that approval.
+    approval_id: str = ""
 
     @property
     def allowed(self) -> bool:
@@ -201,6 +204,7 @@ class Decision:
             masking_plan=plan,
             approval=approval,
             errored_rules=tuple(response.errored_rules),
+            approval_id=response.approval_id,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -217,7 +221,7 @@ class Decision:
                 "grant_ttl": self.approval.grant_ttl.ToJsonString(),
                 "rule_ids": list(self.approval.rule_ids),
             }
-        return {
+        view: dict[str, Any] = {
             "verdict": self.verdict.name,
             "decision_id": self.decision_id,
             "policy_revision": self.policy_revision,
@@ -237,6 +241,10 @@ class Decision:
             "approval": approval,
             "errored_rules": list(self.errored_rules),
         }
+        # Present only when there is one, so the document of a plain verdict keeps its shape.
+        if self.approval_id:
+            view["approval_id"] = self.approval_id
+        return view
 
 
 @dataclass(frozen=True)
