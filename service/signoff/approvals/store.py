@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +31,7 @@ from redis.retry import Retry
 from signoff.approvals.model import ApprovalRecord, State, Vote, is_approval_id
 from signoff.errors import StoreUnavailable
 
+log = logging.getLogger("signoff.approvals")
 DEFAULT_PREFIX = "signoff:"
 DEFAULT_RETENTION_MS = 7 * 24 * 3600 * 1000
 EVENTS_MAXLEN = 100_000
@@ -248,8 +250,10 @@ class ApprovalStore:
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise StoreUnavailable(f"approval store unavailable: {type(exc).__name__}") from None
         except redis.ResponseError as exc:
-            # e.g. a replica in read-only mode or an OOM refusal: still never a permission
-            raise StoreUnavailable(f"approval store refused the operation: {exc}") from None
+            # e.g. a replica in read-only mode or an OOM refusal: still never a permission.
+            # Redis' text names scripts and keys: it goes to the log, not to the caller.
+            log.error("approval store refused an operation: %s", str(exc)[:200])
+            raise StoreUnavailable("approval store refused the operation") from None
 
     def _run(self, name: str, *args: Any) -> Any:
         with self._available():
