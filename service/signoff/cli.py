@@ -30,6 +30,7 @@ def _serve(args: argparse.Namespace) -> int:
     from signoff.policy.loader import load_bundle
     from signoff.server import app, convert
     from signoff.server.approvals import ApprovalService
+    from signoff.views import Views
 
     try:
         config_mod.validate_plain(args)
@@ -58,9 +59,8 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    flow = ApprovalFlow(
-        store, digest_key=digest_key(secret), hash_key=secret, hash_key_id=key_id(secret)
-    )
+    views = Views(hash_key=secret, hash_key_id=key_id(secret))
+    flow = ApprovalFlow(store, digest_key=digest_key(secret), views=views)
     # Handlers go in before the ready line: a supervisor may stop us the moment it sees it.
     stop = threading.Event()
 

@@ -37,6 +37,7 @@ from signoff.v1 import approvals_pb2 as apb
 from signoff.v1 import approvals_pb2_grpc as apb_grpc
 from signoff.v1 import signoff_pb2 as pb
 from signoff.v1 import signoff_pb2_grpc as pb_grpc
+from signoff.views import Views
 from tests.conftest import fixed_clock
 from tests.server.harness import DAY, KEY, KEY_ID, REDIS_URL, TIMEOUT, bundled, drop_prefix, struct
 
@@ -296,7 +297,9 @@ def serve(
     store = ApprovalStore(
         redis_url, prefix=prefix or f"signoff:test:approvals:{uuid.uuid4().hex}:", clock=clock
     )
-    flow = ApprovalFlow(store, digest_key=digest_key(KEY), hash_key=KEY, hash_key_id=KEY_ID)
+    flow = ApprovalFlow(
+        store, digest_key=digest_key(KEY), views=Views(hash_key=KEY, hash_key_id=KEY_ID)
+    )
     running = app.start(
         engine,
         "127.0.0.1:0",

@@ -28,6 +28,7 @@ from signoff.policy.loader import load_bundle
 from signoff.server import app, convert
 from signoff.server.approvals import ApprovalService, Authenticator
 from signoff.v1 import signoff_pb2 as pb
+from signoff.views import Views
 from tests.conftest import RULES, fixed_clock
 
 # The HMAC key the tests' servers name in HASH entries (at least 32 bytes, like the real one).
@@ -68,7 +69,9 @@ def serving(
     engine = Engine(bundle, clock=fixed_clock(now))
     prefix = f"signoff:test:{uuid.uuid4().hex}:"
     store = ApprovalStore(redis_url, prefix=prefix)
-    flow = ApprovalFlow(store, digest_key=digest_key(KEY), hash_key=KEY, hash_key_id=KEY_ID)
+    flow = ApprovalFlow(
+        store, digest_key=digest_key(KEY), views=Views(hash_key=KEY, hash_key_id=KEY_ID)
+    )
     running = app.start(
         engine,
         "127.0.0.1:0",

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 from signoff.approvals.digest import request_digest
 from signoff.approvals.model import is_approval_id
 from signoff.approvals.store import ApprovalStore, Outcome, iso
-from signoff.client.masking import apply_mask
-from signoff.engine.model import ApprovalRequirement, Decision, MaskOp, Request, Verdict
-from signoff.v1 import signoff_pb2 as pb
+from signoff.engine.model import Decision, Request, Verdict
+from signoff.views import Views, requirement_doc
 
 # Consume outcomes other than success, as the DENY reason the caller sees.
 _REFUSALS = {
@@ -21,13 +19,6 @@ _REFUSALS = {
     "rejected": "approval_rejected",
     "cancelled": "approval_cancelled",
     "not_found": "approval_not_found",
-}
-_PB_OPS = {
-    MaskOp.NULLIFY: pb.MASK_OPERATOR_NULLIFY,
-    MaskOp.REDACT: pb.MASK_OPERATOR_REDACT,
-    MaskOp.HASH: pb.MASK_OPERATOR_HASH,
-    MaskOp.EMAIL: pb.MASK_OPERATOR_EMAIL,
-    MaskOp.PARTIAL: pb.MASK_OPERATOR_PARTIAL,
 }
 
 
@@ -39,26 +30,13 @@ class Held:
     approval_id: str = ""
 
 
-def requirement_doc(req: ApprovalRequirement) -> dict[str, Any]:
-    return {
-        "approvers": [{"roles": list(s.roles), "groups": list(s.groups)} for s in req.approvers],
-        "quorum": req.quorum,
-        "pending_ttl_seconds": int(req.pending_ttl.total_seconds()),
-        "grant_ttl_seconds": int(req.grant_ttl.total_seconds()),
-        "rule_ids": list(req.rule_ids),
-    }
-
-
 class ApprovalFlow:
     """Applies the approval rules to REQUIRE_APPROVAL decisions; everything else passes."""
 
-    def __init__(
-        self, store: ApprovalStore, *, digest_key: bytes, hash_key: bytes, hash_key_id: str
-    ) -> None:
+    def __init__(self, store: ApprovalStore, *, digest_key: bytes, views: Views) -> None:
         self.store = store
         self._digest_key = digest_key
-        self._keys = {hash_key_id: hash_key}
-        self._hash_key_id = hash_key_id
+        self.views = views
 
     def apply(self, request: Request, decision: Decision, decision_id: str) -> Held:
         """Raises StoreUnavailable when the approval store is needed but unreachable."""
@@ -99,13 +77,14 @@ class ApprovalFlow:
     def _hold(self, request: Request, decision: Decision, decision_id: str, digest: str) -> Held:
         req = decision.approval
         assert req is not None  # the engine always sets it with REQUIRE_APPROVAL
-        summary = self.summary(request, decision)
+        pending_expires = iso(self.store.clock() + int(req.pending_ttl.total_seconds() * 1000))
+        summary = self.views.summary(request, decision, pending_expires)
         doc = {
             "requester_id": request.principal.id,
             "requester_kind": request.principal.kind.value,
             "requester_ids": list(req.requester_ids),
             "requirement": requirement_doc(req),
-            "view": self.view(request, decision),
+            "view": self.views.reviewer_view(request, decision),
             "policy_revision": decision.policy_revision,
             "decision_id": decision_id,
         }
@@ -118,62 +97,3 @@ class ApprovalFlow:
             summary=summary,
         )
         return Held(decision, approval_id)
-
-    def plan_proto(self, decision: Decision) -> pb.MaskingPlan:
-        plan = pb.MaskingPlan()
-        for m in decision.masking_plan:
-            plan.fields.add(
-                path=m.path,
-                operator=_PB_OPS[m.op],
-                keep_first=m.keep_first,
-                keep_last=m.keep_last,
-                key_id=self._hash_key_id if m.op is MaskOp.HASH else "",
-                rule_ids=m.rule_ids,
-            )
-        return plan
-
-    def view(self, request: Request, decision: Decision) -> dict[str, Any]:
-        """The request as reviewers see it: ids, names and the masked payload, no attributes."""
-        plan = self.plan_proto(decision)
-        return {
-            "requester_id": request.principal.id,
-            "requester_kind": request.principal.kind.value,
-            "requester_roles": sorted(set(request.principal.roles)),
-            "action": request.action,
-            "resource_kind": request.resource.kind,
-            "resource_id": request.resource.id,
-            "fields": [{"path": f.path, "tags": list(f.tags)} for f in request.resource.fields],
-            "payload": apply_mask(request.payload, plan, keys=self._keys),
-            "environment": request.context.environment,
-            "reasons": list(decision.reasons),
-            "matched_rules": list(decision.matched_rules),
-            "masking_plan": [
-                {
-                    "path": m.path,
-                    "operator": m.op.name.lower(),
-                    "keep_first": m.keep_first,
-                    "keep_last": m.keep_last,
-                }
-                for m in decision.masking_plan
-            ],
-        }
-
-    def summary(self, request: Request, decision: Decision) -> dict[str, Any]:
-        """What events and notifications carry: never payload or attribute values."""
-        req = decision.approval
-        assert req is not None
-        return {
-            "requester_id": request.principal.id,
-            "requester_kind": request.principal.kind.value,
-            "action": request.action,
-            "resource_kind": request.resource.kind,
-            "resource_id": request.resource.id,
-            "environment": request.context.environment,
-            "fields": [{"path": f.path, "tags": list(f.tags)} for f in request.resource.fields],
-            "reasons": list(decision.reasons),
-            "matched_rules": list(decision.matched_rules),
-            "requirement": requirement_doc(req),
-            "pending_expires_at": iso(
-                self.store.clock() + int(req.pending_ttl.total_seconds() * 1000)
-            ),
-        }

@@ -12,6 +12,7 @@ from google.protobuf import struct_pb2
 from signoff.engine import model
 from signoff.errors import InvalidRequest
 from signoff.v1 import signoff_pb2 as pb
+from signoff.views import plan_proto
 
 
 @dataclass(frozen=True)
@@ -36,13 +37,6 @@ _VERDICTS = {
     model.Verdict.DENY: pb.VERDICT_DENY,
     model.Verdict.MASK: pb.VERDICT_MASK,
     model.Verdict.REQUIRE_APPROVAL: pb.VERDICT_REQUIRE_APPROVAL,
-}
-_OPS = {
-    model.MaskOp.NULLIFY: pb.MASK_OPERATOR_NULLIFY,
-    model.MaskOp.REDACT: pb.MASK_OPERATOR_REDACT,
-    model.MaskOp.HASH: pb.MASK_OPERATOR_HASH,
-    model.MaskOp.EMAIL: pb.MASK_OPERATOR_EMAIL,
-    model.MaskOp.PARTIAL: pb.MASK_OPERATOR_PARTIAL,
 }
 
 
@@ -159,15 +153,8 @@ def to_response(
         reasons=decision.reasons,
         errored_rules=decision.errored_rules,
     )
-    for m in decision.masking_plan:
-        out.masking_plan.fields.add(
-            path=m.path,
-            operator=_OPS[m.op],
-            keep_first=m.keep_first,
-            keep_last=m.keep_last,
-            key_id=hash_key_id if m.op is model.MaskOp.HASH else "",
-            rule_ids=m.rule_ids,
-        )
+    if decision.masking_plan:
+        out.masking_plan.CopyFrom(plan_proto(decision.masking_plan, hash_key_id))
     a = decision.approval
     if a is not None:
         out.approval.quorum = a.quorum

@@ -1,0 +1,165 @@
+"""What each audience may see of a request: reviewers, events and notifications, audit records.
+
+Every view masks with the decision's own masking plan through the client package's
+`apply_mask`, so a field a policy masks for the caller is masked for everyone else too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from signoff.client.masking import apply_mask
+from signoff.engine.model import ApprovalRequirement, Decision, FieldMask, MaskOp, Request
+from signoff.v1 import signoff_pb2 as pb
+
+_PB_OPS = {
+    MaskOp.NULLIFY: pb.MASK_OPERATOR_NULLIFY,
+    MaskOp.REDACT: pb.MASK_OPERATOR_REDACT,
+    MaskOp.HASH: pb.MASK_OPERATOR_HASH,
+    MaskOp.EMAIL: pb.MASK_OPERATOR_EMAIL,
+    MaskOp.PARTIAL: pb.MASK_OPERATOR_PARTIAL,
+}
+
+
+def plan_proto(plan: Sequence[FieldMask], hash_key_id: str) -> pb.MaskingPlan:
+    """The engine's plan as the API's MaskingPlan (HASH entries name the server's key)."""
+    out = pb.MaskingPlan()
+    for m in plan:
+        out.fields.add(
+            path=m.path,
+            operator=_PB_OPS[m.op],
+            keep_first=m.keep_first,
+            keep_last=m.keep_last,
+            key_id=hash_key_id if m.op is MaskOp.HASH else "",
+            rule_ids=m.rule_ids,
+        )
+    return out
+
+
+def requirement_doc(req: ApprovalRequirement) -> dict[str, Any]:
+    return {
+        "approvers": [{"roles": list(s.roles), "groups": list(s.groups)} for s in req.approvers],
+        "quorum": req.quorum,
+        "pending_ttl_seconds": int(req.pending_ttl.total_seconds()),
+        "grant_ttl_seconds": int(req.grant_ttl.total_seconds()),
+        "rule_ids": list(req.rule_ids),
+    }
+
+
+def _fields(request: Request) -> list[dict[str, Any]]:
+    return [{"path": f.path, "tags": list(f.tags)} for f in request.resource.fields]
+
+
+@dataclass(frozen=True)
+class AuditSelection:
+    """What audit records keep beyond ids: allowlisted attributes and payload keys only.
+
+    Attribute names are `principal.<name>`, `resource.<name>` or `context.<name>`.
+    """
+
+    attributes: frozenset[str] = field(default_factory=frozenset)
+    payload_keys: frozenset[str] = field(default_factory=frozenset)
+
+    @staticmethod
+    def parse(attributes: Iterable[str], payload_keys: Iterable[str]) -> AuditSelection:
+        return AuditSelection(
+            frozenset(a.strip() for a in attributes if a.strip()),
+            frozenset(k.strip() for k in payload_keys if k.strip()),
+        )
+
+    def pick(self, section: str, values: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in sorted(values.items()) if f"{section}.{k}" in self.attributes}
+
+
+class Views:
+    """Builds the masked views; holds the hash key so HASH masks can be applied server-side."""
+
+    def __init__(
+        self, *, hash_key: bytes, hash_key_id: str, audit: AuditSelection | None = None
+    ) -> None:
+        self.hash_key_id = hash_key_id
+        self._keys = {hash_key_id: hash_key}
+        self.audit_selection = audit or AuditSelection()
+
+    def plan(self, decision: Decision) -> pb.MaskingPlan:
+        return plan_proto(decision.masking_plan, self.hash_key_id)
+
+    def masked_payload(self, request: Request, decision: Decision) -> Any:
+        return apply_mask(request.payload, self.plan(decision), keys=self._keys)
+
+    def reviewer_view(self, request: Request, decision: Decision) -> dict[str, Any]:
+        """The request as approvers see it: ids, names and the masked payload, no attributes."""
+        return {
+            "requester_id": request.principal.id,
+            "requester_kind": request.principal.kind.value,
+            "requester_roles": sorted(set(request.principal.roles)),
+            "action": request.action,
+            "resource_kind": request.resource.kind,
+            "resource_id": request.resource.id,
+            "fields": _fields(request),
+            "payload": self.masked_payload(request, decision),
+            "environment": request.context.environment,
+            "reasons": list(decision.reasons),
+            "matched_rules": list(decision.matched_rules),
+            "masking_plan": [
+                {
+                    "path": m.path,
+                    "operator": m.op.name.lower(),
+                    "keep_first": m.keep_first,
+                    "keep_last": m.keep_last,
+                }
+                for m in decision.masking_plan
+            ],
+        }
+
+    def summary(
+        self, request: Request, decision: Decision, pending_expires_at: str
+    ) -> dict[str, Any]:
+        """What events and notifications carry: never payload or attribute values."""
+        req = decision.approval
+        assert req is not None
+        return {
+            "requester_id": request.principal.id,
+            "requester_kind": request.principal.kind.value,
+            "action": request.action,
+            "resource_kind": request.resource.kind,
+            "resource_id": request.resource.id,
+            "environment": request.context.environment,
+            "fields": _fields(request),
+            "reasons": list(decision.reasons),
+            "matched_rules": list(decision.matched_rules),
+            "requirement": requirement_doc(req),
+            "pending_expires_at": pending_expires_at,
+        }
+
+    def audit_view(self, request: Request, decision: Decision) -> dict[str, Any]:
+        """The request as an audit record keeps it: allowlisted attributes, and of the payload
+        only allowlisted keys, after the decision's masking plan; other keys by name only."""
+        sel = self.audit_selection
+        masked = self.masked_payload(request, decision)
+        payload = {}
+        if isinstance(masked, dict):
+            payload = {k: v for k, v in sorted(masked.items()) if k in sel.payload_keys}
+        return {
+            "principal": {
+                "id": request.principal.id,
+                "kind": request.principal.kind.value,
+                "roles": sorted(set(request.principal.roles)),
+                "attributes": sel.pick("principal", request.principal.attributes),
+            },
+            "action": request.action,
+            "resource": {
+                "kind": request.resource.kind,
+                "id": request.resource.id,
+                "attributes": sel.pick("resource", request.resource.attributes),
+                "fields": _fields(request),
+            },
+            "context": {
+                "environment": request.context.environment,
+                "attributes": sel.pick("context", request.context.attributes),
+            },
+            "payload": payload,
+            "payload_keys": sorted(request.payload),
+        }
