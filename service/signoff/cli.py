@@ -15,22 +15,15 @@ from typing import TYPE_CHECKING
 
 from signoff import config as config_mod
 from signoff.errors import ConfigError, PolicyError, StoreUnavailable
+from signoff.observability import Telemetry
 
 if TYPE_CHECKING:
     from signoff.approvals.store import ApprovalStore
+    from signoff.identity import CallerAuthenticator
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from signoff.approvals.digest import digest_key
-    from signoff.approvals.flow import ApprovalFlow
-    from signoff.approvals.store import ApprovalStore
-    from signoff.client.masking import key_id
-    from signoff.engine.evaluator import Engine
     from signoff.identity import authenticator_for, from_env
-    from signoff.policy.loader import load_bundle
-    from signoff.server import app, convert
-    from signoff.server.approvals import ApprovalService
-    from signoff.views import Views
 
     try:
         config_mod.validate_plain(args)
@@ -43,13 +36,43 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         cfg = config_mod.from_args(args)
         identity = authenticator_for(from_env(os.environ))
-        bundle = load_bundle(cfg.rules, backend=cfg.backend)
-    except PolicyError as exc:
-        print(f"signoff: refusing to start: {exc}", file=sys.stderr)
-        return 2
+        telemetry = Telemetry.from_env(os.environ, prometheus_address=cfg.metrics_address or None)
     except ConfigError as exc:
         print(f"signoff: bad configuration: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"signoff: cannot serve metrics on {cfg.metrics_address}: {exc}", file=sys.stderr)
+        return 1
+    telemetry.install_global()
+    try:
+        return _serve_with(args, cfg, identity, telemetry)
+    finally:
+        telemetry.shutdown()
+
+
+def _serve_with(
+    args: argparse.Namespace,
+    cfg: config_mod.Config,
+    identity: CallerAuthenticator,
+    telemetry: Telemetry,
+) -> int:
+    from signoff.approvals.digest import digest_key
+    from signoff.approvals.flow import ApprovalFlow
+    from signoff.approvals.store import ApprovalStore
+    from signoff.client.masking import key_id
+    from signoff.engine.evaluator import Engine
+    from signoff.policy.loader import load_bundle
+    from signoff.server import app, convert
+    from signoff.server.approvals import ApprovalService
+    from signoff.views import Views
+
+    try:
+        bundle = load_bundle(cfg.rules, backend=cfg.backend)
+    except PolicyError as exc:
+        telemetry.record_policy_load("failed")
+        print(f"signoff: refusing to start: {exc}", file=sys.stderr)
+        return 2
+    telemetry.record_policy_load("ok")
     store = ApprovalStore(cfg.redis_url, prefix=cfg.redis_prefix)
     secret = cfg.hash_key or _dev_secret(store)
     if secret is None:
@@ -77,12 +100,19 @@ def _serve(args: argparse.Namespace) -> int:
             workers=cfg.workers,
             limits=convert.Limits(max_batch_items=cfg.max_batch_items),
             approvals=flow,
-            approval_service=ApprovalService(store, identity, max_watchers=cfg.workers // 2),
+            approval_service=ApprovalService(
+                store, identity, max_watchers=cfg.workers // 2, telemetry=telemetry
+            ),
+            telemetry=telemetry,
         )
     except OSError as exc:
         print(f"signoff: {exc}", file=sys.stderr)
         return 1
-    sweeper = threading.Thread(target=_sweep, args=(store, stop), name="expiry", daemon=True)
+    telemetry.observe_pending(store.pending_count)
+    logging.getLogger("signoff.server").info("telemetry: %s", telemetry.description)
+    sweeper = threading.Thread(
+        target=_sweep, args=(store, stop, telemetry), name="expiry", daemon=True
+    )
     sweeper.start()
     print(
         f"signoff listening on {cfg.address.rsplit(':', 1)[0]}:{running.port} "
@@ -116,13 +146,16 @@ def _dev_secret(store: ApprovalStore, wait_seconds: float = 30.0) -> bytes | Non
             time.sleep(1.0)
 
 
-def _sweep(store: ApprovalStore, stop: threading.Event, every: float = 1.0) -> None:
+def _sweep(
+    store: ApprovalStore, stop: threading.Event, telemetry: Telemetry, every: float = 1.0
+) -> None:
     """Turns ended windows into 'expired' transitions, so watchers and notifiers hear of it."""
     log = logging.getLogger("signoff.approvals")
     down = False
     while not stop.wait(every):
         try:
-            store.expire_due()
+            for _ in range(store.expire_due()):
+                telemetry.record_approval_outcome("expired")
             if down:
                 log.info("approval store reachable again")
             down = False

@@ -27,6 +27,7 @@ class Config:
     log_level: str
     redis_url: str
     redis_prefix: str
+    metrics_address: str  # "" = no Prometheus endpoint
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,6 +81,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="key prefix in Redis (SIGNOFF_REDIS_PREFIX; default 'signoff:')",
     )
     parser.add_argument(
+        "--metrics-address",
+        default=env("SIGNOFF_METRICS_ADDRESS", ""),
+        help="host:port serving Prometheus metrics (SIGNOFF_METRICS_ADDRESS; default off). "
+        "Traces and OTLP metrics follow the standard OTEL_* variables.",
+    )
+    parser.add_argument(
         "--log-level",
         default=env("SIGNOFF_LOG_LEVEL", "INFO"),
         choices=LOG_LEVELS,
@@ -128,4 +135,5 @@ def from_args(args: argparse.Namespace) -> Config:
         log_level=args.log_level,
         redis_url=args.redis_url,
         redis_prefix=args.redis_prefix,
+        metrics_address=args.metrics_address,
     )

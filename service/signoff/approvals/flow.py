@@ -28,6 +28,8 @@ class Held:
 
     decision: Decision
     approval_id: str = ""
+    # The approval transition this decision caused: "created", "consumed", or "".
+    transition: str = ""
 
 
 class ApprovalFlow:
@@ -62,7 +64,7 @@ class ApprovalFlow:
                 reasons=(f"approved: {request.approval_id}",),
                 approval=None,
             )
-            return Held(granted, request.approval_id)
+            return Held(granted, request.approval_id, "consumed")
         if outcome.status in ("pending", "approved"):
             return Held(decision, request.approval_id)
         reason = _REFUSALS.get(outcome.status, "approval_invalid")
@@ -88,7 +90,7 @@ class ApprovalFlow:
             "policy_revision": decision.policy_revision,
             "decision_id": decision_id,
         }
-        approval_id, _created = self.store.create(
+        approval_id, created = self.store.create(
             digest=digest,
             requester=request.principal.id,
             pending_ttl_ms=int(req.pending_ttl.total_seconds() * 1000),
@@ -96,4 +98,4 @@ class ApprovalFlow:
             doc=doc,
             summary=summary,
         )
-        return Held(decision, approval_id)
+        return Held(decision, approval_id, "created" if created else "")

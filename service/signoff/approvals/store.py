@@ -272,6 +272,13 @@ class ApprovalStore:
             value = self.redis.get(key)
         return bytes.fromhex(str(value))
 
+    def pending_count(self) -> int | None:
+        """Approvals waiting for sign-off, or None when the store cannot be asked."""
+        try:
+            return int(self.redis.zcard(f"{self.prefix}pending"))
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+            return None
+
     def ping(self) -> bool:
         try:
             return bool(self.redis.ping())

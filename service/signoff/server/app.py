@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha import reflection
 
 from signoff.approvals.flow import ApprovalFlow
 from signoff.engine.evaluator import Engine
+from signoff.observability import Telemetry
 from signoff.server import convert
 from signoff.server.approvals import ApprovalService
 from signoff.server.service import DecisionService
@@ -47,6 +48,7 @@ def start(
     limits: convert.Limits | None = None,
     approvals: ApprovalFlow | None = None,
     approval_service: ApprovalService | None = None,
+    telemetry: Telemetry | None = None,
 ) -> Running:
     """Start serving on `address` ("host:port"; port 0 picks a free one)."""
     options = [
@@ -55,8 +57,15 @@ def start(
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
-    decisions = DecisionService(engine, hash_key_id=hash_key_id, limits=limits, approvals=approvals)
+    interceptors = [telemetry.server_interceptor()] if telemetry is not None else []
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers),
+        options=options,
+        interceptors=interceptors,
+    )
+    decisions = DecisionService(
+        engine, hash_key_id=hash_key_id, limits=limits, approvals=approvals, telemetry=telemetry
+    )
     pb_grpc.add_DecisionServiceServicer_to_server(decisions, server)
     names = [SERVICE_NAME]
     if approval_service is not None:

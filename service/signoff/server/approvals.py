@@ -15,6 +15,7 @@ from signoff.approvals.eligibility import check_approver, is_requester, may_view
 from signoff.approvals.model import ApprovalRecord, Identity, State, is_approval_id
 from signoff.approvals.store import ApprovalStore
 from signoff.errors import Conflict, InvalidRequest, NotFound, Overloaded, PermissionDenied
+from signoff.observability import Telemetry
 from signoff.server.status import status_for
 from signoff.v1 import approvals_pb2 as apb
 from signoff.v1 import approvals_pb2_grpc as apb_grpc
@@ -150,9 +151,11 @@ class ApprovalService(apb_grpc.ApprovalServiceServicer):
         watch_poll_ms: int = 1000,
         watch_max_seconds: float = 900.0,
         max_watchers: int = 4,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.store = store
         self.auth = authenticator
+        self._telemetry = telemetry or Telemetry.disabled()
         self._poll_ms = watch_poll_ms
         self._watch_max = watch_max_seconds
         # Each open watch holds a worker thread; bounded so watchers can never starve Check.
@@ -227,6 +230,11 @@ class ApprovalService(apb_grpc.ApprovalServiceServicer):
             who.subject,
             outcome.status,
         )
+        if outcome.status in ("approved", "rejected"):
+            self._telemetry.approval_event(record.id, "pending", outcome.status, who.subject)
+            self._telemetry.record_approval_outcome(outcome.status)
+        elif outcome.status == "voted":
+            self._telemetry.approval_event(record.id, "pending", "pending", who.subject)
         fresh = self.store.get(record.id)
         if fresh is None:
             raise NotFound("no such approval")
@@ -264,6 +272,11 @@ class ApprovalService(apb_grpc.ApprovalServiceServicer):
             if not is_requester(record, who):
                 raise PermissionDenied("not_requester", "only the requester can cancel")
             outcome = self.store.cancel(record.id, who.subject, reason)
+            if outcome.status == "cancelled":
+                self._telemetry.approval_event(
+                    record.id, record.state.value, "cancelled", who.subject
+                )
+                self._telemetry.record_approval_outcome("cancelled")
             if outcome.status == "not_found":
                 raise NotFound("no such approval")
             if outcome.status == "conflict":

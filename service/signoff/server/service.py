@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import TypeVar
 
 import grpc
 
-from signoff.approvals.flow import ApprovalFlow
+from signoff.approvals.flow import ApprovalFlow, Held
 from signoff.engine.evaluator import Engine
 from signoff.engine.model import Verdict
 from signoff.errors import InvalidRequest, StoreUnavailable
+from signoff.observability import Telemetry
 from signoff.server import convert
 from signoff.server.status import grpc_code_value, status_for
 from signoff.v1 import signoff_pb2 as pb
@@ -32,32 +34,61 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         hash_key_id: str,
         limits: convert.Limits | None = None,
         approvals: ApprovalFlow | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.engine = engine
         self._hash_key_id = hash_key_id
         self._limits = limits or convert.Limits()
         self._approvals = approvals
+        self._telemetry = telemetry or Telemetry.disabled()
 
-    def _decide(self, msg: pb.CheckRequest) -> pb.CheckResponse:
+    def _decide(self, msg: pb.CheckRequest, item_index: int | None = None) -> pb.CheckResponse:
         engine = self.engine  # one bundle for the whole decision, even if swapped meanwhile
-        request = convert.to_request(msg, self._limits)
-        decision = engine.decide(request)
-        decision_id = str(uuid.uuid4())
-        approval_id = ""
-        if decision.verdict is Verdict.REQUIRE_APPROVAL:
-            if self._approvals is None:
-                raise StoreUnavailable("approvals are not configured on this service")
-            held = self._approvals.apply(request, decision, decision_id)
-            decision, approval_id = held.decision, held.approval_id
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "decision %s verdict=%s rules=%s revision=%s",
-                decision_id,
-                decision.verdict.name,
-                ",".join(decision.matched_rules) or "-",
-                decision.policy_revision[:12],
+        started = time.perf_counter()
+        with self._telemetry.decision_span(item_index=item_index) as span:
+            try:
+                request = convert.to_request(msg, self._limits)
+            except InvalidRequest:
+                span.set_error("INVALID_ARGUMENT")
+                raise
+            decision = engine.decide(request)
+            decision_id = str(uuid.uuid4())
+            held = Held(decision)
+            if decision.verdict is Verdict.REQUIRE_APPROVAL:
+                if self._approvals is None:
+                    raise StoreUnavailable("approvals are not configured on this service")
+                held = self._approvals.apply(request, decision, decision_id)
+                decision = held.decision
+                self._note_transition(held, request.principal.id)
+            span.set_decision(
+                decision_id=decision_id,
+                verdict=decision.verdict.name,
+                policy_revision=decision.policy_revision,
+                matched_rules=decision.matched_rules,
+                resource_kind=request.resource.kind,
+                action=request.action,
+                principal_id=request.principal.id,
+                principal_kind=request.principal.kind.value,
+                approval_id=held.approval_id,
+                errored_rules=decision.errored_rules,
             )
-        return convert.to_response(decision, decision_id, self._hash_key_id, approval_id)
+            self._telemetry.record_decision(decision.verdict.name, time.perf_counter() - started)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "decision %s verdict=%s rules=%s revision=%s",
+                    decision_id,
+                    decision.verdict.name,
+                    ",".join(decision.matched_rules) or "-",
+                    decision.policy_revision[:12],
+                )
+            return convert.to_response(decision, decision_id, self._hash_key_id, held.approval_id)
+
+    def _note_transition(self, held: Held, actor: str) -> None:
+        if held.transition == "created":
+            self._telemetry.approval_event(held.approval_id, "", "pending", actor)
+        elif held.transition == "consumed":
+            self._telemetry.approval_event(held.approval_id, "approved", "consumed", actor)
+            self._telemetry.record_approval_outcome("consumed")
 
     def Check(self, request: pb.CheckRequest, context: grpc.ServicerContext) -> pb.CheckResponse:
         return _guarded(context, lambda: self._decide(request))
@@ -70,10 +101,10 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
             if len(request.items) > limit:
                 raise InvalidRequest("items", f"at most {limit} items per batch")
             out = pb.CheckBatchResponse(policy_revision=self.engine.bundle.revision)
-            for item in request.items:
+            for index, item in enumerate(request.items):
                 result = out.results.add()
                 try:
-                    result.decision.CopyFrom(self._decide(item))
+                    result.decision.CopyFrom(self._decide(item, index))
                 except Exception as exc:  # each item stands alone: one failure fails only itself
                     code, message = status_for(exc)
                     field = exc.field if isinstance(exc, InvalidRequest) else ""
