@@ -59,12 +59,13 @@ def _serve_with(
     from signoff.approvals.digest import digest_key
     from signoff.approvals.flow import ApprovalFlow
     from signoff.approvals.store import ApprovalStore
+    from signoff.audit import ApprovalEventAuditor, AuditConfig, AuditLog, audit_key
     from signoff.client.masking import key_id
     from signoff.engine.evaluator import Engine
     from signoff.policy.loader import load_bundle
     from signoff.server import app, convert
     from signoff.server.approvals import ApprovalService
-    from signoff.views import Views
+    from signoff.views import AuditSelection, Views
 
     try:
         bundle = load_bundle(cfg.rules, backend=cfg.backend)
@@ -82,7 +83,20 @@ def _serve_with(
             file=sys.stderr,
         )
         return 1
-    views = Views(hash_key=secret, hash_key_id=key_id(secret))
+    views = Views(
+        hash_key=secret,
+        hash_key_id=key_id(secret),
+        audit=AuditSelection.parse(cfg.audit_attributes, cfg.audit_payload_keys),
+    )
+    audit = auditor = None
+    if cfg.audit:
+        audit = AuditLog(
+            cfg.redis_url,
+            audit_key(secret),
+            prefix=cfg.redis_prefix,
+            config=AuditConfig(max_records=cfg.audit_max_records),
+        )
+        auditor = ApprovalEventAuditor(audit, redis_url=cfg.redis_url, prefix=cfg.redis_prefix)
     flow = ApprovalFlow(store, digest_key=digest_key(secret), views=views)
     # Handlers go in before the ready line: a supervisor may stop us the moment it sees it.
     stop = threading.Event()
@@ -104,6 +118,8 @@ def _serve_with(
                 store, identity, max_watchers=cfg.workers // 2, telemetry=telemetry
             ),
             telemetry=telemetry,
+            audit=audit,
+            views=views,
         )
     except OSError as exc:
         print(f"signoff: {exc}", file=sys.stderr)
@@ -119,8 +135,14 @@ def _serve_with(
         f"revision {bundle.revision[:12]} ({bundle.rule_count} rules)",
         flush=True,
     )
+    if auditor is not None:
+        auditor.start()
     stop.wait()
     running.stop()
+    if auditor is not None:
+        auditor.stop()
+    if audit is not None:
+        audit.close(timeout=5.0)
     return 0
 
 
@@ -179,6 +201,7 @@ def _test(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from signoff.approvals.notifier import add_notify_arguments, run_notify
+    from signoff.audit.cli import add_audit_arguments
     from signoff.client.approvals_cli import add_approvals_arguments
     from signoff.client.cli import add_check_arguments
     from signoff.devtokens import add_dev_arguments
@@ -196,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_test_arguments(test)
     test.set_defaults(run=_test)
     add_approvals_arguments(sub)
+    add_audit_arguments(sub)
     notify = sub.add_parser("notify", help="post new approval requests to Slack and Teams")
     add_notify_arguments(notify)
     notify.set_defaults(run=run_notify)

@@ -28,6 +28,10 @@ class Config:
     redis_url: str
     redis_prefix: str
     metrics_address: str  # "" = no Prometheus endpoint
+    audit: bool
+    audit_max_records: int
+    audit_attributes: tuple[str, ...]
+    audit_payload_keys: tuple[str, ...]
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,6 +91,30 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "Traces and OTLP metrics follow the standard OTEL_* variables.",
     )
     parser.add_argument(
+        "--audit",
+        choices=("on", "off"),
+        default=env("SIGNOFF_AUDIT", "on"),
+        help="tamper-evident audit trail in Redis (SIGNOFF_AUDIT; default on)",
+    )
+    parser.add_argument(
+        "--audit-max-records",
+        default=env("SIGNOFF_AUDIT_MAX_RECORDS", "1000000"),
+        type=int,
+        help="records kept per audit stream (SIGNOFF_AUDIT_MAX_RECORDS; default 1000000)",
+    )
+    parser.add_argument(
+        "--audit-attributes",
+        default=env("SIGNOFF_AUDIT_ATTRIBUTES", ""),
+        help="comma-separated attributes audit records keep, e.g. principal.tenant,"
+        "resource.tenant (SIGNOFF_AUDIT_ATTRIBUTES; default none)",
+    )
+    parser.add_argument(
+        "--audit-payload-keys",
+        default=env("SIGNOFF_AUDIT_PAYLOAD_KEYS", ""),
+        help="comma-separated payload keys audit records keep, after masking "
+        "(SIGNOFF_AUDIT_PAYLOAD_KEYS; default none)",
+    )
+    parser.add_argument(
         "--log-level",
         default=env("SIGNOFF_LOG_LEVEL", "INFO"),
         choices=LOG_LEVELS,
@@ -115,6 +143,8 @@ def validate_plain(args: argparse.Namespace) -> None:
     """Check values argparse cannot: `choices` are not applied to defaults from the env."""
     if args.cel_backend not in BACKENDS:
         raise ConfigError(f"unknown CEL backend {args.cel_backend!r}; choose {', '.join(BACKENDS)}")
+    if getattr(args, "audit", "on") not in ("on", "off"):
+        raise ConfigError(f"SIGNOFF_AUDIT must be on or off, not {args.audit!r}")
     if args.log_level not in LOG_LEVELS:
         raise ConfigError(f"unknown log level {args.log_level!r}; choose {', '.join(LOG_LEVELS)}")
 
@@ -123,6 +153,8 @@ def from_args(args: argparse.Namespace) -> Config:
     validate_plain(args)
     if args.workers < 1:
         raise ConfigError("--workers must be at least 1")
+    if args.audit_max_records < 1:
+        raise ConfigError("--audit-max-records must be at least 1")
     if args.max_batch_items < 1:
         raise ConfigError("--max-batch-items must be at least 1")
     return Config(
@@ -136,4 +168,8 @@ def from_args(args: argparse.Namespace) -> Config:
         redis_url=args.redis_url,
         redis_prefix=args.redis_prefix,
         metrics_address=args.metrics_address,
+        audit=args.audit == "on",
+        audit_max_records=args.audit_max_records,
+        audit_attributes=tuple(a for a in args.audit_attributes.split(",") if a.strip()),
+        audit_payload_keys=tuple(k for k in args.audit_payload_keys.split(",") if k.strip()),
     )

@@ -11,6 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from signoff.approvals.flow import ApprovalFlow
+from signoff.audit import AuditLog
 from signoff.engine.evaluator import Engine
 from signoff.observability import Telemetry
 from signoff.server import convert
@@ -20,6 +21,7 @@ from signoff.v1 import approvals_pb2 as apb
 from signoff.v1 import approvals_pb2_grpc as apb_grpc
 from signoff.v1 import signoff_pb2 as pb
 from signoff.v1 import signoff_pb2_grpc as pb_grpc
+from signoff.views import Views
 
 log = logging.getLogger("signoff.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
@@ -49,6 +51,8 @@ def start(
     approvals: ApprovalFlow | None = None,
     approval_service: ApprovalService | None = None,
     telemetry: Telemetry | None = None,
+    audit: AuditLog | None = None,
+    views: Views | None = None,
 ) -> Running:
     """Start serving on `address` ("host:port"; port 0 picks a free one)."""
     options = [
@@ -64,7 +68,13 @@ def start(
         interceptors=interceptors,
     )
     decisions = DecisionService(
-        engine, hash_key_id=hash_key_id, limits=limits, approvals=approvals, telemetry=telemetry
+        engine,
+        hash_key_id=hash_key_id,
+        limits=limits,
+        approvals=approvals,
+        telemetry=telemetry,
+        audit=audit,
+        views=views,
     )
     pb_grpc.add_DecisionServiceServicer_to_server(decisions, server)
     names = [SERVICE_NAME]

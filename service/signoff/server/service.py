@@ -11,14 +11,16 @@ from typing import TypeVar
 import grpc
 
 from signoff.approvals.flow import ApprovalFlow, Held
+from signoff.audit import AuditLog
 from signoff.engine.evaluator import Engine
-from signoff.engine.model import Verdict
+from signoff.engine.model import Decision, Request, Verdict
 from signoff.errors import InvalidRequest, StoreUnavailable
 from signoff.observability import Telemetry
 from signoff.server import convert
 from signoff.server.status import grpc_code_value, status_for
 from signoff.v1 import signoff_pb2 as pb
 from signoff.v1 import signoff_pb2_grpc as pb_grpc
+from signoff.views import Views
 
 log = logging.getLogger("signoff.decisions")
 T = TypeVar("T")
@@ -35,12 +37,16 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         limits: convert.Limits | None = None,
         approvals: ApprovalFlow | None = None,
         telemetry: Telemetry | None = None,
+        audit: AuditLog | None = None,
+        views: Views | None = None,
     ) -> None:
         self.engine = engine
         self._hash_key_id = hash_key_id
         self._limits = limits or convert.Limits()
         self._approvals = approvals
         self._telemetry = telemetry or Telemetry.disabled()
+        self._audit = audit if views is not None else None
+        self._views = views
 
     def _decide(self, msg: pb.CheckRequest, item_index: int | None = None) -> pb.CheckResponse:
         engine = self.engine  # one bundle for the whole decision, even if swapped meanwhile
@@ -73,6 +79,7 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
                 errored_rules=decision.errored_rules,
             )
             self._telemetry.record_decision(decision.verdict.name, time.perf_counter() - started)
+            self._record(request, decision, decision_id, held.approval_id, span.trace_id_hex())
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "decision %s verdict=%s rules=%s revision=%s",
@@ -82,6 +89,36 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
                     decision.policy_revision[:12],
                 )
             return convert.to_response(decision, decision_id, self._hash_key_id, held.approval_id)
+
+    def _record(
+        self,
+        request: Request,
+        decision: Decision,
+        decision_id: str,
+        approval_id: str,
+        trace_id: str,
+    ) -> None:
+        """Queue the decision's audit record; the request goes in only as its audit view."""
+        if self._audit is None or self._views is None:
+            return
+        try:
+            self._audit.submit(
+                {
+                    "type": "decision",
+                    "decision_id": decision_id,
+                    "verdict": decision.verdict.name,
+                    "policy_revision": decision.policy_revision,
+                    "matched_rules": list(decision.matched_rules),
+                    "errored_rules": list(decision.errored_rules),
+                    "reasons": list(decision.reasons),
+                    "approval_id": approval_id,
+                    "masked_fields": [m.path for m in decision.masking_plan],
+                    "trace_id": trace_id,
+                    "request": self._views.audit_view(request, decision),
+                }
+            )
+        except Exception as exc:  # the record is lost, the decision must not be
+            log.error("audit record for %s not queued: %s", decision_id, type(exc).__name__)
 
     def _note_transition(self, held: Held, actor: str) -> None:
         if held.transition == "created":
