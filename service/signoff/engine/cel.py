@@ -9,6 +9,7 @@ protobuf message types built from the declared attribute schema, so a typo such 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 import threading
 from collections.abc import Callable, Mapping
@@ -19,6 +20,10 @@ from cel_expr_python import cel
 from google.protobuf import descriptor_pb2, descriptor_pool, duration_pb2, struct_pb2, timestamp_pb2
 
 from signoff.engine.schema import SECTIONS, AttributeSchema
+
+# cel-python logs whole activations (request values) at DEBUG, and a failing function's
+# arguments at ERROR; signoff reports evaluation failures itself, by rule id only.
+logging.getLogger("celpy").setLevel(logging.CRITICAL)
 
 BACKENDS = ("cel-expr", "cel-python")
 DEFAULT_BACKEND = "cel-expr"
@@ -229,11 +234,12 @@ _SAFE_CEL_EXPR_ERRORS = ("Key not found in map", "No matching overloads", "divid
 
 
 def _safe_cel_expr_error(text: str) -> str:
-    # Some cel-cpp messages quote the offending value; keep only shapes known to name keys,
-    # overloads or arithmetic faults, and otherwise just the status code.
+    # cel-cpp messages can quote values, and even a missing map key can come from the
+    # request: keep only the shape of the fault, or just the status code.
     first = text.splitlines()[0] if text else ""
-    if any(shape in first for shape in _SAFE_CEL_EXPR_ERRORS):
-        return first[:200]
+    for shape in _SAFE_CEL_EXPR_ERRORS:
+        if shape in first:
+            return shape
     return first.split(":", 1)[0][:40] or "evaluation error"
 
 

@@ -147,9 +147,10 @@ def convert(type_name: str, value: Any, where: str) -> Any:
         inner = type_name[5:-1]
         return [convert(inner, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if type_name == "map<string,string>":
-        if not isinstance(value, dict):
+        # Its keys are caller data like its values: an error names the attribute only.
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             raise InvalidRequest(where, "expected an object of strings")
-        return {str(k): _string(v, f"{where}.{k}") for k, v in value.items()}
+        return {str(k): v for k, v in value.items()}
     if type_name == "dyn":
         return _json(value, where)
     raise InvalidRequest(where, f"unknown declared type {type_name!r}")

@@ -153,8 +153,11 @@ class _DecisionScope(AbstractContextManager[DecisionSpan]):
             with shield("leave decision span"):
                 otel_context.detach(self._token)  # type: ignore[arg-type]
         with shield("end decision span"):
-            if exc_type is not None:
-                # The exception's type only: its message might quote the request.
+            already = getattr(self._span, "status", None)
+            marked = already is not None and already.status_code is StatusCode.ERROR
+            if exc_type is not None and not marked:
+                # The exception's type only: its message might quote the request. A status
+                # set by set_error (e.g. INVALID_ARGUMENT) says more and is kept.
                 self._span.set_status(Status(StatusCode.ERROR, exc_type.__name__))
             self._span.end()
 
