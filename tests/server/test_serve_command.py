@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from signoff.client.masking import key_id
@@ -26,10 +28,12 @@ from signoff.v1 import signoff_pb2_grpc as pb_grpc
 from tests.conftest import RULES, WriteRules
 from tests.server.harness import (
     KEY,
+    REDIS_URL,
     TIMEOUT,
     allowed_read,
     bundled,
     channel_to,
+    drop_prefix,
     masked_export,
     rpc_error,
     serving,
@@ -46,9 +50,21 @@ def _command(*args: str) -> list[str]:
     return [sys.executable, "-m", "signoff.cli", "serve", *args]
 
 
+# The servers share the machine's Redis: they keep their keys (approvals, audit chain, dev
+# secret) under a prefix of this module's own, dropped when the module is done.
+PREFIX = f"signoff:test:serve:{uuid.uuid4().hex}:"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _drop_redis_keys() -> Iterator[None]:
+    yield
+    drop_prefix(redis.Redis.from_url(REDIS_URL), PREFIX)
+
+
 def _environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """This process's environment without any SIGNOFF_* variable, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNOFF_")}
+    env["SIGNOFF_REDIS_PREFIX"] = PREFIX
     env.update(extra or {})
     return env
 
