@@ -212,9 +212,20 @@ class _CelExprProgram:
         raise CelEvalError(f"condition yielded {kind.name().lower()}, not a bool")
 
 
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def _to_cel_expr(value: Any) -> Any:
     # cel-expr-python takes datetimes only at the top level; nested ones must be protobuf
-    # well-known types or every read of the enclosing map fails.
+    # well-known types or every read of the enclosing map fails. This runs on every request,
+    # so plain values (nearly all of them) are passed through without a call.
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is dict:
+        return {k: v if type(v) in _PLAIN else _to_cel_expr(v) for k, v in value.items()}
+    if kind is list:
+        return [v if type(v) in _PLAIN else _to_cel_expr(v) for v in value]
     if isinstance(value, dict):
         return {k: _to_cel_expr(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -265,7 +276,22 @@ class CelExprBackend:
             raise CelCompileError(_issues(str(exc))) from None
 
     def activation(self, data: Mapping[str, Any]) -> Any:
-        return self._env.Activation({k: _to_cel_expr(v) for k, v in data.items()})
+        # Timestamps and durations can only sit in attribute maps, context.time and the
+        # payload (the evaluator builds everything else from strings); top-level `now` is
+        # accepted as a datetime. Converting just those keeps this off the per-request bill.
+        out = dict(data)
+        for section in ("principal", "resource", "context"):
+            part = data.get(section)
+            if isinstance(part, dict) and ("attr" in part or "time" in part):
+                part = dict(part)
+                if "attr" in part:
+                    part["attr"] = _to_cel_expr(part["attr"])
+                if "time" in part:
+                    part["time"] = _to_cel_expr(part["time"])
+                out[section] = part
+        if "payload" in data:
+            out["payload"] = _to_cel_expr(data["payload"])
+        return self._env.Activation(out)
 
 
 # --- cel-python -----------------------------------------------------------------------------
