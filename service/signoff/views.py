@@ -6,6 +6,7 @@ Every view masks with the decision's own masking plan through the client package
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,17 @@ def requirement_doc(req: ApprovalRequirement) -> dict[str, Any]:
         "grant_ttl_seconds": int(req.grant_ttl.total_seconds()),
         "rule_ids": list(req.rule_ids),
     }
+
+
+MAX_REVIEW_PAYLOAD_BYTES = 16 * 1024
+
+
+def _bounded(payload: Any) -> Any:
+    """The stored reviewer payload, or a marker when it is too large to keep per approval."""
+    size = len(json.dumps(payload, separators=(",", ":"), default=str))
+    if size <= MAX_REVIEW_PAYLOAD_BYTES:
+        return payload
+    return {"_truncated": f"payload of {size} bytes is not kept for review"}
 
 
 def _fields(request: Request) -> list[dict[str, Any]]:
@@ -99,7 +111,7 @@ class Views:
             "resource_kind": request.resource.kind,
             "resource_id": request.resource.id,
             "fields": _fields(request),
-            "payload": self.masked_payload(request, decision),
+            "payload": _bounded(self.masked_payload(request, decision)),
             "environment": request.context.environment,
             "reasons": list(decision.reasons),
             "matched_rules": list(decision.matched_rules),

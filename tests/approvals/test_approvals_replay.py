@@ -194,6 +194,9 @@ def _add_role(request: pb.CheckRequest) -> None:
 
 def _principal_kind(request: pb.CheckRequest) -> None:
     request.principal.kind = AGENT
+    # An agent must name its owner to ask for sign-off at all; with one, the replay is
+    # refused for the changed principal.
+    request.principal.attributes.update({"owner": "someone-else@acme.io"})
 
 
 def _principal_attr(**changes: Any) -> Change:

@@ -11,7 +11,9 @@ from tests.client.conftest import DevIdentity
 from tests.server.harness import serving
 
 IVAN = Principal("ivan@acme.io", "human", ("iam_admin",), {"tenant": "acme"})
-DEPLOY_BOT = Principal("svc:deploy-bot", "service", ("deployer",), {"tenant": "acme"})
+DEPLOY_BOT = Principal(
+    "svc:deploy-bot", "service", ("deployer",), {"tenant": "acme", "owner": "dana@acme.io"}
+)
 ALICE = Principal("alice@acme.io", "human", ("analyst",), {"tenant": "acme"})
 PROD = Context(environment="prod")
 
@@ -83,5 +85,5 @@ def test_open_watches_do_not_stall_checks(dev_identity: DevIdentity) -> None:
                 watcher.join(5)
 
     assert decision.verdict is Verdict.ALLOW
-    # The harness serves with 8 workers and the default cap of 4 watches.
-    assert refused == ["RESOURCE_EXHAUSTED"] * 4
+    # The harness serves with 8 workers, a cap of 4 watches, and 2 per caller.
+    assert refused == ["RESOURCE_EXHAUSTED"] * 6

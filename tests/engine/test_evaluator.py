@@ -389,3 +389,43 @@ def test_timestamp_values_nested_in_maps_are_readable(
     assert engine.decide(old).verdict is Verdict.ALLOW
     assert engine.decide(new).verdict is Verdict.DENY
     assert engine.decide(new).errored_rules == ()
+
+
+OWNED = """
+schema:
+  principal: {owner: string, owners: list<string>}
+policies:
+  - id: p
+    resources: [db]
+    actions: [read]
+    rules:
+      - id: ask
+        effect: require_approval
+        approval:
+          approvers: {roles: [boss]}
+          requester_identities: [principal.attr.owner, principal.attr.owners]
+"""
+
+
+@pytest.mark.parametrize("kind", [PrincipalKind.AGENT, PrincipalKind.SERVICE])
+@pytest.mark.parametrize("attrs", [{}, {"owner": ""}, {"owner": "  "}, {"owners": []}])
+def test_an_agent_that_names_no_owner_cannot_ask_for_sign_off(
+    write_rules: WriteRules, backend: str, kind: PrincipalKind, attrs: dict[str, object]
+) -> None:
+    engine = Engine(load_bundle(write_rules(p=OWNED), backend=backend))
+    decision = engine.decide(req(kind=kind, pattr=attrs))
+    assert decision.verdict is Verdict.DENY
+    assert decision.reasons == ("requester_identity_missing",)
+
+
+def test_an_agents_owners_are_its_own_identities(write_rules: WriteRules, backend: str) -> None:
+    engine = Engine(load_bundle(write_rules(p=OWNED), backend=backend))
+    decision = engine.decide(req(kind=PrincipalKind.AGENT, pattr={"owners": ["dana@acme.io"]}))
+    assert decision.verdict is Verdict.REQUIRE_APPROVAL
+    assert decision.approval is not None
+    assert decision.approval.requester_ids == ("alice", "dana@acme.io")
+
+
+def test_a_human_needs_no_owner_to_ask_for_sign_off(write_rules: WriteRules, backend: str) -> None:
+    engine = Engine(load_bundle(write_rules(p=OWNED), backend=backend))
+    assert engine.decide(req()).verdict is Verdict.REQUIRE_APPROVAL

@@ -273,7 +273,7 @@ suite: caller clock
 cases:
   - name: a pipeline claiming office hours still needs approval at night
     principal:
-      {id: svc:deploy-bot, kind: service, roles: [deployer], attr: {tenant: acme}}
+      {id: svc:deploy-bot, kind: service, roles: [deployer], attr: {tenant: acme, owner: dana@acme.io}}
     action: deploy
     resource: {kind: infra.k8s_deployment, id: prod/checkout, attr: {tenant: acme}}
     context: {environment: prod, time: "2026-03-03T10:00:00Z"}

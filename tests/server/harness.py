@@ -160,7 +160,7 @@ def ivan() -> pb.Principal:
 
 def deploy_bot() -> pb.Principal:
     """A CI/CD pipeline allowed to deploy."""
-    return principal("svc:deploy-bot", SERVICE, ["deployer"], tenant="acme")
+    return principal("svc:deploy-bot", SERVICE, ["deployer"], tenant="acme", owner="dana@acme.io")
 
 
 def customers(tenant: str = "acme") -> pb.Resource:

@@ -9,19 +9,20 @@ from typing import Any
 from signoff.client.masking import canonical_form
 from signoff.engine.model import ApprovalRequirement, Request
 
-DIGEST_VERSION = 2
+DIGEST_VERSION = 3
 
 
 def canonical_request(
     request: Request, requirement: ApprovalRequirement | None = None
 ) -> dict[str, Any]:
-    """What an approval covers: principal, action, resource with its fields, payload, and the
-    requirement it satisfies.
+    """What an approval covers: principal, action, resource with its fields, payload, the
+    environment, and the requirement it satisfies.
 
     The requirement is part of it so an approval granted under a weaker requirement (fewer
     approvers, other approver roles) never lifts a stricter one for the same request after a
-    policy change. Context (time, source ip) is left out on purpose: it changes between asking
-    and using. Lists whose order carries no meaning are sorted so equal requests digest equally.
+    policy change. The environment is bound because reviewers see it; the rest of the context
+    (time, source ip, attributes) is left out on purpose: it changes between asking and using.
+    Lists whose order carries no meaning are sorted so equal requests digest equally.
     """
     p, r = request.principal, request.resource
     bound: dict[str, Any] = {}
@@ -53,6 +54,9 @@ def canonical_request(
             ),
         },
         "payload": request.payload,
+        # Reviewers are shown the environment: an approval given for staging is not one for
+        # prod, even where both need the same sign-off.
+        "environment": request.context.environment,
     }
 
 

@@ -15,6 +15,7 @@ from signoff.engine.model import (
     Decision,
     FieldMask,
     MaskOp,
+    PrincipalKind,
     Request,
     Verdict,
 )
@@ -22,6 +23,8 @@ from signoff.engine.schema import convert_section
 
 NO_MATCH = "no_matching_rule"
 EVALUATION_ERROR = "evaluation_error"
+REQUESTER_IDENTITY_MISSING = "requester_identity_missing"
+HUMAN = PrincipalKind.HUMAN
 Clock = Callable[[], dt.datetime]
 
 
@@ -192,7 +195,17 @@ def _combine(
     verdict = max(r.effect for r in matched)
     plan = masking_plan([r for r in matched if r.effect is Verdict.MASK], request)
     approval = merge_approvals([r.approval for r in matched if r.approval is not None])
-    if approval is not None:
+    if approval is not None and verdict is Verdict.REQUIRE_APPROVAL:
+        named = any(_has_identity(principal_attrs.get(n)) for n in approval.requester_attrs)
+        if approval.requester_attrs and not named and request.principal.kind is not HUMAN:
+            # An agent or service acts for someone, who must be known or could approve its
+            # request: leaving the owner out cannot switch the self-approval rule off.
+            return Decision(
+                Verdict.DENY,
+                revision,
+                matched_rules=ids,
+                reasons=(REQUESTER_IDENTITY_MISSING,),
+            )
         own = requester_ids(request, approval.requester_attrs, principal_attrs)
         approval = replace(approval, requester_ids=own)
     because = tuple(
@@ -245,6 +258,11 @@ def _stricter(old: FieldMask | None, new: FieldMask) -> FieldMask:
         return FieldMask(old.path, old.op, rule_ids=rule_ids)
     winner = old if old.op > new.op else new
     return FieldMask(winner.path, winner.op, winner.keep_first, winner.keep_last, rule_ids)
+
+
+def _has_identity(value: Any) -> bool:
+    values = value if isinstance(value, list) else [value]
+    return any(isinstance(v, str) and v.strip() for v in values)
 
 
 def requester_ids(

@@ -24,7 +24,10 @@ from signoff.v1 import signoff_pb2 as pb
 log = logging.getLogger("signoff.approvals")
 T = TypeVar("T")
 MAX_REASON = 2000
-MAX_PAGE = 500
+# Stored reviewer payloads are capped at 16 KiB, so a full page stays under gRPC's default
+# 4 MiB client receive limit.
+MAX_PAGE = 200
+WATCHES_PER_CALLER = 2
 _STATES = {
     State.PENDING: apb.APPROVAL_STATE_PENDING,
     State.APPROVED: apb.APPROVAL_STATE_APPROVED,
@@ -148,7 +151,7 @@ class ApprovalService(apb_grpc.ApprovalServiceServicer):
         store: ApprovalStore,
         authenticator: Authenticator,
         *,
-        watch_poll_ms: int = 1000,
+        watch_poll_ms: int = 250,
         watch_max_seconds: float = 900.0,
         max_watchers: int = 4,
         telemetry: Telemetry | None = None,
@@ -160,6 +163,8 @@ class ApprovalService(apb_grpc.ApprovalServiceServicer):
         self._watch_max = watch_max_seconds
         # Each open watch holds a worker thread; bounded so watchers can never starve Check.
         self._watch_slots = threading.BoundedSemaphore(max(1, max_watchers))
+        self._watch_lock = threading.Lock()
+        self._watching: dict[str, int] = {}
 
     def _who(self, context: grpc.ServicerContext) -> Identity:
         return self.auth.from_metadata(context.invocation_metadata())
@@ -293,14 +298,31 @@ class ApprovalService(apb_grpc.ApprovalServiceServicer):
     def WatchApproval(
         self, request: apb.WatchApprovalRequest, context: grpc.ServicerContext
     ) -> Iterator[apb.WatchApprovalResponse]:
-        if not self._watch_slots.acquire(blocking=False):
+        try:
+            # Authenticated first, so an anonymous caller cannot hold a slot.
+            who = self._who(context)
+        except Exception as exc:
+            code, message = status_for(exc)
+            context.abort(code, message)
+        key = voter_key(who)
+        with self._watch_lock:
+            # A few open watches per identity, so no caller can take every slot.
+            mine = self._watching.get(key, 0)
+            busy = mine >= WATCHES_PER_CALLER or not self._watch_slots.acquire(blocking=False)
+            if not busy:
+                self._watching[key] = mine + 1
+        if busy:
             code, message = status_for(
-                Overloaded("too many open watches on this server; poll Check or GetApproval")
+                Overloaded("too many open watches; poll Check or GetApproval")
             )
             context.abort(code, message)
         try:
             yield from self._watch(request, context)
         finally:
+            with self._watch_lock:
+                left = self._watching.pop(key, 1) - 1
+                if left:
+                    self._watching[key] = left
             self._watch_slots.release()
 
     def _watch(

@@ -242,7 +242,7 @@ class ListApprovalsRequest(_message.Message):
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """At most this many (default 50, at most 500)."""
+    """At most this many (default 50, at most 200)."""
     def __init__(
         self,
         *,
