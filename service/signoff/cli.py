@@ -45,13 +45,12 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     telemetry.install_global()
     try:
-        return _serve_with(args, cfg, identity, telemetry)
+        return _serve_with(cfg, identity, telemetry)
     finally:
         telemetry.shutdown()
 
 
 def _serve_with(
-    args: argparse.Namespace,
     cfg: config_mod.Config,
     identity: CallerAuthenticator,
     telemetry: Telemetry,
@@ -110,7 +109,7 @@ def _serve_with(
         running = app.start(
             Engine(bundle),
             cfg.address,
-            hash_key_id=key_id(secret),
+            hash_key_id=views.hash_key_id,
             workers=cfg.workers,
             limits=convert.Limits(max_batch_items=cfg.max_batch_items),
             approvals=flow,

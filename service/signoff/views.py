@@ -6,13 +6,21 @@ Every view masks with the decision's own masking plan through the client package
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from signoff.client.masking import apply_mask
-from signoff.engine.model import ApprovalRequirement, Decision, FieldMask, MaskOp, Request
+from signoff.engine.model import (
+    ApprovalRequirement,
+    ApproverSet,
+    Decision,
+    FieldMask,
+    MaskOp,
+    Request,
+)
 from signoff.v1 import signoff_pb2 as pb
 
 _PB_OPS = {
@@ -37,6 +45,40 @@ def plan_proto(plan: Sequence[FieldMask], hash_key_id: str) -> pb.MaskingPlan:
             rule_ids=m.rule_ids,
         )
     return out
+
+
+def mask_op_proto(name: str) -> pb.MaskOperator.ValueType:
+    """The API operator for a plan entry stored by name ("redact", ...)."""
+    op = MaskOp.__members__.get(name.upper())
+    return _PB_OPS[op] if op is not None else pb.MASK_OPERATOR_UNSPECIFIED
+
+
+def requirement_proto(req: ApprovalRequirement) -> pb.ApprovalRequirement:
+    out = pb.ApprovalRequirement(
+        quorum=req.quorum, rule_ids=req.rule_ids, requester_ids=req.requester_ids
+    )
+    out.pending_ttl.FromTimedelta(req.pending_ttl)
+    out.grant_ttl.FromTimedelta(req.grant_ttl)
+    for s in req.approvers:
+        out.approvers.add(roles=s.roles, groups=s.groups)
+    return out
+
+
+def requirement_from_doc(
+    doc: Mapping[str, Any], requester_ids: Sequence[str]
+) -> ApprovalRequirement:
+    """The inverse of requirement_doc, for requirements read back from the approval store."""
+    return ApprovalRequirement(
+        approvers=tuple(
+            ApproverSet(tuple(s.get("roles", ())), tuple(s.get("groups", ())))
+            for s in doc["approvers"]
+        ),
+        quorum=int(doc["quorum"]),
+        pending_ttl=dt.timedelta(seconds=int(doc.get("pending_ttl_seconds", 0))),
+        grant_ttl=dt.timedelta(seconds=int(doc.get("grant_ttl_seconds", 0))),
+        rule_ids=tuple(doc.get("rule_ids", ())),
+        requester_ids=tuple(requester_ids),
+    )
 
 
 def requirement_doc(req: ApprovalRequirement) -> dict[str, Any]:
@@ -150,10 +192,10 @@ class Views:
         """The request as an audit record keeps it: allowlisted attributes, and of the payload
         only allowlisted keys, after the decision's masking plan; other keys by name only."""
         sel = self.audit_selection
-        masked = self.masked_payload(request, decision)
-        payload = {}
-        if isinstance(masked, dict):
-            payload = {k: v for k, v in sorted(masked.items()) if k in sel.payload_keys}
+        # Plan paths start at a top-level key, so masking just the kept keys gives the same
+        # values as masking everything first, without copying what is then thrown away.
+        kept = {k: v for k, v in sorted(request.payload.items()) if k in sel.payload_keys}
+        payload = apply_mask(kept, self.plan(decision), keys=self._keys) if kept else {}
         return {
             "principal": {
                 "id": request.principal.id,

@@ -279,12 +279,6 @@ class ApprovalStore:
         except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
             return None
 
-    def ping(self) -> bool:
-        try:
-            return bool(self.redis.ping())
-        except (redis.ConnectionError, redis.TimeoutError):
-            return False
-
     @property
     def events_stream(self) -> str:
         return f"{self.prefix}events"
@@ -371,30 +365,36 @@ class ApprovalStore:
         return str(got[0][1][-1][0]) if got else last
 
     def get(self, approval_id: str) -> ApprovalRecord | None:
-        if not is_approval_id(approval_id):
-            return None
-        return self._get(approval_id)
-
-    def _get(self, approval_id: str) -> ApprovalRecord | None:
         """The record as stored; a window that has ended reads as expired even before the
         sweeper has written it."""
-        key = f"{self.prefix}approval:{approval_id}"
-        with self._available():
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.hgetall(key)
-            pipe.hgetall(f"{key}:votes")
-            fields, votes = pipe.execute()
-        if not fields:
+        if not is_approval_id(approval_id):
             return None
-        return _record(approval_id, fields, votes, self.clock())
+        return self._fetch([approval_id])[0]
 
     def pending(self, limit: int) -> list[ApprovalRecord]:
-        """Pending approvals whose window is still open, oldest expiry first."""
+        """Pending approvals whose window is still open, soonest to expire first."""
         now = self.clock()
         with self._available():
             ids = self.redis.zrangebyscore(f"{self.prefix}pending", now, "+inf", start=0, num=limit)
-        records = [self.get(str(i)) for i in ids]
+        records = self._fetch([str(i) for i in ids])
         return [r for r in records if r is not None and r.state is State.PENDING]
+
+    def _fetch(self, ids: list[str]) -> list[ApprovalRecord | None]:
+        """Records and votes of `ids` in one round trip, each record read consistently."""
+        if not ids:
+            return []
+        with self._available():
+            pipe = self.redis.pipeline(transaction=True)
+            for approval_id in ids:
+                key = f"{self.prefix}approval:{approval_id}"
+                pipe.hgetall(key)
+                pipe.hgetall(f"{key}:votes")
+            raw = pipe.execute()
+        now = self.clock()
+        return [
+            _record(approval_id, fields, votes, now) if fields else None
+            for approval_id, fields, votes in zip(ids, raw[::2], raw[1::2], strict=True)
+        ]
 
 
 def _vote_json(*, approve: bool, reason: str, now: int) -> str:

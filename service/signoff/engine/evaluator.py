@@ -196,8 +196,8 @@ def _combine(
     plan = masking_plan([r for r in matched if r.effect is Verdict.MASK], request)
     approval = merge_approvals([r.approval for r in matched if r.approval is not None])
     if approval is not None and verdict is Verdict.REQUIRE_APPROVAL:
-        named = any(_has_identity(principal_attrs.get(n)) for n in approval.requester_attrs)
-        if approval.requester_attrs and not named and request.principal.kind is not HUMAN:
+        declared = declared_identities(approval.requester_attrs, principal_attrs)
+        if approval.requester_attrs and not declared and request.principal.kind is not HUMAN:
             # An agent or service acts for someone, who must be known or could approve its
             # request: leaving the owner out cannot switch the self-approval rule off.
             return Decision(
@@ -206,7 +206,7 @@ def _combine(
                 matched_rules=ids,
                 reasons=(REQUESTER_IDENTITY_MISSING,),
             )
-        own = requester_ids(request, approval.requester_attrs, principal_attrs)
+        own = tuple(sorted({request.principal.id, *declared}))
         approval = replace(approval, requester_ids=own)
     because = tuple(
         dict.fromkeys(
@@ -260,21 +260,15 @@ def _stricter(old: FieldMask | None, new: FieldMask) -> FieldMask:
     return FieldMask(winner.path, winner.op, winner.keep_first, winner.keep_last, rule_ids)
 
 
-def _has_identity(value: Any) -> bool:
-    values = value if isinstance(value, list) else [value]
-    return any(isinstance(v, str) and v.strip() for v in values)
-
-
-def requester_ids(
-    request: Request, attrs: tuple[str, ...], principal_attrs: dict[str, Any]
-) -> tuple[str, ...]:
-    """The principal and every identity the policy says is the principal's own."""
-    ids = {request.principal.id}
+def declared_identities(attrs: tuple[str, ...], principal_attrs: dict[str, Any]) -> set[str]:
+    """The identities the policy says are the principal's own (e.g. an agent's owner)."""
+    found: set[str] = set()
     for name in attrs:
         value = principal_attrs.get(name)
-        values = value if isinstance(value, list) else [value]
-        ids.update(v for v in values if isinstance(v, str) and v)
-    return tuple(sorted(ids))
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, str) and v.strip():
+                found.add(v)
+    return found
 
 
 def merge_approvals(reqs: list[ApprovalRequirement]) -> ApprovalRequirement | None:

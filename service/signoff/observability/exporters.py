@@ -47,6 +47,8 @@ class Setup:
     description: str
     prometheus_port: int | None = None
     closers: list[Callable[[], None]] = field(default_factory=list)
+    # False when spans go nowhere: their attributes need not be built.
+    exports_spans: bool = True
 
 
 def from_env(env: Mapping[str, str], *, service_name: str, prometheus_address: str | None) -> Setup:
@@ -81,7 +83,7 @@ def from_env(env: Mapping[str, str], *, service_name: str, prometheus_address: s
     meter_provider = MeterProvider(
         resource=resource, metric_readers=readers, shutdown_on_exit=False
     )
-    setup = Setup(tracer_provider, meter_provider, "")
+    setup = Setup(tracer_provider, meter_provider, "", exports_spans=bool(traces))
     parts = [
         f"traces: {_describe(traces, trace_protocol)}",
         f"metrics: {_describe(metrics, metric_protocol)}",

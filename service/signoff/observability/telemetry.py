@@ -68,9 +68,10 @@ UNTRACED_SERVICES = ("grpc.health.v1.Health",)
 class DecisionSpan:
     """The span of one decision; every setter is safe to call whatever state telemetry is in."""
 
-    def __init__(self, span: trace.Span, shield: Shield) -> None:
+    def __init__(self, span: trace.Span, shield: Shield, *, detailed: bool = True) -> None:
         self._span = span
         self._shield = shield
+        self._detailed = detailed
 
     def set_decision(
         self,
@@ -87,7 +88,7 @@ class DecisionSpan:
     ) -> None:
         """Record what was decided: ids, names and enums only, never request values."""
         with self._shield("set decision attributes"):
-            if not self._span.is_recording():
+            if not (self._detailed and self._span.is_recording()):
                 return
             attributes: dict[str, str | Sequence[str]] = {
                 "signoff.decision.id": _text(decision_id),
@@ -140,7 +141,7 @@ class _DecisionScope(AbstractContextManager[DecisionSpan]):
                 set_status_on_exception=False,
             )
             self._token = otel_context.attach(trace.set_span_in_context(self._span))
-        return DecisionSpan(self._span, shield)
+        return DecisionSpan(self._span, shield, detailed=self._telemetry.exports_spans)
 
     def __exit__(
         self,
@@ -177,8 +178,12 @@ class Telemetry:
         description: str = "custom providers",
         prometheus_port: int | None = None,
         closers: Sequence[Callable[[], None]] = (),
+        exports_spans: bool = True,
     ) -> None:
         self.tracer_provider = tracer_provider
+        # Spans still carry trace ids when nothing exports them (the audit log links by trace
+        # id); building their attributes would only cost each decision time for nothing.
+        self.exports_spans = exports_spans
         self.meter_provider = meter_provider
         self.description = description
         self.prometheus_port = prometheus_port
@@ -246,6 +251,7 @@ class Telemetry:
             description=setup.description,
             prometheus_port=setup.prometheus_port,
             closers=setup.closers,
+            exports_spans=setup.exports_spans,
         )
 
     @classmethod
@@ -264,6 +270,7 @@ class Telemetry:
             tracer_provider,
             MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False),
             description="test exporters",
+            exports_spans=span_exporter is not None,
         )
 
     @classmethod
@@ -329,7 +336,7 @@ class Telemetry:
         """Note an approval's state change as an event on the current span."""
         with self.shield("add approval event"):
             span = trace.get_current_span()
-            if not span.is_recording():
+            if not (self.exports_spans and span.is_recording()):
                 return
             span.add_event(
                 APPROVAL_EVENT,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Protocol, TypeVar
 
 import grpc
@@ -16,10 +16,11 @@ from signoff.approvals.model import ApprovalRecord, Identity, State, is_approval
 from signoff.approvals.store import ApprovalStore
 from signoff.errors import Conflict, InvalidRequest, NotFound, Overloaded, PermissionDenied
 from signoff.observability import Telemetry
-from signoff.server.status import status_for
+from signoff.server.status import abort, guarded
 from signoff.v1 import approvals_pb2 as apb
 from signoff.v1 import approvals_pb2_grpc as apb_grpc
 from signoff.v1 import signoff_pb2 as pb
+from signoff.views import mask_op_proto, requirement_from_doc, requirement_proto
 
 log = logging.getLogger("signoff.approvals")
 T = TypeVar("T")
@@ -41,16 +42,6 @@ _KINDS = {
     "agent": pb.PRINCIPAL_KIND_AGENT,
     "service": pb.PRINCIPAL_KIND_SERVICE,
 }
-_OPS = {
-    name.lower(): value
-    for name, value in (
-        ("NULLIFY", pb.MASK_OPERATOR_NULLIFY),
-        ("REDACT", pb.MASK_OPERATOR_REDACT),
-        ("HASH", pb.MASK_OPERATOR_HASH),
-        ("EMAIL", pb.MASK_OPERATOR_EMAIL),
-        ("PARTIAL", pb.MASK_OPERATOR_PARTIAL),
-    )
-}
 
 
 class Authenticator(Protocol):
@@ -66,16 +57,7 @@ def _ts(ms: int) -> timestamp_pb2.Timestamp | None:
 
 
 def to_proto(record: ApprovalRecord) -> apb.Approval:
-    req = record.requirement
-    requirement = pb.ApprovalRequirement(
-        quorum=int(req["quorum"]),
-        rule_ids=req.get("rule_ids", []),
-        requester_ids=list(record.requester_ids),
-    )
-    for s in req["approvers"]:
-        requirement.approvers.add(roles=s.get("roles", []), groups=s.get("groups", []))
-    requirement.pending_ttl.FromSeconds(int(req.get("pending_ttl_seconds", 0)))
-    requirement.grant_ttl.FromSeconds(int(req.get("grant_ttl_seconds", 0)))
+    requirement = requirement_proto(requirement_from_doc(record.requirement, record.requester_ids))
     v = record.view
     payload = struct_pb2.Struct()
     payload.update(v.get("payload") or {})
@@ -95,7 +77,7 @@ def to_proto(record: ApprovalRecord) -> apb.Approval:
     for m in v.get("masking_plan", []):
         view.masking_plan.fields.add(
             path=m["path"],
-            operator=_OPS.get(m["operator"], pb.MASK_OPERATOR_UNSPECIFIED),
+            operator=mask_op_proto(m["operator"]),
             keep_first=m.get("keep_first", 0),
             keep_last=m.get("keep_last", 0),
         )
@@ -196,7 +178,7 @@ class ApprovalService(apb_grpc.ApprovalServiceServicer):
                     break
             return out
 
-        return _guarded(context, run)
+        return guarded(context, run)
 
     def GetApproval(
         self, request: apb.GetApprovalRequest, context: grpc.ServicerContext
@@ -207,7 +189,7 @@ class ApprovalService(apb_grpc.ApprovalServiceServicer):
                 approval=to_proto(self._visible(request.approval_id, who))
             )
 
-        return _guarded(context, run)
+        return guarded(context, run)
 
     def _vote(
         self, approval_id: str, reason_text: str, context: grpc.ServicerContext, approve: bool
@@ -248,7 +230,7 @@ class ApprovalService(apb_grpc.ApprovalServiceServicer):
     def Approve(
         self, request: apb.ApproveRequest, context: grpc.ServicerContext
     ) -> apb.ApproveResponse:
-        return _guarded(
+        return guarded(
             context,
             lambda: apb.ApproveResponse(
                 approval=self._vote(request.approval_id, request.reason, context, True)
@@ -258,7 +240,7 @@ class ApprovalService(apb_grpc.ApprovalServiceServicer):
     def Reject(
         self, request: apb.RejectRequest, context: grpc.ServicerContext
     ) -> apb.RejectResponse:
-        return _guarded(
+        return guarded(
             context,
             lambda: apb.RejectResponse(
                 approval=self._vote(request.approval_id, request.reason, context, False)
@@ -293,7 +275,7 @@ class ApprovalService(apb_grpc.ApprovalServiceServicer):
                 raise NotFound("no such approval")
             return apb.CancelResponse(approval=to_proto(fresh))
 
-        return _guarded(context, run)
+        return guarded(context, run)
 
     def WatchApproval(
         self, request: apb.WatchApprovalRequest, context: grpc.ServicerContext
@@ -302,8 +284,7 @@ class ApprovalService(apb_grpc.ApprovalServiceServicer):
             # Authenticated first, so an anonymous caller cannot hold a slot.
             who = self._who(context)
         except Exception as exc:
-            code, message = status_for(exc)
-            context.abort(code, message)
+            abort(context, exc)
         key = voter_key(who)
         with self._watch_lock:
             # A few open watches per identity, so no caller can take every slot.
@@ -312,12 +293,9 @@ class ApprovalService(apb_grpc.ApprovalServiceServicer):
             if not busy:
                 self._watching[key] = mine + 1
         if busy:
-            code, message = status_for(
-                Overloaded("too many open watches; poll Check or GetApproval")
-            )
-            context.abort(code, message)
+            abort(context, Overloaded("too many open watches; poll Check or GetApproval"))
         try:
-            yield from self._watch(request, context)
+            yield from self._watch(request, context, who)
         finally:
             with self._watch_lock:
                 left = self._watching.pop(key, 1) - 1
@@ -326,17 +304,15 @@ class ApprovalService(apb_grpc.ApprovalServiceServicer):
             self._watch_slots.release()
 
     def _watch(
-        self, request: apb.WatchApprovalRequest, context: grpc.ServicerContext
+        self, request: apb.WatchApprovalRequest, context: grpc.ServicerContext, who: Identity
     ) -> Iterator[apb.WatchApprovalResponse]:
         try:
-            who = self._who(context)
             approval_id = _approval_id(request.approval_id)
             stream = self.store.approval_events_stream(approval_id)
             last = self.store.last_event_id(stream)
             record = self._visible(approval_id, who)
         except Exception as exc:
-            code, message = status_for(exc)
-            context.abort(code, message)
+            abort(context, exc)
         yield apb.WatchApprovalResponse(approval=to_proto(record))
         deadline = time.monotonic() + self._watch_max
         while not record.state.final and context.is_active() and time.monotonic() < deadline:
@@ -344,8 +320,7 @@ class ApprovalService(apb_grpc.ApprovalServiceServicer):
                 last = self._wait(stream, last, record)
                 fresh = self.store.get(approval_id)
             except Exception as exc:
-                code, message = status_for(exc)
-                context.abort(code, message)
+                abort(context, exc)
             if fresh is None:
                 return
             if fresh != record:
@@ -361,12 +336,3 @@ class ApprovalService(apb_grpc.ApprovalServiceServicer):
         )
         block = max(1, min(self._poll_ms, due - now + 1)) if due else self._poll_ms
         return self.store.wait_for_event(stream, last, block)
-
-
-def _guarded(context: grpc.ServicerContext, run: Callable[[], T]) -> T:
-    try:
-        return run()
-    except Exception as exc:
-        code, message = status_for(exc)
-        context.abort(code, message)
-        raise

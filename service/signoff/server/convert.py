@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +11,7 @@ from google.protobuf import struct_pb2
 from signoff.engine import model
 from signoff.errors import InvalidRequest
 from signoff.v1 import signoff_pb2 as pb
-from signoff.views import plan_proto
+from signoff.views import plan_proto, requirement_proto
 
 
 @dataclass(frozen=True)
@@ -155,19 +154,6 @@ def to_response(
     )
     if decision.masking_plan:
         out.masking_plan.CopyFrom(plan_proto(decision.masking_plan, hash_key_id))
-    a = decision.approval
-    if a is not None:
-        out.approval.quorum = a.quorum
-        out.approval.pending_ttl.FromTimedelta(a.pending_ttl)
-        out.approval.grant_ttl.FromTimedelta(a.grant_ttl)
-        out.approval.rule_ids.extend(a.rule_ids)
-        out.approval.requester_ids.extend(a.requester_ids)
-        for s in a.approvers:
-            out.approval.approvers.add(roles=s.roles, groups=s.groups)
+    if decision.approval is not None:
+        out.approval.CopyFrom(requirement_proto(decision.approval))
     return out
-
-
-def struct_of(values: Mapping[str, Any]) -> struct_pb2.Struct:
-    s = struct_pb2.Struct()
-    s.update(values)
-    return s

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from typing import TypeVar
 
 import grpc
@@ -17,7 +16,7 @@ from signoff.engine.model import Decision, Request, Verdict
 from signoff.errors import InvalidRequest, StoreUnavailable
 from signoff.observability import Telemetry
 from signoff.server import convert
-from signoff.server.status import grpc_code_value, status_for
+from signoff.server.status import grpc_code_value, guarded, status_for
 from signoff.v1 import signoff_pb2 as pb
 from signoff.v1 import signoff_pb2_grpc as pb_grpc
 from signoff.views import Views
@@ -45,7 +44,7 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         self._limits = limits or convert.Limits()
         self._approvals = approvals
         self._telemetry = telemetry or Telemetry.disabled()
-        self._audit = audit if views is not None else None
+        self._audit = audit
         self._views = views
 
     def _decide(self, msg: pb.CheckRequest, item_index: int | None = None) -> pb.CheckResponse:
@@ -128,7 +127,7 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
             self._telemetry.record_approval_outcome("consumed")
 
     def Check(self, request: pb.CheckRequest, context: grpc.ServicerContext) -> pb.CheckResponse:
-        return _guarded(context, lambda: self._decide(request))
+        return guarded(context, lambda: self._decide(request))
 
     def CheckBatch(
         self, request: pb.CheckBatchRequest, context: grpc.ServicerContext
@@ -150,13 +149,4 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
                     )
             return out
 
-        return _guarded(context, run)
-
-
-def _guarded(context: grpc.ServicerContext, run: Callable[[], T]) -> T:
-    try:
-        return run()
-    except Exception as exc:
-        code, message = status_for(exc)
-        context.abort(code, message)
-        raise  # unreachable: abort raises
+        return guarded(context, run)

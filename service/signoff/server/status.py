@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import traceback
 import uuid
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
 
 import grpc
 
@@ -22,6 +24,7 @@ from signoff.errors import (
 )
 
 log = logging.getLogger("signoff.server")
+T = TypeVar("T")
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -58,3 +61,18 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 def grpc_code_value(code: grpc.StatusCode) -> int:
     value: int = code.value[0]
     return value
+
+
+def abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
+    """End the RPC with the status chosen for `exc`."""
+    code, message = status_for(exc)
+    context.abort(code, message)
+    raise AssertionError("grpc's abort always raises")  # pragma: no cover
+
+
+def guarded(context: grpc.ServicerContext, run: Callable[[], T]) -> T:
+    """Run a unary handler; any error becomes its status, never UNKNOWN or a traceback."""
+    try:
+        return run()
+    except Exception as exc:
+        abort(context, exc)
