@@ -1,4 +1,4 @@
-"""The `signoff` command: serve, check, test."""
+"""The `signoff` command: serve, check, test, lint, replay, approvals, audit, notify, bundle."""
 
 from __future__ import annotations
 
@@ -35,6 +35,10 @@ def _serve(args: argparse.Namespace) -> int:
     )
     try:
         cfg = config_mod.from_args(args)
+        if cfg.processes > 1:
+            from signoff.supervisor import supervise
+
+            return supervise(args, cfg.processes)
         identity = authenticator_for(from_env(os.environ))
         telemetry = Telemetry.from_env(os.environ, prometheus_address=cfg.metrics_address or None)
     except ConfigError as exc:
@@ -60,14 +64,24 @@ def _serve_with(
     from signoff.approvals.store import ApprovalStore
     from signoff.audit import ApprovalEventAuditor, AuditConfig, AuditLog, audit_key
     from signoff.client.masking import key_id
+    from signoff.engine.compiled import Bundle
     from signoff.engine.evaluator import Engine
     from signoff.policy.loader import load_bundle
+    from signoff.policy.signed import load_signed_bundle
     from signoff.server import app, convert
     from signoff.server.approvals import ApprovalService
     from signoff.views import AuditSelection, Views
 
+    def load() -> Bundle:
+        if cfg.bundle_public_key is not None:
+            return load_signed_bundle(cfg.rules, cfg.bundle_public_key, backend=cfg.backend)
+        return load_bundle(cfg.rules, backend=cfg.backend)
+
     try:
-        bundle = load_bundle(cfg.rules, backend=cfg.backend)
+        bundle = load()
+    except ConfigError as exc:
+        print(f"signoff: bad configuration: {exc}", file=sys.stderr)
+        return 2
     except PolicyError as exc:
         telemetry.record_policy_load("failed")
         print(f"signoff: refusing to start: {exc}", file=sys.stderr)
@@ -105,12 +119,15 @@ def _serve_with(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the reloader can take it
     try:
         running = app.start(
             Engine(bundle),
             cfg.address,
             hash_key_id=views.hash_key_id,
             workers=cfg.workers,
+            share_port=cfg.share_port,
+            decision_cache=cfg.decision_cache,
             limits=convert.Limits(max_batch_items=cfg.max_batch_items),
             approvals=flow,
             approval_service=ApprovalService(
@@ -119,6 +136,7 @@ def _serve_with(
             telemetry=telemetry,
             audit=audit,
             views=views,
+            reloading=app.Reloading(cfg.rules, cfg.backend, identity, load=load),
         )
     except OSError as exc:
         print(f"signoff: {exc}", file=sys.stderr)
@@ -129,6 +147,11 @@ def _serve_with(
         target=_sweep, args=(store, stop, telemetry), name="expiry", daemon=True
     )
     sweeper.start()
+    reloader = running.reloader
+    assert reloader is not None
+    # SIGHUP reloads the bundle now; the watcher also reloads once changed files settle.
+    signal.signal(signal.SIGHUP, lambda signum, frame: reloader.request())
+    threading.Thread(target=reloader.watch, args=(stop,), name="policy-watch", daemon=True).start()
     print(
         f"signoff listening on {cfg.address.rsplit(':', 1)[0]}:{running.port} "
         f"revision {bundle.revision[:12]} ({bundle.rule_count} rules)",
@@ -204,7 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     from signoff.client.approvals_cli import add_approvals_arguments
     from signoff.client.cli import add_check_arguments
     from signoff.devtokens import add_dev_arguments
+    from signoff.policy.lint import add_lint_arguments
+    from signoff.policy.signed import add_bundle_arguments
     from signoff.policytest import add_test_arguments
+    from signoff.replay import add_replay_arguments
 
     parser = argparse.ArgumentParser(prog="signoff", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -217,8 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     test = sub.add_parser("test", help="run the policy suites (*_test.yaml) beside the policies")
     add_test_arguments(test)
     test.set_defaults(run=_test)
+    add_lint_arguments(sub)
     add_approvals_arguments(sub)
     add_audit_arguments(sub)
+    add_replay_arguments(sub)
+    add_bundle_arguments(sub)
     notify = sub.add_parser("notify", help="post new approval requests to Slack and Teams")
     add_notify_arguments(notify)
     notify.set_defaults(run=run_notify)

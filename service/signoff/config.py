@@ -7,6 +7,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from signoff.engine.cel import BACKENDS, DEFAULT_BACKEND
 from signoff.errors import ConfigError
@@ -32,91 +33,138 @@ class Config:
     audit_max_records: int
     audit_attributes: tuple[str, ...]
     audit_payload_keys: tuple[str, ...]
+    processes: int = 1
+    decision_cache: int = 4096
+    bundle_public_key: Path | None = None  # set: --rules must be a signed bundle
+    share_port: bool = False  # set for the processes of `--processes N`, never by hand
+
+
+# Filled by add_serve_arguments: the variable each serve option reads, by its dest.
+_ENV_OF: dict[str, str] = {}
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    env = os.environ.get
-    parser.add_argument(
+    def option(*flags: str, env: str, default: str, **kwargs: Any) -> None:
+        # The default is the variable's text, or `default`: argparse converts a string default
+        # with `type` and reports a bad value like a bad flag.
+        action = parser.add_argument(*flags, default=os.environ.get(env, default), **kwargs)
+        _ENV_OF[action.dest] = env
+
+    option(
         "--address",
-        default=env("SIGNOFF_ADDRESS", "127.0.0.1:50051"),
+        env="SIGNOFF_ADDRESS",
+        default="127.0.0.1:50051",
         help="host:port to listen on (SIGNOFF_ADDRESS; default 127.0.0.1:50051)",
     )
-    parser.add_argument(
+    option(
         "--rules",
-        default=env("SIGNOFF_RULES", "rules"),
+        env="SIGNOFF_RULES",
+        default="rules",
         help="policy bundle directory (SIGNOFF_RULES; default ./rules)",
     )
-    parser.add_argument(
+    option(
+        "--bundle-public-key",
+        env="SIGNOFF_BUNDLE_PUBLIC_KEY",
+        default="",
+        help="Ed25519 public key (PEM) for signed bundles (SIGNOFF_BUNDLE_PUBLIC_KEY); when "
+        "set, --rules must be a bundle made by `signoff bundle sign`, and nothing unsigned is "
+        "served",
+    )
+    option(
         "--cel-backend",
         choices=BACKENDS,
-        default=env("SIGNOFF_CEL_BACKEND", DEFAULT_BACKEND),
+        env="SIGNOFF_CEL_BACKEND",
+        default=DEFAULT_BACKEND,
         help="CEL evaluator (SIGNOFF_CEL_BACKEND; default cel-expr)",
     )
-    parser.add_argument(
+    option(
         "--workers",
         type=int,
-        default=env(
-            "SIGNOFF_WORKERS", "8"
-        ),  # a string: argparse converts it and reports bad values
+        env="SIGNOFF_WORKERS",
+        default="8",
         help="gRPC worker threads (SIGNOFF_WORKERS; default 8)",
     )
-    parser.add_argument(
+    option(
+        "--processes",
+        type=int,
+        env="SIGNOFF_PROCESSES",
+        default="1",
+        help="serving processes sharing the address (SIGNOFF_PROCESSES; default 1). Each "
+        "runs --workers threads; more than one uses every core, as Python threads cannot.",
+    )
+    option(
+        "--decision-cache",
+        type=int,
+        env="SIGNOFF_DECISION_CACHE",
+        default="4096",
+        help="decisions kept per process for repeated identical requests; 0 turns the cache "
+        "off (SIGNOFF_DECISION_CACHE; default 4096)",
+    )
+    option(
         "--max-batch-items",
         type=int,
-        default=env(
-            "SIGNOFF_MAX_BATCH_ITEMS", "1000"
-        ),  # a string: argparse converts it and reports bad values
+        env="SIGNOFF_MAX_BATCH_ITEMS",
+        default="1000",
         help="largest CheckBatch accepted (SIGNOFF_MAX_BATCH_ITEMS; default 1000)",
     )
-    parser.add_argument(
+    option(
         "--hash-key-file",
-        default=env("SIGNOFF_HASH_KEY_FILE", ""),
+        env="SIGNOFF_HASH_KEY_FILE",
+        default="",
         help="file holding the HMAC key for the hash mask (SIGNOFF_HASH_KEY_FILE); "
         "SIGNOFF_HASH_KEY may hold the key itself. Never put it in policy files.",
     )
-    parser.add_argument(
+    option(
         "--redis-url",
-        default=env("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        env="REDIS_URL",
+        default="redis://127.0.0.1:6379/0",
         help="approval store (REDIS_URL; default redis://127.0.0.1:6379/0)",
     )
-    parser.add_argument(
+    option(
         "--redis-prefix",
-        default=env("SIGNOFF_REDIS_PREFIX", "signoff:"),
+        env="SIGNOFF_REDIS_PREFIX",
+        default="signoff:",
         help="key prefix in Redis (SIGNOFF_REDIS_PREFIX; default 'signoff:')",
     )
-    parser.add_argument(
+    option(
         "--metrics-address",
-        default=env("SIGNOFF_METRICS_ADDRESS", ""),
+        env="SIGNOFF_METRICS_ADDRESS",
+        default="",
         help="host:port serving Prometheus metrics (SIGNOFF_METRICS_ADDRESS; default off). "
         "Traces and OTLP metrics follow the standard OTEL_* variables.",
     )
-    parser.add_argument(
+    option(
         "--audit",
         choices=("on", "off"),
-        default=env("SIGNOFF_AUDIT", "on"),
+        env="SIGNOFF_AUDIT",
+        default="on",
         help="tamper-evident audit trail in Redis (SIGNOFF_AUDIT; default on)",
     )
-    parser.add_argument(
+    option(
         "--audit-max-records",
-        default=env("SIGNOFF_AUDIT_MAX_RECORDS", "1000000"),
+        env="SIGNOFF_AUDIT_MAX_RECORDS",
+        default="1000000",
         type=int,
         help="records kept per audit stream (SIGNOFF_AUDIT_MAX_RECORDS; default 1000000)",
     )
-    parser.add_argument(
+    option(
         "--audit-attributes",
-        default=env("SIGNOFF_AUDIT_ATTRIBUTES", ""),
+        env="SIGNOFF_AUDIT_ATTRIBUTES",
+        default="",
         help="comma-separated attributes audit records keep, e.g. principal.tenant,"
         "resource.tenant (SIGNOFF_AUDIT_ATTRIBUTES; default none)",
     )
-    parser.add_argument(
+    option(
         "--audit-payload-keys",
-        default=env("SIGNOFF_AUDIT_PAYLOAD_KEYS", ""),
+        env="SIGNOFF_AUDIT_PAYLOAD_KEYS",
+        default="",
         help="comma-separated payload keys audit records keep, after masking "
         "(SIGNOFF_AUDIT_PAYLOAD_KEYS; default none)",
     )
-    parser.add_argument(
+    option(
         "--log-level",
-        default=env("SIGNOFF_LOG_LEVEL", "INFO"),
+        env="SIGNOFF_LOG_LEVEL",
+        default="INFO",
         choices=LOG_LEVELS,
         help="SIGNOFF_LOG_LEVEL; default INFO",
     )
@@ -157,6 +205,17 @@ def from_args(args: argparse.Namespace) -> Config:
         raise ConfigError("--audit-max-records must be at least 1")
     if args.max_batch_items < 1:
         raise ConfigError("--max-batch-items must be at least 1")
+    if args.processes < 1:
+        raise ConfigError("--processes must be at least 1")
+    if args.decision_cache < 0:
+        raise ConfigError("--decision-cache must not be negative")
+    if not args.bundle_public_key and Path(args.rules).is_file():
+        raise ConfigError("--rules is a file; a signed bundle needs --bundle-public-key")
+    if args.processes > 1 and args.metrics_address:
+        raise ConfigError(
+            "--metrics-address would serve one process's metrics only; with --processes "
+            "above 1, export metrics over OTLP (OTEL_METRICS_EXPORTER=otlp)"
+        )
     return Config(
         address=args.address,
         rules=Path(args.rules),
@@ -172,4 +231,22 @@ def from_args(args: argparse.Namespace) -> Config:
         audit_max_records=args.audit_max_records,
         audit_attributes=tuple(a for a in args.audit_attributes.split(",") if a.strip()),
         audit_payload_keys=tuple(k for k in args.audit_payload_keys.split(",") if k.strip()),
+        processes=args.processes,
+        decision_cache=args.decision_cache,
+        bundle_public_key=Path(args.bundle_public_key) if args.bundle_public_key else None,
+        share_port=os.environ.get(SHARE_PORT_ENV) == "1",
     )
+
+
+# How `--processes N` hands its configuration to the processes it starts: every serve option
+# has an environment variable, so the children read exactly what the parent resolved.
+SHARE_PORT_ENV = "SIGNOFF_SHARE_PORT"
+
+
+def child_environment(args: argparse.Namespace, address: str) -> dict[str, str]:
+    """The environment of one of the `--processes` children: these options, on `address`."""
+    env = dict(os.environ)
+    for dest, name in _ENV_OF.items():
+        env[name] = str(getattr(args, dest))
+    env.update({"SIGNOFF_ADDRESS": address, "SIGNOFF_PROCESSES": "1", SHARE_PORT_ENV: "1"})
+    return env

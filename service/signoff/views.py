@@ -216,4 +216,11 @@ class Views:
             },
             "payload": payload,
             "payload_keys": sorted(request.payload),
+            # Which attributes the request carried, by name: with the kept values this tells a
+            # replay an absent attribute from one the record does not keep.
+            "attribute_names": {
+                "principal": sorted(request.principal.attributes),
+                "resource": sorted(request.resource.attributes),
+                "context": sorted(request.context.attributes),
+            },
         }

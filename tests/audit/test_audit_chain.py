@@ -12,8 +12,11 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import given
+from hypothesis import strategies as st
 
 from signoff.audit import GENESIS, AuditLog, canonical_json
+from signoff.audit.chain import Canonical
 from tests.audit.conftest import MakeLog
 from tests.audit.support import KEY, entries, records, write
 
@@ -164,6 +167,36 @@ def test_a_record_that_is_not_json_leaves_a_placeholder_in_the_chain(
     assert recs[0]["original_type"] == "decision"
     assert log.verify("decisions").ok
     assert "not JSON" in caplog.text
+
+
+@given(
+    st.dictionaries(
+        st.text(max_size=8),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(),
+            lambda inner: (
+                st.lists(inner, max_size=3)
+                | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+            ),
+            max_leaves=8,
+        ),
+        max_size=6,
+    ),
+    st.data(),
+)
+def test_pre_encoded_values_give_the_same_text_as_plain_ones(
+    record: dict[str, Any], data: st.DataObject
+) -> None:
+    keys = sorted(record)
+    encoded = data.draw(st.sets(st.sampled_from(keys)) if keys else st.just(set()))
+    mixed = {k: Canonical.of(v) if k in encoded else v for k, v in record.items()}
+    assert canonical_json(mixed) == canonical_json(record)
+
+
+def test_a_callers_string_cannot_stand_in_for_a_pre_encoded_value() -> None:
+    sneaky = "\x00" + "0" * 32 + "-0\x00"
+    record = {"a": sneaky, "b": Canonical.of({"x": 1}), "c": sneaky}
+    assert json.loads(canonical_json(record)) == {"a": sneaky, "b": {"x": 1}, "c": sneaky}
 
 
 def test_canonical_json_is_sorted_compact_and_utf8() -> None:

@@ -30,12 +30,6 @@ schema:
 """
 
 
-@pytest.fixture(params=["cel-expr", "cel-python"])
-def backend(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
-    return name
-
-
 def engine_for(write_rules: WriteRules, backend: str, policies: str, **extra: str) -> Engine:
     root = write_rules(schema=SCHEMA, policies=policies, **extra)
     return Engine(load_bundle(root, backend=backend), clock=fixed_clock("2026-03-02T14:00:00Z"))

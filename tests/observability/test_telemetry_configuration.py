@@ -276,9 +276,12 @@ def test_shutdown_gives_up_on_an_unreachable_receiver_at_its_deadline(
 
 def test_none_is_the_default_for_both_signals() -> None:
     telemetry = Telemetry.from_env({})
-    with telemetry.decision_span() as span:
-        # Not exported anywhere, but still traced: a caller's trace id can reach the audit log.
-        assert len(span.trace_id_hex()) == 32
+    with (
+        telemetry.tracer.start_as_current_span("rpc") as rpc,
+        telemetry.decision_span() as span,
+    ):
+        # Not exported anywhere, but still traced: the RPC's trace id reaches the audit log.
+        assert span.trace_id_hex() == format(rpc.get_span_context().trace_id, "032x")
     telemetry.record_decision("allow", 0.001)
     telemetry.shutdown()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable, Iterator
 
@@ -195,7 +196,7 @@ def test_evaluation_error_response_quotes_no_request_value(
 class _ExplodingEngine(Engine):
     """An engine whose failure message quotes the whole request, as careless code might."""
 
-    def decide(self, request: Request) -> Decision:
+    def decide(self, request: Request, at: dt.datetime | None = None) -> Decision:
         raise RuntimeError(f"engine failed on {request!r}")
 
 

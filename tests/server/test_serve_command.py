@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import re
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from signoff.client.masking import key_id
 from signoff.engine.evaluator import Engine
+from signoff.policy.signed import generate_keys, sign_bundle
 from signoff.server import app
 from signoff.v1 import signoff_pb2 as pb
 from signoff.v1 import signoff_pb2_grpc as pb_grpc
@@ -350,3 +352,133 @@ def test_port_already_in_use_is_a_clear_error() -> None:
 def test_starting_in_process_on_a_used_port_raises_oserror() -> None:
     with serving() as running, pytest.raises(OSError, match=f"127.0.0.1:{running.port}"):
         app.start(Engine(bundled()), f"127.0.0.1:{running.port}", hash_key_id="k")
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_processes_share_one_port_and_stop_together_on_sigterm() -> None:
+    with _serve(*SERVE_BUNDLED[1:], "--processes", "2", "--workers", "2") as served:
+        children = _children(served.process.pid)
+        assert len(children) == 2
+        for _ in range(6):  # each channel is a new connection, which the kernel places
+            with channel_to(served.port) as channel:
+                response = pb_grpc.DecisionServiceStub(channel).Check(
+                    allowed_read(), timeout=TIMEOUT
+                )
+            assert response.verdict == pb.VERDICT_ALLOW
+        code, _, err = _stop(served)
+    assert code == 0, err
+    assert not any(_alive(c) for c in children)
+
+
+def test_a_serving_process_dying_stops_the_others_with_an_error() -> None:
+    with _serve(*SERVE_BUNDLED[1:], "--processes", "2", "--workers", "2") as served:
+        first, second = _children(served.process.pid)
+        os.kill(first, signal.SIGKILL)
+        code = served.process.wait(timeout=STARTUP_SECONDS)
+        assert code != 0
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while _alive(second) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(second)
+
+
+def test_prometheus_endpoint_with_several_processes_is_refused() -> None:
+    result = _run(*SERVE_BUNDLED[1:], "--processes", "2", "--metrics-address", "127.0.0.1:0")
+    assert result.returncode == 2
+    assert "OTLP" in result.stderr
+
+
+def test_sighup_reloads_the_bundle_and_a_refused_one_keeps_the_old(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES, rules)
+    with _serve("--rules", str(rules), "--address", "127.0.0.1:0") as served:
+
+        def revision() -> str:
+            with channel_to(served.port) as channel:
+                stub = pb_grpc.DecisionServiceStub(channel)
+                return str(stub.Check(allowed_read(), timeout=TIMEOUT).policy_revision)
+
+        def wait_for(pred: Callable[[], bool]) -> bool:
+            deadline = time.monotonic() + STARTUP_SECONDS
+            while not pred() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return pred()
+
+        before = revision()
+        (rules / "guardrails.yaml").write_text("policies: [\n")
+        served.process.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        assert revision() == before
+        (rules / "guardrails.yaml").write_text((RULES / "guardrails.yaml").read_text() + "\n#\n")
+        served.process.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: revision() != before)
+        code, _, err = _stop(served)
+    assert code == 0, err
+    assert "refused" in err
+    assert "guardrails.yaml" in err
+
+
+def test_serves_a_signed_bundle_and_reloads_a_newly_signed_one(tmp_path: Path) -> None:
+    private, public = generate_keys(tmp_path / "keys")
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES, rules)
+    tarball = tmp_path / "rules.tar.gz"
+    first = sign_bundle(rules, private, tarball)
+    assert first == bundled().revision
+    args = ("--rules", str(tarball), "--bundle-public-key", str(public), "--address", "127.0.0.1:0")
+    with _serve(*args) as served:
+
+        def revision() -> str:
+            with channel_to(served.port) as channel:
+                stub = pb_grpc.DecisionServiceStub(channel)
+                return str(stub.Check(allowed_read(), timeout=TIMEOUT).policy_revision)
+
+        assert revision() == first
+        (rules / "guardrails.yaml").write_text((RULES / "guardrails.yaml").read_text() + "\n#\n")
+        second = sign_bundle(rules, private, tarball)
+        served.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while revision() != second and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert revision() == second
+        code, _, err = _stop(served)
+    assert code == 0, err
+
+
+def test_unsigned_or_tampered_bundles_are_refused_at_start(tmp_path: Path) -> None:
+    private, public = generate_keys(tmp_path / "keys")
+    _, other = generate_keys(tmp_path / "other")
+    tarball = tmp_path / "rules.tar.gz"
+    sign_bundle(RULES, private, tarball)
+    key = ("--bundle-public-key", str(public))
+
+    another_key = _run("--rules", str(tarball), "--bundle-public-key", str(other))
+    assert another_key.returncode == 2
+    assert "signature" in another_key.stderr
+
+    directory = _run("--rules", str(RULES), *key)  # unsigned files while a key is configured
+    assert directory.returncode == 2
+    assert "Traceback" not in directory.stderr
+
+    no_key = _run("--rules", str(tarball))
+    assert no_key.returncode == 2
+    assert "--bundle-public-key" in no_key.stderr
+
+    data = bytearray(tarball.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tampered = tmp_path / "tampered.tar.gz"
+    tampered.write_bytes(bytes(data))
+    refused = _run("--rules", str(tampered), *key)
+    assert refused.returncode == 2
+    assert "Traceback" not in refused.stderr

@@ -596,17 +596,22 @@ class AuditLog:
     # --- lifecycle --------------------------------------------------------------------
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until every record queued so far is appended; False if `timeout` passed."""
+        """Wait until every record queued so far is appended, and the note of any records
+        dropped meanwhile; False if `timeout` passed."""
         deadline = time.monotonic() + timeout
         self._wake.set()
         with self._idle:
-            while self._queue or self._busy or any(self._pending.values()):
+            while self._queue or self._busy or any(self._pending.values()) or self._unnoted():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
                 self._wake.set()
                 self._idle.wait(min(left, 0.01))
         return True
+
+    def _unnoted(self) -> bool:
+        stats = self._stats
+        return any(stats.dropped[name] > stats.noted[name] for name in STREAMS)
 
     def close(self, timeout: float = 5.0) -> None:
         """Flush (up to `timeout`), stop the writer, and close the connection."""

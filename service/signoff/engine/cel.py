@@ -62,6 +62,8 @@ class CelEvalError(Exception):
 
 
 class Program(Protocol):
+    source: str  # the expression as compiled (policy variables already expanded)
+
     def evaluate(self, activation: Any) -> bool:
         """True only when the expression yields boolean true; raises CelEvalError on error."""
         ...
@@ -184,6 +186,43 @@ class Checker:
             )
 
 
+# `now`, and what is called on it with its arguments. A leading dot (`.now`) names the same
+# top-level variable, and `x.now` is counted too: over-counting only costs cache entries.
+_CLOCK = re.compile(r"(?<!\w)now(?!\w)(\s*\.\s*(\w+)\s*\(([^()]*)\))?")
+# Accessors whose value cannot change within the given number of seconds of UTC time. Hours
+# and coarser hold for 15 minutes in a zone whose offset is a whole quarter hour, which every
+# named zone's is today; a literal offset is checked, and anything else gets a minute.
+_STEADY_FOR = {
+    "getHours": 900,
+    "getDayOfWeek": 900,
+    "getDate": 900,
+    "getDayOfMonth": 900,
+    "getDayOfYear": 900,
+    "getMonth": 900,
+    "getFullYear": 900,
+    "getMinutes": 60,
+    "getSeconds": 1,
+}
+_QUARTER_HOUR_ZONE = re.compile(
+    r"""\s*(?:(['"])(?:[A-Za-z_]+(?:/[A-Za-z0-9_+-]+)*|[+-]?\d{1,2}:(?:00|15|30|45))\1)?\s*"""
+)
+CLOCK_FREE = float("inf")
+
+
+def clock_steady_for(source: str) -> float:
+    """For how many seconds of time the expression's value cannot change, as far as reading
+    `now` goes: CLOCK_FREE if it never reads it, 0 if `now` is used any other way than through
+    the accessors above. Errs towards 0: a string or a comprehension variable spelled `now`
+    counts too, which only costs a missed cache entry."""
+    steady = CLOCK_FREE
+    for m in _CLOCK.finditer(source):
+        step = _STEADY_FOR.get(m[2] or "", 0)
+        if step > 60 and not _QUARTER_HOUR_ZONE.fullmatch(m[3] or ""):
+            step = 60  # a zone from a variable, or an odd offset: hours may turn any minute
+        steady = min(steady, step)
+    return steady
+
+
 def _issues(message: str) -> list[CelIssue]:
     found = [CelIssue(int(m[1]), int(m[2]), m[3].strip()) for m in _ISSUE.finditer(message)]
     return found or [CelIssue(1, 1, message.splitlines()[0] if message else "invalid expression")]
@@ -193,10 +232,11 @@ def _issues(message: str) -> list[CelIssue]:
 
 
 class _CelExprProgram:
-    __slots__ = ("_expr",)
+    __slots__ = ("_expr", "source")
 
-    def __init__(self, expr: Any) -> None:
+    def __init__(self, expr: Any, source: str) -> None:
         self._expr = expr
+        self.source = source
 
     def evaluate(self, activation: Any) -> bool:
         value = self._expr.eval(activation)
@@ -271,7 +311,7 @@ class CelExprBackend:
 
     def compile(self, text: str) -> Program:
         try:
-            return _CelExprProgram(self._env.compile(text))
+            return _CelExprProgram(self._env.compile(text), text)
         except RuntimeError as exc:
             raise CelCompileError(_issues(str(exc))) from None
 
@@ -298,8 +338,9 @@ class CelExprBackend:
 
 
 class _CelPythonProgram:
-    def __init__(self, runner: Any) -> None:
+    def __init__(self, runner: Any, source: str) -> None:
         self._runner = runner
+        self.source = source
         # cel-python's runner keeps per-evaluation state on itself.
         self._lock = threading.Lock()
 
@@ -368,7 +409,7 @@ class CelPythonBackend:
 
         try:
             ast = self._env.compile(text)
-            return _CelPythonProgram(self._env.program(ast))
+            return _CelPythonProgram(self._env.program(ast), text)
         except CELParseError as exc:
             line = getattr(exc, "line", None) or 1
             column = getattr(exc, "column", None) or 1

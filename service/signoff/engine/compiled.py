@@ -64,6 +64,7 @@ class CompiledRule:
     reason: str = ""
     masks: tuple[MaskSpec, ...] = ()
     approval: ApprovalRequirement | None = None
+    shadow: bool = False  # audit only: recorded with what it would decide, never enforced
 
     @property
     def sort_key(self) -> tuple[int, str]:

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
-from signoff.engine.cel import CelEvalError
-from signoff.engine.compiled import Bundle, CompiledPolicy, CompiledRule
+from signoff.engine.cel import CLOCK_FREE, CelEvalError, clock_steady_for
+from signoff.engine.compiled import Bundle, CompiledPolicy, CompiledRule, DerivedRole
 from signoff.engine.model import (
     ApprovalRequirement,
     Decision,
+    Explanation,
     FieldMask,
     MaskOp,
     PrincipalKind,
     Request,
+    RuleOutcome,
+    RuleTrace,
+    ShadowOutcome,
     Verdict,
 )
 from signoff.engine.schema import convert_section
@@ -32,10 +36,23 @@ def system_clock() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+class _Candidates(NamedTuple):
+    every: tuple[CompiledRule, ...]  # enforced and shadow, strongest first
+    rules: tuple[CompiledRule, ...]  # enforced
+    shadow: tuple[CompiledRule, ...]  # audit only
+    # For how long the time of a decision cannot change its outcome (see clock_steady_for).
+    steady_for: float
+
+
 class _Index:
     """Candidate rules per (resource kind, action), so a request evaluates only what can apply."""
 
-    def __init__(self, policies: Iterable[CompiledPolicy], max_entries: int = 8192) -> None:
+    def __init__(
+        self,
+        policies: Iterable[CompiledPolicy],
+        derived_roles: Mapping[str, DerivedRole],
+        max_entries: int = 8192,
+    ) -> None:
         self._exact: dict[str, list[CompiledPolicy]] = {}
         self._globbed: list[CompiledPolicy] = []
         for policy in policies:
@@ -44,11 +61,12 @@ class _Index:
                     self._exact.setdefault(g.pattern, []).append(policy)
             else:
                 self._globbed.append(policy)
-        self._cache: dict[tuple[str, str], tuple[CompiledRule, ...]] = {}
+        self._derived = derived_roles
+        self._cache: dict[tuple[str, str], _Candidates] = {}
         self._max = max_entries
         self._lock = threading.Lock()
 
-    def candidates(self, kind: str, action: str) -> tuple[CompiledRule, ...]:
+    def lookup(self, kind: str, action: str) -> _Candidates:
         key = (kind, action)
         found = self._cache.get(key)
         if found is not None:
@@ -63,13 +81,24 @@ class _Index:
             if any(g.matches(action) for g in p.actions)
             for rule in p.rules
         ]
-        result = tuple(sorted(rules, key=lambda r: r.sort_key))
+        ordered = sorted(rules, key=lambda r: r.sort_key)
+        result = _Candidates(
+            tuple(ordered),
+            tuple(r for r in ordered if not r.shadow),
+            tuple(r for r in ordered if r.shadow),
+            self._clock(rules),
+        )
         with self._lock:
             # Bounded so a caller inventing kinds or actions cannot grow memory without limit.
             if len(self._cache) >= self._max:
                 self._cache.clear()
             self._cache[key] = result
         return result
+
+    def _clock(self, rules: Iterable[CompiledRule]) -> float:
+        programs = [r.program for r in rules if r.program is not None]
+        programs += [self._derived[n].program for r in rules for n in r.derived_roles]
+        return min((clock_steady_for(p.source) for p in programs), default=CLOCK_FREE)
 
 
 class Engine:
@@ -78,13 +107,24 @@ class Engine:
     def __init__(self, bundle: Bundle, clock: Clock | None = None) -> None:
         self.bundle = bundle
         self._clock = clock or system_clock
-        self._index = _Index(bundle.policies)
+        self._index = _Index(bundle.policies, bundle.derived_roles)
 
     def candidates(self, kind: str, action: str) -> tuple[CompiledRule, ...]:
-        return self._index.candidates(kind, action)
+        """Every rule that applies to (kind, action), enforced and shadow, strongest first."""
+        return self._index.lookup(kind, action).every
 
-    def activation_data(self, request: Request) -> dict[str, Any]:
-        """The CEL variables for `request`; raises InvalidRequest on undeclared or mistyped data."""
+    def steady_for(self, kind: str, action: str) -> float:
+        """How many seconds of UTC time, counted from the epoch in equal steps, a decision on
+        (kind, action) stays the same for: CLOCK_FREE if time never matters, 0 if it may
+        change at any moment."""
+        return self._index.lookup(kind, action).steady_for
+
+    def now(self) -> dt.datetime:
+        return self._clock()
+
+    def activation_data(self, request: Request, at: dt.datetime | None = None) -> dict[str, Any]:
+        """The CEL variables for `request` decided at `at` (default: now); raises
+        InvalidRequest on undeclared or mistyped data."""
         schema = self.bundle.schema
         p, r, c = request.principal, request.resource, request.context
         context: dict[str, Any] = {
@@ -115,42 +155,138 @@ class Engine:
             },
             "context": context,
             "payload": convert_section(schema, "payload", payload, "payload"),
-            "now": self._clock(),
+            "now": at or self._clock(),
         }
 
-    def decide(self, request: Request) -> Decision:
-        """The verdict for `request`. Raises InvalidRequest for malformed input only."""
-        data = self.activation_data(request)
-        rules = self.candidates(request.resource.kind, request.action)
+    def decide(self, request: Request, at: dt.datetime | None = None) -> Decision:
+        """The verdict for `request` at time `at` (default: now). Raises InvalidRequest for
+        malformed input only."""
+        data = self.activation_data(request, at)
+        found = self._index.lookup(request.resource.kind, request.action)
+        rules = found.rules
         revision = self.bundle.revision
-        if not rules:
+        if not rules and not found.shadow and not request.explain:
             return Decision(Verdict.DENY, revision, reasons=(NO_MATCH,))
         activation = self.bundle.backend.activation(data)
         roles = frozenset(request.principal.roles)
         derived: dict[str, bool] = {}
         matched: list[CompiledRule] = []
         errored: list[str] = []
-        for rule in rules:
+        trace: list[RuleTrace] | None = [] if request.explain else None
+        for index, rule in enumerate(rules):
             if rule.effect is not Verdict.DENY and (errored or _has_deny(matched)):
+                if trace is not None:
+                    trace += self._explain(rules[index:], roles, derived, activation)
                 break  # rules are sorted strongest first: nothing weaker can change a DENY
             try:
                 if self._holds(rule, roles, derived, activation):
                     matched.append(rule)
             except CelEvalError:
                 errored.append(rule.rule_id)
-        return _combine(revision, matched, errored, request, data["principal"]["attr"])
+            if trace is not None:
+                trace += self._explain((rule,), roles, derived, activation, counted=True)
+        attrs = data["principal"]["attr"]
+        decision = _combine(revision, matched, errored, request, attrs)
+        if found.shadow:
+            decision = replace(
+                decision,
+                shadow=self._shadow(
+                    found.shadow, matched, errored, request, attrs, roles, derived, activation
+                ),
+            )
+        if trace is None:
+            return decision
+        if found.shadow:
+            trace += self._explain(found.shadow, roles, derived, activation, shadow=True)
+        return replace(
+            decision, explanation=Explanation(tuple(trace), _decided_by(decision, trace))
+        )
+
+    def _shadow(
+        self,
+        shadow: tuple[CompiledRule, ...],
+        matched: list[CompiledRule],
+        errored: list[str],
+        request: Request,
+        principal_attrs: dict[str, Any],
+        roles: frozenset[str],
+        derived: dict[str, bool],
+        activation: Any,
+    ) -> ShadowOutcome:
+        """The verdict with the shadow rules enforced too. Every shadow rule is evaluated (no
+        early exit), so the record says exactly which would have matched. Derived roles the
+        enforced rules already settled (`derived`) are not evaluated again."""
+        hit: list[CompiledRule] = []
+        failed: list[str] = []
+        for rule in shadow:
+            try:
+                if self._holds(rule, roles, derived, activation):
+                    hit.append(rule)
+            except CelEvalError:
+                failed.append(rule.rule_id)
+        would = _combine(
+            self.bundle.revision, [*matched, *hit], [*errored, *failed], request, principal_attrs
+        )
+        return ShadowOutcome(
+            would.verdict,
+            tuple(sorted(r.rule_id for r in hit)),
+            tuple(sorted(failed)),
+            would.reasons,
+        )
+
+    def _selected(
+        self, rule: CompiledRule, roles: frozenset[str], derived: dict[str, bool], activation: Any
+    ) -> bool:
+        return (
+            not (rule.static_roles or rule.derived_roles)
+            or bool(rule.static_roles & roles)
+            or any(self._derived(n, roles, derived, activation) for n in rule.derived_roles)
+        )
 
     def _holds(
         self, rule: CompiledRule, roles: frozenset[str], derived: dict[str, bool], activation: Any
     ) -> bool:
-        has_selector = bool(rule.static_roles or rule.derived_roles)
-        if (
-            has_selector
-            and not (rule.static_roles & roles)
-            and not any(self._derived(n, roles, derived, activation) for n in rule.derived_roles)
-        ):
+        if not self._selected(rule, roles, derived, activation):
             return False
         return rule.program is None or rule.program.evaluate(activation)
+
+    def _explain(
+        self,
+        rules: Iterable[CompiledRule],
+        roles: frozenset[str],
+        derived: dict[str, bool],
+        activation: Any,
+        *,
+        counted: bool = False,
+        shadow: bool = False,
+    ) -> list[RuleTrace]:
+        """Each rule's outcome, for a caller who asked; evaluates again what the decision did
+        (explaining is not the hot path) and whatever it skipped."""
+        out = []
+        for rule in rules:
+            error = ""
+            try:
+                if not self._selected(rule, roles, derived, activation):
+                    outcome = RuleOutcome.ROLE_NOT_HELD
+                elif rule.program is None or rule.program.evaluate(activation):
+                    outcome = RuleOutcome.MATCHED
+                else:
+                    outcome = RuleOutcome.NOT_MATCHED
+            except CelEvalError as exc:
+                outcome, error = RuleOutcome.ERROR, str(exc)
+            out.append(
+                RuleTrace(
+                    rule.rule_id,
+                    rule.effect,
+                    outcome,
+                    condition=rule.program.source if rule.program is not None else "",
+                    roles=tuple(sorted(rule.static_roles)) + rule.derived_roles,
+                    error=error,
+                    counted=counted,
+                    shadow=shadow,
+                )
+            )
+        return out
 
     def _derived(
         self, name: str, roles: frozenset[str], memo: dict[str, bool], activation: Any
@@ -162,6 +298,26 @@ class Engine:
             else:
                 memo[name] = role.program.evaluate(activation)
         return memo[name]
+
+
+def _decided_by(decision: Decision, trace: list[RuleTrace]) -> tuple[str, ...]:
+    counted = [t for t in trace if t.counted]
+    if decision.verdict is Verdict.DENY:
+        failed = [
+            t.rule_id
+            for t in counted
+            if t.outcome is RuleOutcome.ERROR
+            or (t.outcome is RuleOutcome.MATCHED and t.effect is Verdict.DENY)
+        ]
+        # Otherwise: no rule matched (default deny), or an approval nobody may grant.
+        return tuple(sorted(failed)) if failed else decision.matched_rules
+    return tuple(
+        sorted(
+            t.rule_id
+            for t in counted
+            if t.outcome is RuleOutcome.MATCHED and t.effect is decision.verdict
+        )
+    )
 
 
 def _has_deny(matched: list[CompiledRule]) -> bool:

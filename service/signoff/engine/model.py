@@ -75,6 +75,7 @@ class Request:
     context: Context = field(default_factory=Context)
     payload: dict[str, Any] = field(default_factory=dict)
     approval_id: str = ""
+    explain: bool = False  # the caller asks how the decision was reached
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,44 @@ class ApprovalRequirement:
     requester_ids: tuple[str, ...] = ()
 
 
+class RuleOutcome(enum.Enum):
+    MATCHED = "matched"
+    NOT_MATCHED = "not_matched"  # the roles were held; the condition was false
+    ROLE_NOT_HELD = "role_not_held"  # none of the rule's roles held: the condition was not run
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class RuleTrace:
+    """What one candidate rule did in a decision: rule logic and outcome, no request values."""
+
+    rule_id: str
+    effect: Verdict
+    outcome: RuleOutcome
+    condition: str = ""  # as evaluated, policy variables expanded; "" when the rule has none
+    roles: tuple[str, ...] = ()  # the rule's role selector, static and derived
+    error: str = ""  # the evaluation error, which names no request value
+    # False: evaluated only for the explanation, after a deny had already decided.
+    counted: bool = True
+    shadow: bool = False  # an audit-only rule: its outcome never changes the verdict
+
+
+@dataclass(frozen=True)
+class Explanation:
+    rules: tuple[RuleTrace, ...]
+    decided_by: tuple[str, ...]  # the rules the verdict came from; () for the default deny
+
+
+@dataclass(frozen=True)
+class ShadowOutcome:
+    """What the decision would have been with the audit-only (shadow) rules enforced too."""
+
+    verdict: Verdict
+    matched_rules: tuple[str, ...] = ()  # shadow rules that matched
+    errored_rules: tuple[str, ...] = ()  # shadow rules that failed to evaluate
+    reasons: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class Decision:
     verdict: Verdict
@@ -118,3 +157,6 @@ class Decision:
     masking_plan: tuple[FieldMask, ...] = ()
     approval: ApprovalRequirement | None = None
     errored_rules: tuple[str, ...] = ()
+    explanation: Explanation | None = None
+    # Only when shadow rules were candidates; never part of what the caller is told to do.
+    shadow: ShadowOutcome | None = None

@@ -85,8 +85,10 @@ class DecisionSpan:
         principal_kind: str | enum.Enum,
         approval_id: str = "",
         errored_rules: Sequence[str] = (),
+        shadow: tuple[str | enum.Enum, Sequence[str]] | None = None,
     ) -> None:
-        """Record what was decided: ids, names and enums only, never request values."""
+        """Record what was decided: ids, names and enums only, never request values.
+        `shadow` is what audit-only rules would have decided: (verdict, matched rule ids)."""
         with self._shield("set decision attributes"):
             if not (self._detailed and self._span.is_recording()):
                 return
@@ -103,11 +105,16 @@ class DecisionSpan:
             }
             if approval_id:
                 attributes["signoff.approval.id"] = _text(approval_id)
+            if shadow is not None:
+                attributes["signoff.shadow.verdict"] = _text(_enum_text(shadow[0]))
+                attributes["signoff.shadow.rules"] = _texts(shadow[1])
             self._span.set_attributes(attributes)
 
     def set_error(self, code_name: str | grpc.StatusCode) -> None:
         """Mark the decision as not made, e.g. an invalid batch item, by status code name."""
         with self._shield("set decision error"):
+            if not self._detailed:
+                return  # the span is the RPC's, and an item's error is not the call's
             name = code_name.name if isinstance(code_name, grpc.StatusCode) else code_name
             self._span.set_status(Status(StatusCode.ERROR, _text(name)))
 
@@ -141,7 +148,7 @@ class _DecisionScope(AbstractContextManager[DecisionSpan]):
                 set_status_on_exception=False,
             )
             self._token = otel_context.attach(trace.set_span_in_context(self._span))
-        return DecisionSpan(self._span, shield, detailed=self._telemetry.exports_spans)
+        return DecisionSpan(self._span, shield)
 
     def __exit__(
         self,
@@ -161,6 +168,24 @@ class _DecisionScope(AbstractContextManager[DecisionSpan]):
                 # set by set_error (e.g. INVALID_ARGUMENT) says more and is kept.
                 self._span.set_status(Status(StatusCode.ERROR, exc_type.__name__))
             self._span.end()
+
+
+class _PassiveScope(AbstractContextManager[DecisionSpan]):
+    """Stands in for a decision span that nothing would export: it starts no span."""
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self._shield = telemetry.shield
+
+    def __enter__(self) -> DecisionSpan:
+        return DecisionSpan(trace.get_current_span(), self._shield, detailed=False)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
 
 
 class Telemetry:
@@ -323,7 +348,13 @@ class Telemetry:
     def decision_span(
         self, *, item_index: int | None = None
     ) -> AbstractContextManager[DecisionSpan]:
-        """Context manager: a `signoff.decision` span, current for the block's duration."""
+        """Context manager: a `signoff.decision` span, current for the block's duration.
+
+        When nothing exports spans, no span is started: the decision reports the trace id of
+        the span around it (the RPC's), which is all the audit record links by.
+        """
+        if not self.exports_spans:
+            return _PassiveScope(self)
         return _DecisionScope(self, item_index)
 
     def approval_event(

@@ -77,6 +77,8 @@ def _string_spans(text: str) -> list[tuple[int, int]]:
 
 def references(text: str) -> list[tuple[str, int]]:
     """Variable references (name, offset) outside string literals."""
+    if "V." not in text:
+        return []  # nothing the pattern could match: skip scanning for string literals
     spans = _string_spans(text)
     return [
         (m[1], m.start())

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -27,14 +28,25 @@ class YamlSyntaxError(Exception):
 
 @dataclass
 class SourceFile:
-    """A parsed YAML file: plain data plus a position for every node path."""
+    """A parsed YAML file: plain data plus a position for every node path.
+
+    Positions are only needed to report a problem, so a file parsed on the fast path keeps
+    no nodes: they are composed on first use, by the same parser as the slow path, so every
+    reported position is the same either way.
+    """
 
     name: str
     text: str
     data: Any
-    nodes: dict[Path_, yaml.Node]
     # Item paths that failed structural validation and are skipped when compiling.
     unusable: frozenset[Path_] = frozenset()
+    _nodes: dict[Path_, yaml.Node] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def nodes(self) -> dict[Path_, yaml.Node]:
+        if self._nodes is None:
+            self._nodes = _positions(self.text)
+        return self._nodes
 
     def position(self, path: Path_) -> Position:
         """Position of the node at `path`, or of its nearest existing ancestor."""
@@ -127,20 +139,39 @@ def _pos(node: yaml.Node) -> Position:
 _RESOLVER = yaml.SafeLoader("")
 
 
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
 def _scalar_value(node: yaml.Node) -> Any:
     if not isinstance(node, yaml.ScalarNode):
         raise YamlSyntaxError(_pos(node), "expected a scalar")
+    if node.tag == _STR_TAG:
+        return node.value  # what SafeLoader's str constructor returns, without the call
     # Resolve tags the way SafeLoader does, without PyYAML's timestamp magic: dates stay strings.
     if node.tag == "tag:yaml.org,2002:timestamp":
         return node.value
     constructor = yaml.SafeLoader.yaml_constructors.get(node.tag)
     if constructor is None:
         raise YamlSyntaxError(_pos(node), f"unsupported YAML tag {node.tag}")
-    return constructor(_RESOLVER, node)
+    try:
+        return constructor(_RESOLVER, node)
+    except (ValueError, KeyError, TypeError, yaml.YAMLError):
+        # An explicit tag on a value it cannot take, e.g. `!!bool ""` or `!!int x`.
+        raise YamlSyntaxError(_pos(node), f"not a valid {node.tag.rsplit(':', 1)[-1]}") from None
 
 
 def parse(name: str, text: str) -> SourceFile:
     """Parse one YAML document, raising YamlSyntaxError with a position on failure."""
+    data = _fast_data(text)
+    if data is not _SLOW:
+        return SourceFile(name=name, text=text, data=data)
+    nodes: dict[Path_, yaml.Node] = {}
+    data = _slow_data(text, nodes)
+    return SourceFile(name=name, text=text, data=data, _nodes=nodes)
+
+
+def _slow_data(text: str, nodes: dict[Path_, yaml.Node]) -> Any:
+    """PyYAML's pure-Python parser: the reference for data, positions and error messages."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -149,6 +180,119 @@ def parse(name: str, text: str) -> SourceFile:
         raise YamlSyntaxError(pos, f"invalid YAML: {exc.problem or exc}") from None
     except yaml.YAMLError as exc:
         raise YamlSyntaxError(Position(1, 1), f"invalid YAML: {exc}") from None
+    return None if root is None else _construct(root, (), nodes)
+
+
+class _Slow:
+    """Marker: the fast path declined; parse with the reference parser."""
+
+
+_SLOW = _Slow()
+_NON_PRINTABLE = yaml.reader.Reader.NON_PRINTABLE
+
+
+_CLOADER: Any = getattr(yaml, "CSafeLoader", None)  # None without libyaml
+
+
+def _fast_path_exact() -> bool:
+    """True while libyaml's loader resolves tags exactly as SafeLoader does (nothing added)."""
+    return (
+        _CLOADER is not None
+        and _CLOADER.yaml_implicit_resolvers is yaml.SafeLoader.yaml_implicit_resolvers
+        and _CLOADER.yaml_path_resolvers is yaml.SafeLoader.yaml_path_resolvers
+        and not yaml.SafeLoader.yaml_path_resolvers
+    )
+
+
+class _Decline(Exception):
+    """The fast path does not take this file."""
+
+
+# A block scalar header as PyYAML accepts it: indicator, chomping and indentation in either
+# order, then nothing but spaces and a comment. libyaml is laxer (`>#-` passes).
+_BLOCK_HEADER = re.compile(r"[|>](?:[+-][1-9]?|[1-9][+-]?)?(?: +(?:#.*)?)?")
+_LINE_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
+
+
+class _Builder:
+    """Plain data from libyaml's tree, as `_construct` builds it, or _Decline.
+
+    Declines whatever `_construct` would refuse, and the constructs libyaml accepts but
+    PyYAML refuses (so the reference parser reports them as before).
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._lines: list[str] | None = None
+
+    def header_ok(self, node: yaml.Node) -> bool:
+        if self._lines is None:
+            self._lines = _LINE_BREAK.split(self.text)
+        mark = node.start_mark
+        if mark.line >= len(self._lines):
+            return False
+        return _BLOCK_HEADER.fullmatch(self._lines[mark.line], mark.column) is not None
+
+    def build(self, node: yaml.Node, flow: bool) -> Any:
+        if isinstance(node, yaml.ScalarNode):
+            style = node.style
+            if style:
+                if style in ("|", ">") and not self.header_ok(node):
+                    raise _Decline
+            elif flow and "?" in node.value:
+                raise _Decline  # PyYAML ends a plain scalar at `?` inside [...] and {...}
+            if node.tag == _STR_TAG:
+                return node.value
+            return _scalar_value(node)
+        if isinstance(node, yaml.MappingNode):
+            flow = flow or bool(node.flow_style)
+            out: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                key = self.build(key_node, flow)
+                if not isinstance(key_node, yaml.ScalarNode) or not isinstance(key, str):
+                    raise _Decline
+                if key in out:
+                    raise _Decline
+                out[key] = self.build(value_node, flow)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            flow = flow or bool(node.flow_style)
+            return [self.build(item, flow) for item in node.value]
+        raise _Decline
+
+
+def _fast_data(text: str) -> Any:
+    """The data of a well-formed file, parsed by libyaml (several times faster), or _SLOW.
+
+    Anything libyaml or the construction rejects goes to the reference parser, which then
+    reports it exactly as before; so do characters the reference reader refuses, which it
+    checks before parsing. Only accepted files are taken from here, with the same tags
+    (both parsers resolve them with SafeLoader's resolver) and the same construction.
+
+    libyaml also takes a few things PyYAML does not, and those go to the reference parser
+    too: tabs (PyYAML refuses them in plain scalars and between tokens), a byte order mark
+    past the start (PyYAML reads it as content), `?` in a plain scalar inside a flow
+    collection (`[a?b]`) and block scalar headers PyYAML refuses (`>#`). Differential fuzzing
+    of mutated policy files against the reference parser turned up no other difference.
+    """
+    if not _fast_path_exact() or "\t" in text or "\ufeff" in text or _NON_PRINTABLE.search(text):
+        return _SLOW
+    try:
+        root = yaml.compose(text, Loader=_CLOADER)
+        return None if root is None else _Builder(text).build(root, False)
+    except Exception:  # any refusal: let the reference parser find and word the problem
+        return _SLOW
+
+
+def _positions(text: str) -> dict[Path_, yaml.Node]:
+    """Nodes by path for a file the fast path accepted, as the slow path records them."""
     nodes: dict[Path_, yaml.Node] = {}
-    data = None if root is None else _construct(root, (), nodes)
-    return SourceFile(name=name, text=text, data=data, nodes=nodes)
+    try:
+        _slow_data(text, nodes)
+    except YamlSyntaxError:
+        # Only if libyaml accepted what the reference parser refuses: use libyaml's marks.
+        nodes = {}
+        root = yaml.compose(text, Loader=_CLOADER)
+        if root is not None:
+            _construct(root, (), nodes)
+    return nodes

@@ -35,12 +35,42 @@ def add_test_arguments(parser: argparse.ArgumentParser) -> None:
         default=BOTH,
         help="CEL backend(s) to run every case on (default: both, which must agree)",
     )
+    parser.add_argument(
+        "--coverage",
+        action="store_true",
+        help="report the rules no case exercised and the derived roles no case made true",
+    )
+    parser.add_argument(
+        "--min-coverage",
+        metavar="PCT",
+        type=_percent,
+        default=None,
+        help="fail (exit 1) when under PCT%% of the rules are exercised; implies --coverage",
+    )
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text.rstrip("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a percentage: {text!r}") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"a percentage is between 0 and 100, not {text}")
+    return value
 
 
 def run_test(args: argparse.Namespace) -> int:
-    """Run the suites as `args` asks; the exit code: 0 passed, 1 failed cases, 2 errors."""
+    """Run the suites as `args` asks; the exit code: 0 passed, 1 failed cases (or coverage
+    under --min-coverage), 2 errors."""
     backends = BACKENDS if args.backend == BOTH else (args.backend,)
-    return run_suites(args.rules_dir, junit=args.junit, backends=backends, out=sys.stdout)
+    return run_suites(
+        args.rules_dir,
+        junit=args.junit,
+        backends=backends,
+        out=sys.stdout,
+        coverage=args.coverage,
+        min_coverage=args.min_coverage,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from pathlib import PurePath
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from signoff.policytest.runner import SuiteResult
+    from signoff.policytest.runner import Coverage, SuiteResult
 
 TITLE = "signoff policy tests"
 
@@ -43,8 +43,16 @@ def _document(root: ET.Element) -> bytes:
     return body + b"\n"
 
 
-def case_report(results: Sequence[SuiteResult], backends: Sequence[str], revision: str) -> bytes:
-    """One testsuite per suite file, one testcase per case (failing if any backend fails)."""
+def case_report(
+    results: Sequence[SuiteResult],
+    backends: Sequence[str],
+    revision: str,
+    *,
+    coverage: Coverage | None = None,
+    min_coverage: float | None = None,
+) -> bytes:
+    """One testsuite per suite file, one testcase per case (failing if any backend fails),
+    and with `coverage` a last testsuite holding the coverage figures as properties."""
     stamp = _stamp()
     host = socket.gethostname() or "localhost"
     root = ET.Element("testsuites", name=TITLE)
@@ -94,11 +102,66 @@ def case_report(results: Sequence[SuiteResult], backends: Sequence[str], revisio
         total_tests += len(result.cases)
         total_failures += failures
         total_time += seconds
+    if coverage is not None:
+        failed = _coverage_suite(root, coverage, min_coverage, stamp, host, len(results))
+        total_tests += 1
+        total_failures += failed
     root.set("tests", str(total_tests))
     root.set("failures", str(total_failures))
     root.set("errors", "0")
     root.set("time", _seconds(total_time))
     return _document(root)
+
+
+def _coverage_suite(
+    root: ET.Element,
+    coverage: Coverage,
+    min_coverage: float | None,
+    stamp: str,
+    host: str,
+    index: int,
+) -> int:
+    """Append the coverage testsuite; its one testcase fails under `min_coverage` (returns 1)."""
+    failed = min_coverage is not None and coverage.percent < min_coverage
+    suite_el = ET.SubElement(
+        root,
+        "testsuite",
+        name="policy coverage",
+        tests="1",
+        failures=str(int(failed)),
+        errors="0",
+        skipped="0",
+        time=_seconds(0),
+        timestamp=stamp,
+        hostname=host,
+        id=str(index),
+        package="signoff.coverage",
+    )
+    props = ET.SubElement(suite_el, "properties")
+    exercised = len(coverage.rules) - len(coverage.missed)
+    for key, value in (
+        ("coverage_percent", f"{coverage.percent:.1f}"),
+        ("rules_total", str(len(coverage.rules))),
+        ("rules_exercised", str(exercised)),
+        ("rules_not_exercised", ",".join(coverage.missed)),
+        ("derived_roles_never_held", ",".join(coverage.never_held)),
+        ("coverage_backends", ",".join(coverage.backends)),
+    ):
+        ET.SubElement(props, "property", name=key, value=value)
+    name = "rule coverage"
+    if min_coverage is not None:
+        name += f" >= {min_coverage:g}%"
+    case_el = ET.SubElement(
+        suite_el, "testcase", name=name, classname="signoff.coverage", time=_seconds(0)
+    )
+    if failed:
+        message = f"rule coverage {coverage.percent:.1f}% is below the minimum of {min_coverage:g}%"
+        failure = ET.SubElement(case_el, "failure", message=message, type="PolicyCoverage")
+        failure.text = "\n".join(
+            [message, *(f"not exercised: {r}  ({coverage.where(r)})" for r in coverage.missed)]
+        )
+    _close_suite(suite_el)
+    return int(failed)
 
 
 def error_report(title: str, lines: Sequence[str]) -> bytes:

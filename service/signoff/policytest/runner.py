@@ -5,16 +5,17 @@ from __future__ import annotations
 import datetime as dt
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
-from signoff.engine.cel import BACKENDS
+from signoff.engine.cel import BACKENDS, CelEvalError
 from signoff.engine.compiled import Bundle
 from signoff.engine.evaluator import Engine
-from signoff.engine.model import Decision, MaskOp, Verdict
+from signoff.engine.model import Decision, MaskOp, RuleOutcome, Verdict
 from signoff.errors import InvalidRequest, PolicyError, Problem
+from signoff.policy.lint import item_locations
 from signoff.policy.loader import load_bundle
 from signoff.policytest import junit as junit_xml
 from signoff.policytest.suite import (
@@ -85,6 +86,74 @@ class CaseResult:
 class SuiteResult:
     suite: Suite
     cases: list[CaseResult]
+
+
+@dataclass
+class Coverage:
+    """Which rules the cases exercised and which derived roles they made true, on any backend.
+
+    A rule is exercised when some case's explanation shows it MATCHED where it counts: in the
+    decision, or (audit-only shadow rules) in the shadow verdict. The union over the backends
+    that ran is taken; a passing run has the backends agreeing, so it is the same on each.
+    """
+
+    backends: tuple[str, ...]
+    rules: tuple[str, ...]
+    derived_roles: tuple[str, ...]
+    # `file:line` of each rule and of each derived role (`derived_role:<name>`).
+    locations: Mapping[str, str]
+    exercised: set[str] = field(default_factory=set)
+    held: set[str] = field(default_factory=set)
+
+    @property
+    def percent(self) -> float:
+        if not self.rules:
+            return 100.0  # nothing to exercise
+        return 100.0 * len(self.exercised & set(self.rules)) / len(self.rules)
+
+    @property
+    def missed(self) -> list[str]:
+        return [r for r in self.rules if r not in self.exercised]
+
+    @property
+    def never_held(self) -> list[str]:
+        return [r for r in self.derived_roles if r not in self.held]
+
+    def where(self, key: str) -> str:
+        return self.locations.get(key, "?")
+
+    def record(self, engine: Engine, case: Case, decision: Decision) -> None:
+        if decision.explanation is not None:
+            self.exercised.update(
+                t.rule_id
+                for t in decision.explanation.rules
+                if t.outcome is RuleOutcome.MATCHED and (t.counted or t.shadow)
+            )
+        self._record_roles(engine, case)
+
+    def _record_roles(self, engine: Engine, case: Case) -> None:
+        """Derived roles true in this case, among those its candidate rules select on."""
+        request = case.request
+        wanted = {
+            name
+            for rule in engine.candidates(request.resource.kind, request.action)
+            for name in rule.derived_roles
+            if name not in self.held
+        }
+        if not wanted:
+            return
+        bundle = engine.bundle
+        activation = bundle.backend.activation(engine.activation_data(request, at=case.now))
+        roles = frozenset(request.principal.roles)
+        for name in sorted(wanted):
+            role = bundle.derived_roles[name]
+            if role.parent_roles and not (role.parent_roles & roles):
+                continue
+            try:
+                if role.program.evaluate(activation):
+                    self.held.add(name)
+            except CelEvalError:
+                pass  # an error is not holding the role; the case reports the failure itself
 
 
 # --- comparing -------------------------------------------------------------------------------
@@ -239,13 +308,19 @@ class _PinnedClock:
         return self.now
 
 
-def _run_case(case: Case, engines: dict[str, tuple[Engine, _PinnedClock]]) -> CaseResult:
+def _run_case(
+    case: Case,
+    engines: dict[str, tuple[Engine, _PinnedClock]],
+    coverage: Coverage | None = None,
+) -> CaseResult:
     started = time.perf_counter()
     outcomes: list[BackendOutcome] = []
+    # Explaining only adds the per-rule trace; the verdict and everything compared stay alike.
+    request = case.request if coverage is None else replace(case.request, explain=True)
     for backend, (engine, clock) in engines.items():
         clock.now = case.now
         try:
-            decision = engine.decide(case.request)
+            decision = engine.decide(request)
         except InvalidRequest as exc:
             message = f"request rejected: {exc}"
             outcomes.append(BackendOutcome(backend, None, message, [message]))
@@ -254,6 +329,8 @@ def _run_case(case: Case, engines: dict[str, tuple[Engine, _PinnedClock]]) -> Ca
             message = f"engine raised {type(exc).__name__}: {exc}"
             outcomes.append(BackendOutcome(backend, None, message, [message]))
             continue
+        if coverage is not None:
+            coverage.record(engine, case, decision)
         outcomes.append(BackendOutcome(backend, decision, "", compare(case.expect, decision)))
     return CaseResult(case, outcomes, time.perf_counter() - started)
 
@@ -273,8 +350,47 @@ def _load(
     return bundles, sorted(problems.items())
 
 
+def _matched(decision: Decision) -> tuple[str, ...]:
+    """Enforced rules that matched, and shadow rules that would have (kept apart otherwise)."""
+    shadow = decision.shadow.matched_rules if decision.shadow is not None else ()
+    return decision.matched_rules + shadow
+
+
 def _all_rules(bundle: Bundle) -> set[str]:
     return {rule.rule_id for policy in bundle.policies for rule in policy.rules}
+
+
+def _new_coverage(rules_dir: Path, bundles: dict[str, Bundle]) -> Coverage:
+    found = item_locations(rules_dir)
+    return Coverage(
+        backends=tuple(bundles),
+        rules=tuple(sorted(set().union(*(_all_rules(b) for b in bundles.values())))),
+        derived_roles=tuple(sorted({n for b in bundles.values() for n in b.derived_roles})),
+        locations={key: f"{file}:{line}" for key, (file, line) in found.items()},
+    )
+
+
+def _print_coverage(coverage: Coverage, min_coverage: float | None, out: TextIO) -> bool:
+    """Print the coverage section; False when it is under `min_coverage`."""
+    exercised = len(coverage.rules) - len(coverage.missed)
+    print(
+        f"coverage: {exercised} of {len(coverage.rules)} rule(s) exercised "
+        f"({coverage.percent:.1f}%) on {', '.join(coverage.backends)}",
+        file=out,
+    )
+    for rule in coverage.missed:
+        print(f"  not exercised: {rule}  ({coverage.where(rule)})", file=out)
+    for name in coverage.never_held:
+        where = coverage.where(f"derived_role:{name}")
+        print(f"  derived role never held: {name}  ({where})", file=out)
+    if min_coverage is not None and coverage.percent < min_coverage:
+        print(
+            f"error: rule coverage {coverage.percent:.1f}% is below the minimum of "
+            f"{min_coverage:g}%",
+            file=out,
+        )
+        return False
+    return True
 
 
 def run_suites(
@@ -283,11 +399,14 @@ def run_suites(
     junit: Path | None = None,
     backends: Sequence[str] = BACKENDS,
     out: TextIO = sys.stdout,
+    coverage: bool = False,
+    min_coverage: float | None = None,
 ) -> int:
     """Run every `*_test.yaml` suite under `rules_dir` against the bundle on each backend.
 
     Returns 0 when every case passes on every backend (and the backends agree), 1 when any case
-    fails, 2 when the bundle does not load or a suite file is malformed.
+    fails or rule coverage is under `min_coverage` (a percentage, which implies `coverage`),
+    2 when the bundle does not load or a suite file is malformed.
     """
     rules_dir = Path(rules_dir)
     started = time.perf_counter()
@@ -344,12 +463,15 @@ def run_suites(
         clock = _PinnedClock()
         engines[backend] = (Engine(bundle, clock=clock), clock)
 
+    tracker = None
+    if coverage or min_coverage is not None:
+        tracker = _new_coverage(rules_dir, bundles)
     results: list[SuiteResult] = []
     for suite in suites:
         print(f"\n{suite.name}  ({suite.file})", file=out)
         suite_result = SuiteResult(suite, [])
         for case in suite.cases:
-            result = _run_case(case, engines)
+            result = _run_case(case, engines, tracker)
             suite_result.cases.append(result)
             _print_case(result, out)
         results.append(suite_result)
@@ -364,11 +486,14 @@ def run_suites(
         for r in s.cases
         for o in r.outcomes
         if o.decision is not None
-        for rule in o.decision.matched_rules
+        for rule in _matched(o.decision)
     }
     never = sorted(set().union(*(_all_rules(b) for b in bundles.values())) - matched)
     print("", file=out)
-    if never:
+    covered = True
+    if tracker is not None:
+        covered = _print_coverage(tracker, min_coverage, out)
+    elif never:
         print(f"warning: {len(never)} rule(s) not matched by any case:", file=out)
         for rule in never:
             print(f"  {rule}", file=out)
@@ -378,10 +503,12 @@ def run_suites(
     print(f"{summary} in {time.perf_counter() - started:.2f}s", file=out)
 
     if junit is not None:
-        report = junit_xml.case_report(results, backends, revision)
+        report = junit_xml.case_report(
+            results, backends, revision, coverage=tracker, min_coverage=min_coverage
+        )
         if not _write_junit(junit, report, out):
             return EXIT_ERROR
-    return EXIT_PASSED if failed == 0 else EXIT_FAILED
+    return EXIT_PASSED if failed == 0 and covered else EXIT_FAILED
 
 
 def _print_case(result: CaseResult, out: TextIO) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -12,11 +14,17 @@ from grpc_reflection.v1alpha import reflection
 
 from signoff.approvals.flow import ApprovalFlow
 from signoff.audit import AuditLog
+from signoff.engine.compiled import Bundle
 from signoff.engine.evaluator import Engine
+from signoff.identity import CallerAuthenticator
 from signoff.observability import Telemetry
 from signoff.server import convert
+from signoff.server.admin import PolicyAdminService
 from signoff.server.approvals import ApprovalService
+from signoff.server.reload import POLICY_HEALTH, LoadStatus, PolicyReloader
 from signoff.server.service import DecisionService
+from signoff.v1 import admin_pb2 as adb
+from signoff.v1 import admin_pb2_grpc as adb_grpc
 from signoff.v1 import approvals_pb2 as apb
 from signoff.v1 import approvals_pb2_grpc as apb_grpc
 from signoff.v1 import signoff_pb2 as pb
@@ -26,7 +34,19 @@ from signoff.views import Views
 log = logging.getLogger("signoff.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
 APPROVAL_SERVICE_NAME = apb.DESCRIPTOR.services_by_name["ApprovalService"].full_name
+ADMIN_SERVICE_NAME = adb.DESCRIPTOR.services_by_name["PolicyAdminService"].full_name
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Reloading:
+    """Hot reload from `rules` (see reload.py); the admin RPC verifies callers with `auth`."""
+
+    rules: Path
+    backend: str
+    auth: CallerAuthenticator
+    make_engine: Callable[[Bundle], Engine] = Engine
+    load: Callable[[], Bundle] | None = None  # default: load_bundle(rules, backend)
 
 
 @dataclass
@@ -35,6 +55,7 @@ class Running:
     port: int
     decisions: DecisionService
     health: health.HealthServicer
+    reloader: PolicyReloader | None = None
 
     def stop(self, grace: float | None = 5.0) -> None:
         self.health.enter_graceful_shutdown()
@@ -47,17 +68,22 @@ def start(
     *,
     hash_key_id: str,
     workers: int = 8,
+    share_port: bool = False,
+    decision_cache: int = 4096,
     limits: convert.Limits | None = None,
     approvals: ApprovalFlow | None = None,
     approval_service: ApprovalService | None = None,
     telemetry: Telemetry | None = None,
     audit: AuditLog | None = None,
     views: Views | None = None,
+    reloading: Reloading | None = None,
 ) -> Running:
-    """Start serving on `address` ("host:port"; port 0 picks a free one)."""
+    """Start serving on `address` ("host:port"; port 0 picks a free one). `share_port` lets
+    the processes of `signoff serve --processes N` listen on one port."""
     options = [
-        # A second server on the same port must fail loudly, not silently share the traffic.
-        ("grpc.so_reuseport", 0),
+        # Unless sharing is meant, a second server on the same port must fail loudly, not
+        # silently take part of the traffic.
+        ("grpc.so_reuseport", 1 if share_port else 0),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ]
@@ -75,6 +101,7 @@ def start(
         telemetry=telemetry,
         audit=audit,
         views=views,
+        cache_entries=decision_cache,
     )
     pb_grpc.add_DecisionServiceServicer_to_server(decisions, server)
     names = [SERVICE_NAME]
@@ -83,6 +110,31 @@ def start(
         names.append(APPROVAL_SERVICE_NAME)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reloader = None
+    if reloading is not None:
+
+        def on_status(status: LoadStatus) -> None:
+            # Decisions go on with the previous bundle; this entry shows the refused one.
+            health_servicer.set(
+                POLICY_HEALTH,
+                health_pb2.HealthCheckResponse.NOT_SERVING
+                if status.failed
+                else health_pb2.HealthCheckResponse.SERVING,
+            )
+
+        reloader = PolicyReloader(
+            decisions,
+            reloading.rules,
+            backend=reloading.backend,
+            make_engine=reloading.make_engine,
+            load=reloading.load,
+            telemetry=telemetry,
+            on_status=on_status,
+        )
+        adb_grpc.add_PolicyAdminServiceServicer_to_server(
+            PolicyAdminService(reloader, reloading.auth), server
+        )
+        names.append(ADMIN_SERVICE_NAME)
     health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
     reflection.enable_server_reflection((*names, health_name, reflection.SERVICE_NAME), server)
     try:
@@ -90,7 +142,7 @@ def start(
     except RuntimeError as exc:
         raise OSError(f"cannot listen on {address}: {exc}") from None
     server.start()
-    for name in ("", *names):
+    for name in ("", *names, *([POLICY_HEALTH] if reloader else [])):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(
         "serving %s on port %d (revision %s, %d rules, backend %s)",
@@ -100,4 +152,4 @@ def start(
         engine.bundle.rule_count,
         engine.bundle.backend.name,
     )
-    return Running(server, port, decisions, health_servicer)
+    return Running(server, port, decisions, health_servicer, reloader)

@@ -137,6 +137,7 @@ def to_request(msg: pb.CheckRequest, limits: Limits) -> model.Request:
         context=context,
         payload=_bounded_struct(msg.payload, "payload", limits),
         approval_id=_text(msg.approval_id, "approval_id", limits),
+        explain=msg.explain,
     )
 
 
@@ -156,4 +157,33 @@ def to_response(
         out.masking_plan.CopyFrom(plan_proto(decision.masking_plan, hash_key_id))
     if decision.approval is not None:
         out.approval.CopyFrom(requirement_proto(decision.approval))
+    if decision.explanation is not None:
+        out.explanation.CopyFrom(explanation_proto(decision.explanation))
     return out
+
+
+_OUTCOMES = {
+    model.RuleOutcome.MATCHED: pb.RULE_OUTCOME_MATCHED,
+    model.RuleOutcome.NOT_MATCHED: pb.RULE_OUTCOME_NOT_MATCHED,
+    model.RuleOutcome.ROLE_NOT_HELD: pb.RULE_OUTCOME_ROLE_NOT_HELD,
+    model.RuleOutcome.ERROR: pb.RULE_OUTCOME_ERROR,
+}
+
+
+def explanation_proto(explanation: model.Explanation) -> pb.Explanation:
+    return pb.Explanation(
+        rules=[
+            pb.RuleExplanation(
+                rule_id=t.rule_id,
+                effect=_VERDICTS[t.effect],
+                outcome=_OUTCOMES[t.outcome],
+                condition=t.condition,
+                roles=t.roles,
+                error=t.error,
+                counted=t.counted,
+                shadow=t.shadow,
+            )
+            for t in explanation.rules
+        ],
+        decided_by=explanation.decided_by,
+    )

@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
 from signoff.approvals.flow import ApprovalFlow, Held
 from signoff.audit import AuditLog
+from signoff.audit.chain import Canonical
+from signoff.engine.cache import Decided, DecisionCache
 from signoff.engine.evaluator import Engine
-from signoff.engine.model import Decision, Request, Verdict
+from signoff.engine.model import Decision, Verdict
 from signoff.errors import InvalidRequest, StoreUnavailable
 from signoff.observability import Telemetry
 from signoff.server import convert
@@ -38,8 +40,10 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         telemetry: Telemetry | None = None,
         audit: AuditLog | None = None,
         views: Views | None = None,
+        cache_entries: int = 4096,
     ) -> None:
-        self.engine = engine
+        self._cache_entries = cache_entries
+        self._decisions = DecisionCache(engine, cache_entries)
         self._hash_key_id = hash_key_id
         self._limits = limits or convert.Limits()
         self._approvals = approvals
@@ -47,16 +51,33 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         self._audit = audit
         self._views = views
 
-    def _decide(self, msg: pb.CheckRequest, item_index: int | None = None) -> pb.CheckResponse:
-        engine = self.engine  # one bundle for the whole decision, even if swapped meanwhile
+    @property
+    def engine(self) -> Engine:
+        return self._decisions.engine
+
+    @engine.setter
+    def engine(self, engine: Engine) -> None:
+        # The cache belongs to one bundle: a new engine starts with an empty one.
+        self._decisions = DecisionCache(engine, self._cache_entries)
+
+    def _decide(
+        self,
+        msg: pb.CheckRequest,
+        item_index: int | None = None,
+        decisions: DecisionCache | None = None,
+    ) -> pb.CheckResponse:
+        # One bundle for the whole decision (and batch), even if a reload swaps it meanwhile.
+        decisions = decisions if decisions is not None else self._decisions
         started = time.perf_counter()
         with self._telemetry.decision_span(item_index=item_index) as span:
             try:
-                request = convert.to_request(msg, self._limits)
+                decided = decisions.decide(
+                    msg.SerializeToString(), lambda: convert.to_request(msg, self._limits)
+                )
             except InvalidRequest:
                 span.set_error("INVALID_ARGUMENT")
                 raise
-            decision = engine.decide(request)
+            request, decision = decided.request, decided.decision
             decision_id = str(uuid.uuid4())
             held = Held(decision)
             if decision.verdict is Verdict.REQUIRE_APPROVAL:
@@ -76,9 +97,10 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
                 principal_kind=request.principal.kind.value,
                 approval_id=held.approval_id,
                 errored_rules=decision.errored_rules,
+                shadow=_shadow_of(decided.decision),
             )
             self._telemetry.record_decision(decision.verdict.name, time.perf_counter() - started)
-            self._record(request, decision, decision_id, held.approval_id, span.trace_id_hex())
+            self._record(decided, decision, decision_id, held.approval_id, span.trace_id_hex())
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "decision %s verdict=%s rules=%s revision=%s",
@@ -91,7 +113,7 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
 
     def _record(
         self,
-        request: Request,
+        decided: Decided,
         decision: Decision,
         decision_id: str,
         approval_id: str,
@@ -106,6 +128,8 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
                     "type": "decision",
                     "decision_id": decision_id,
                     "verdict": decision.verdict.name,
+                    # The policy's own verdict: differs when an approval was consumed.
+                    "policy_verdict": decided.decision.verdict.name,
                     "policy_revision": decision.policy_revision,
                     "matched_rules": list(decision.matched_rules),
                     "errored_rules": list(decision.errored_rules),
@@ -113,11 +137,29 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
                     "approval_id": approval_id,
                     "masked_fields": [m.path for m in decision.masking_plan],
                     "trace_id": trace_id,
-                    "request": self._views.audit_view(request, decision),
+                    "request": self._audit_view(decided, decision),
+                    **_shadow_record(decided.decision),
                 }
             )
         except Exception as exc:  # the record is lost, the decision must not be
             log.error("audit record for %s not queued: %s", decision_id, type(exc).__name__)
+
+    def _audit_view(self, decided: Decided, decision: Decision) -> dict[str, Any] | Canonical:
+        assert self._views is not None
+        if decision is not decided.decision:  # the approval flow changed it: this call's own
+            return self._views.audit_view(decided.request, decision)
+        view = decided.derived.get("audit")
+        if view is None:
+            plain = self._views.audit_view(decided.request, decision)
+            try:
+                # Encoded once for every repeat of the request, instead of once per record.
+                view = Canonical.of(plain)
+            except (TypeError, ValueError):
+                # Not JSON (e.g. a NaN kept for audit): the writer records a placeholder in
+                # its place, so the chain still shows a decision was made.
+                return plain
+            decided.derived["audit"] = view
+        return view
 
     def _note_transition(self, held: Held, actor: str) -> None:
         if held.transition == "created":
@@ -136,11 +178,12 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
             limit = self._limits.max_batch_items
             if len(request.items) > limit:
                 raise InvalidRequest("items", f"at most {limit} items per batch")
-            out = pb.CheckBatchResponse(policy_revision=self.engine.bundle.revision)
+            decisions = self._decisions  # every item on the bundle the batch started with
+            out = pb.CheckBatchResponse(policy_revision=decisions.engine.bundle.revision)
             for index, item in enumerate(request.items):
                 result = out.results.add()
                 try:
-                    result.decision.CopyFrom(self._decide(item, index))
+                    result.decision.CopyFrom(self._decide(item, index, decisions))
                 except Exception as exc:  # each item stands alone: one failure fails only itself
                     code, message = status_for(exc)
                     field = exc.field if isinstance(exc, InvalidRequest) else ""
@@ -150,3 +193,23 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
             return out
 
         return guarded(context, run)
+
+
+def _shadow_of(decision: Decision) -> tuple[str, tuple[str, ...]] | None:
+    shadow = decision.shadow
+    return None if shadow is None else (shadow.verdict.name, shadow.matched_rules)
+
+
+def _shadow_record(decision: Decision) -> dict[str, Any]:
+    """What audit-only rules would have decided, for rolling a stricter rule out safely."""
+    if decision.shadow is None:
+        return {}
+    return {
+        "shadow": {
+            "verdict": decision.shadow.verdict.name,
+            "matched_rules": list(decision.shadow.matched_rules),
+            "errored_rules": list(decision.shadow.errored_rules),
+            "reasons": list(decision.shadow.reasons),
+            "changes_verdict": decision.shadow.verdict is not decision.verdict,
+        }
+    }

@@ -127,6 +127,11 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
         help=_ASSIGNMENT_HELP,
     )
     parser.add_argument("--json", action="store_true", dest="as_json", help="print JSON")
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="also show each candidate rule's outcome and the rules that decided",
+    )
 
 
 def run_check(args: argparse.Namespace, *, channel: grpc.Channel | None = None) -> int:
@@ -192,7 +197,35 @@ def render(decision: Decision) -> str:
         lines.append(f"approval id: {decision.approval_id}")
     lines.append(f"decision:  {decision.decision_id}")
     lines.append(f"revision:  {decision.policy_revision}")
+    if decision.explanation is not None:
+        lines += _describe_explanation(decision.explanation)
     return "\n".join(lines)
+
+
+_OUTCOME_TEXT = {
+    signoff_pb2.RULE_OUTCOME_MATCHED: "matched",
+    signoff_pb2.RULE_OUTCOME_NOT_MATCHED: "no match",
+    signoff_pb2.RULE_OUTCOME_ROLE_NOT_HELD: "role not held",
+    signoff_pb2.RULE_OUTCOME_ERROR: "ERROR",
+}
+
+
+def _describe_explanation(explanation: signoff_pb2.Explanation) -> list[str]:
+    decided = ", ".join(explanation.decided_by) or "no rule applied (default deny)"
+    lines = ["explanation:", f"  decided by: {decided}"]
+    for r in explanation.rules:
+        effect = signoff_pb2.Verdict.Name(r.effect).removeprefix("VERDICT_").lower()
+        mark = "*" if r.rule_id in explanation.decided_by else " "
+        note = "  (shadow: audit only)" if r.shadow else ""
+        note = note or ("" if r.counted else "  (after a deny had decided)")
+        lines.append(f"  {mark} {r.rule_id} [{effect}]: {_OUTCOME_TEXT.get(r.outcome, '?')}{note}")
+        if r.roles:
+            lines.append(f"        roles: {', '.join(r.roles)}")
+        if r.condition:
+            lines.append(f"        when:  {' '.join(r.condition.split())}")
+        if r.error:
+            lines.append(f"        error: {r.error}")
+    return lines
 
 
 def _item(args: argparse.Namespace) -> CheckItem:
@@ -217,6 +250,7 @@ def _item(args: argparse.Namespace) -> CheckItem:
         ),
         payload=args.payload,
         approval_id=args.approval_id,
+        explain=args.explain,
     )
 
 

@@ -137,6 +137,7 @@ class CheckItem:
     context: Context | None = None
     payload: Mapping[str, Any] | None = None
     approval_id: str = ""
+    explain: bool = False  # ask for each candidate rule's outcome (Decision.explanation)
 
     def to_proto(self) -> signoff_pb2.CheckRequest:
         message = signoff_pb2.CheckRequest(
@@ -144,6 +145,7 @@ class CheckItem:
             action=self.action,
             resource=self.resource.to_proto(),
             approval_id=self.approval_id,
+            explain=self.explain,
         )
         if self.context is not None:
             message.context.CopyFrom(self.context.to_proto())
@@ -169,6 +171,8 @@ class Decision:
     # With REQUIRE_APPROVAL: the pending approval to wait for and pass back as
     # CheckItem.approval_id. On a check that named an approval: that approval.
     approval_id: str = ""
+    # Only when CheckItem.explain asked for it.
+    explanation: signoff_pb2.Explanation | None = None
 
     @property
     def allowed(self) -> bool:
@@ -195,6 +199,10 @@ class Decision:
         if response.HasField("approval"):
             approval = signoff_pb2.ApprovalRequirement()
             approval.CopyFrom(response.approval)
+        explanation = None
+        if response.HasField("explanation"):
+            explanation = signoff_pb2.Explanation()
+            explanation.CopyFrom(response.explanation)
         return cls(
             verdict=verdict,
             decision_id=response.decision_id,
@@ -205,6 +213,7 @@ class Decision:
             approval=approval,
             errored_rules=tuple(response.errored_rules),
             approval_id=response.approval_id,
+            explanation=explanation,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -244,7 +253,28 @@ class Decision:
         # Present only when there is one, so the document of a plain verdict keeps its shape.
         if self.approval_id:
             view["approval_id"] = self.approval_id
+        if self.explanation is not None:
+            view["explanation"] = {
+                "decided_by": list(self.explanation.decided_by),
+                "rules": [
+                    {
+                        "rule_id": r.rule_id,
+                        "effect": _short(signoff_pb2.Verdict.Name(r.effect), "VERDICT_"),
+                        "outcome": _short(signoff_pb2.RuleOutcome.Name(r.outcome), "RULE_OUTCOME_"),
+                        "condition": r.condition,
+                        "roles": list(r.roles),
+                        "error": r.error,
+                        "counted": r.counted,
+                        "shadow": r.shadow,
+                    }
+                    for r in self.explanation.rules
+                ],
+            }
         return view
+
+
+def _short(name: str, prefix: str) -> str:
+    return name.removeprefix(prefix)
 
 
 @dataclass(frozen=True)

@@ -27,19 +27,21 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18signoff/v1/signoff.proto\x12\nsignoff.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"|\n\tPrincipal\x12\n\n\x02id\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.signoff.v1.PrincipalKind\x12\r\n\x05roles\x18\x03 \x03(\t\x12+\n\nattributes\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"#\n\x05\x46ield\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04tags\x18\x02 \x03(\t\"t\n\x08Resource\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12+\n\nattributes\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12!\n\x06\x66ields\x18\x04 \x03(\x0b\x32\x11.signoff.v1.Field\"\x88\x01\n\x07\x43ontext\x12\x13\n\x0b\x65nvironment\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tsource_ip\x18\x03 \x01(\t\x12+\n\nattributes\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xd5\x01\n\x0c\x43heckRequest\x12(\n\tprincipal\x18\x01 \x01(\x0b\x32\x15.signoff.v1.Principal\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12&\n\x08resource\x18\x03 \x01(\x0b\x32\x14.signoff.v1.Resource\x12$\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x13.signoff.v1.Context\x12(\n\x07payload\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0b\x61pproval_id\x18\x06 \x01(\t\"\x8e\x01\n\tFieldMask\x12\x0c\n\x04path\x18\x01 \x01(\t\x12*\n\x08operator\x18\x02 \x01(\x0e\x32\x18.signoff.v1.MaskOperator\x12\x12\n\nkeep_first\x18\x03 \x01(\r\x12\x11\n\tkeep_last\x18\x04 \x01(\r\x12\x0e\n\x06key_id\x18\x05 \x01(\t\x12\x10\n\x08rule_ids\x18\x06 \x03(\t\"4\n\x0bMaskingPlan\x12%\n\x06\x66ields\x18\x01 \x03(\x0b\x32\x15.signoff.v1.FieldMask\",\n\x0b\x41pproverSet\x12\r\n\x05roles\x18\x01 \x03(\t\x12\x0e\n\x06groups\x18\x02 \x03(\t\"\xd8\x01\n\x13\x41pprovalRequirement\x12*\n\tapprovers\x18\x01 \x03(\x0b\x32\x17.signoff.v1.ApproverSet\x12\x0e\n\x06quorum\x18\x02 \x01(\r\x12.\n\x0bpending_ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tgrant_ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08rule_ids\x18\x05 \x03(\t\x12\x15\n\rrequester_ids\x18\x06 \x03(\t\"\x99\x02\n\rCheckResponse\x12$\n\x07verdict\x18\x01 \x01(\x0e\x32\x13.signoff.v1.Verdict\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\x12\x17\n\x0fpolicy_revision\x18\x03 \x01(\t\x12\x15\n\rmatched_rules\x18\x04 \x03(\t\x12\x0f\n\x07reasons\x18\x05 \x03(\t\x12-\n\x0cmasking_plan\x18\x06 \x01(\x0b\x32\x17.signoff.v1.MaskingPlan\x12\x31\n\x08\x61pproval\x18\x07 \x01(\x0b\x32\x1f.signoff.v1.ApprovalRequirement\x12\x15\n\rerrored_rules\x18\x08 \x03(\t\x12\x13\n\x0b\x61pproval_id\x18\t \x01(\t\"<\n\x11\x43heckBatchRequest\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.signoff.v1.CheckRequest\"9\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\"t\n\x10\x43heckBatchResult\x12-\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x19.signoff.v1.CheckResponseH\x00\x12&\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x15.signoff.v1.ItemErrorH\x00\x42\t\n\x07outcome\"\\\n\x12\x43heckBatchResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.signoff.v1.CheckBatchResult\x12\x17\n\x0fpolicy_revision\x18\x02 \x01(\t*\x7f\n\rPrincipalKind\x12\x1e\n\x1aPRINCIPAL_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14PRINCIPAL_KIND_HUMAN\x10\x01\x12\x18\n\x14PRINCIPAL_KIND_AGENT\x10\x02\x12\x1a\n\x16PRINCIPAL_KIND_SERVICE\x10\x03*w\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x11\n\rVERDICT_ALLOW\x10\x01\x12\x10\n\x0cVERDICT_DENY\x10\x02\x12\x10\n\x0cVERDICT_MASK\x10\x03\x12\x1c\n\x18VERDICT_REQUIRE_APPROVAL\x10\x04*\xae\x01\n\x0cMaskOperator\x12\x1d\n\x19MASK_OPERATOR_UNSPECIFIED\x10\x00\x12\x19\n\x15MASK_OPERATOR_NULLIFY\x10\x01\x12\x18\n\x14MASK_OPERATOR_REDACT\x10\x02\x12\x16\n\x12MASK_OPERATOR_HASH\x10\x03\x12\x17\n\x13MASK_OPERATOR_EMAIL\x10\x04\x12\x19\n\x15MASK_OPERATOR_PARTIAL\x10\x05\x32\x9c\x01\n\x0f\x44\x65\x63isionService\x12<\n\x05\x43heck\x12\x18.signoff.v1.CheckRequest\x1a\x19.signoff.v1.CheckResponse\x12K\n\nCheckBatch\x12\x1d.signoff.v1.CheckBatchRequest\x1a\x1e.signoff.v1.CheckBatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18signoff/v1/signoff.proto\x12\nsignoff.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"|\n\tPrincipal\x12\n\n\x02id\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.signoff.v1.PrincipalKind\x12\r\n\x05roles\x18\x03 \x03(\t\x12+\n\nattributes\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"#\n\x05\x46ield\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04tags\x18\x02 \x03(\t\"t\n\x08Resource\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12+\n\nattributes\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12!\n\x06\x66ields\x18\x04 \x03(\x0b\x32\x11.signoff.v1.Field\"\x88\x01\n\x07\x43ontext\x12\x13\n\x0b\x65nvironment\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tsource_ip\x18\x03 \x01(\t\x12+\n\nattributes\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xe6\x01\n\x0c\x43heckRequest\x12(\n\tprincipal\x18\x01 \x01(\x0b\x32\x15.signoff.v1.Principal\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12&\n\x08resource\x18\x03 \x01(\x0b\x32\x14.signoff.v1.Resource\x12$\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x13.signoff.v1.Context\x12(\n\x07payload\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0b\x61pproval_id\x18\x06 \x01(\t\x12\x0f\n\x07\x65xplain\x18\x07 \x01(\x08\"\x8e\x01\n\tFieldMask\x12\x0c\n\x04path\x18\x01 \x01(\t\x12*\n\x08operator\x18\x02 \x01(\x0e\x32\x18.signoff.v1.MaskOperator\x12\x12\n\nkeep_first\x18\x03 \x01(\r\x12\x11\n\tkeep_last\x18\x04 \x01(\r\x12\x0e\n\x06key_id\x18\x05 \x01(\t\x12\x10\n\x08rule_ids\x18\x06 \x03(\t\"4\n\x0bMaskingPlan\x12%\n\x06\x66ields\x18\x01 \x03(\x0b\x32\x15.signoff.v1.FieldMask\",\n\x0b\x41pproverSet\x12\r\n\x05roles\x18\x01 \x03(\t\x12\x0e\n\x06groups\x18\x02 \x03(\t\"\xd8\x01\n\x13\x41pprovalRequirement\x12*\n\tapprovers\x18\x01 \x03(\x0b\x32\x17.signoff.v1.ApproverSet\x12\x0e\n\x06quorum\x18\x02 \x01(\r\x12.\n\x0bpending_ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tgrant_ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08rule_ids\x18\x05 \x03(\t\x12\x15\n\rrequester_ids\x18\x06 \x03(\t\"\xc7\x02\n\rCheckResponse\x12$\n\x07verdict\x18\x01 \x01(\x0e\x32\x13.signoff.v1.Verdict\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\x12\x17\n\x0fpolicy_revision\x18\x03 \x01(\t\x12\x15\n\rmatched_rules\x18\x04 \x03(\t\x12\x0f\n\x07reasons\x18\x05 \x03(\t\x12-\n\x0cmasking_plan\x18\x06 \x01(\x0b\x32\x17.signoff.v1.MaskingPlan\x12\x31\n\x08\x61pproval\x18\x07 \x01(\x0b\x32\x1f.signoff.v1.ApprovalRequirement\x12\x15\n\rerrored_rules\x18\x08 \x03(\t\x12\x13\n\x0b\x61pproval_id\x18\t \x01(\t\x12,\n\x0b\x65xplanation\x18\n \x01(\x0b\x32\x17.signoff.v1.Explanation\"\xc3\x01\n\x0fRuleExplanation\x12\x0f\n\x07rule_id\x18\x01 \x01(\t\x12#\n\x06\x65\x66\x66\x65\x63t\x18\x02 \x01(\x0e\x32\x13.signoff.v1.Verdict\x12(\n\x07outcome\x18\x03 \x01(\x0e\x32\x17.signoff.v1.RuleOutcome\x12\x11\n\tcondition\x18\x04 \x01(\t\x12\r\n\x05roles\x18\x05 \x03(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x0f\n\x07\x63ounted\x18\x07 \x01(\x08\x12\x0e\n\x06shadow\x18\x08 \x01(\x08\"M\n\x0b\x45xplanation\x12*\n\x05rules\x18\x01 \x03(\x0b\x32\x1b.signoff.v1.RuleExplanation\x12\x12\n\ndecided_by\x18\x02 \x03(\t\"<\n\x11\x43heckBatchRequest\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.signoff.v1.CheckRequest\"9\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\"t\n\x10\x43heckBatchResult\x12-\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x19.signoff.v1.CheckResponseH\x00\x12&\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x15.signoff.v1.ItemErrorH\x00\x42\t\n\x07outcome\"\\\n\x12\x43heckBatchResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.signoff.v1.CheckBatchResult\x12\x17\n\x0fpolicy_revision\x18\x02 \x01(\t*\x7f\n\rPrincipalKind\x12\x1e\n\x1aPRINCIPAL_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14PRINCIPAL_KIND_HUMAN\x10\x01\x12\x18\n\x14PRINCIPAL_KIND_AGENT\x10\x02\x12\x1a\n\x16PRINCIPAL_KIND_SERVICE\x10\x03*w\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x11\n\rVERDICT_ALLOW\x10\x01\x12\x10\n\x0cVERDICT_DENY\x10\x02\x12\x10\n\x0cVERDICT_MASK\x10\x03\x12\x1c\n\x18VERDICT_REQUIRE_APPROVAL\x10\x04*\xae\x01\n\x0cMaskOperator\x12\x1d\n\x19MASK_OPERATOR_UNSPECIFIED\x10\x00\x12\x19\n\x15MASK_OPERATOR_NULLIFY\x10\x01\x12\x18\n\x14MASK_OPERATOR_REDACT\x10\x02\x12\x16\n\x12MASK_OPERATOR_HASH\x10\x03\x12\x17\n\x13MASK_OPERATOR_EMAIL\x10\x04\x12\x19\n\x15MASK_OPERATOR_PARTIAL\x10\x05*\x9b\x01\n\x0bRuleOutcome\x12\x1c\n\x18RULE_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n\x14RULE_OUTCOME_MATCHED\x10\x01\x12\x1c\n\x18RULE_OUTCOME_NOT_MATCHED\x10\x02\x12\x1e\n\x1aRULE_OUTCOME_ROLE_NOT_HELD\x10\x03\x12\x16\n\x12RULE_OUTCOME_ERROR\x10\x04\x32\x9c\x01\n\x0f\x44\x65\x63isionService\x12<\n\x05\x43heck\x12\x18.signoff.v1.CheckRequest\x1a\x19.signoff.v1.CheckResponse\x12K\n\nCheckBatch\x12\x1d.signoff.v1.CheckBatchRequest\x1a\x1e.signoff.v1.CheckBatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'signoff.v1.signoff_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PRINCIPALKIND']._serialized_start=1852
-  _globals['_PRINCIPALKIND']._serialized_end=1979
-  _globals['_VERDICT']._serialized_start=1981
-  _globals['_VERDICT']._serialized_end=2100
-  _globals['_MASKOPERATOR']._serialized_start=2103
-  _globals['_MASKOPERATOR']._serialized_end=2277
+  _globals['_PRINCIPALKIND']._serialized_start=2192
+  _globals['_PRINCIPALKIND']._serialized_end=2319
+  _globals['_VERDICT']._serialized_start=2321
+  _globals['_VERDICT']._serialized_end=2440
+  _globals['_MASKOPERATOR']._serialized_start=2443
+  _globals['_MASKOPERATOR']._serialized_end=2617
+  _globals['_RULEOUTCOME']._serialized_start=2620
+  _globals['_RULEOUTCOME']._serialized_end=2775
   _globals['_PRINCIPAL']._serialized_start=135
   _globals['_PRINCIPAL']._serialized_end=259
   _globals['_FIELD']._serialized_start=261
@@ -49,25 +51,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONTEXT']._serialized_start=417
   _globals['_CONTEXT']._serialized_end=553
   _globals['_CHECKREQUEST']._serialized_start=556
-  _globals['_CHECKREQUEST']._serialized_end=769
-  _globals['_FIELDMASK']._serialized_start=772
-  _globals['_FIELDMASK']._serialized_end=914
-  _globals['_MASKINGPLAN']._serialized_start=916
-  _globals['_MASKINGPLAN']._serialized_end=968
-  _globals['_APPROVERSET']._serialized_start=970
-  _globals['_APPROVERSET']._serialized_end=1014
-  _globals['_APPROVALREQUIREMENT']._serialized_start=1017
-  _globals['_APPROVALREQUIREMENT']._serialized_end=1233
-  _globals['_CHECKRESPONSE']._serialized_start=1236
-  _globals['_CHECKRESPONSE']._serialized_end=1517
-  _globals['_CHECKBATCHREQUEST']._serialized_start=1519
-  _globals['_CHECKBATCHREQUEST']._serialized_end=1579
-  _globals['_ITEMERROR']._serialized_start=1581
-  _globals['_ITEMERROR']._serialized_end=1638
-  _globals['_CHECKBATCHRESULT']._serialized_start=1640
-  _globals['_CHECKBATCHRESULT']._serialized_end=1756
-  _globals['_CHECKBATCHRESPONSE']._serialized_start=1758
-  _globals['_CHECKBATCHRESPONSE']._serialized_end=1850
-  _globals['_DECISIONSERVICE']._serialized_start=2280
-  _globals['_DECISIONSERVICE']._serialized_end=2436
+  _globals['_CHECKREQUEST']._serialized_end=786
+  _globals['_FIELDMASK']._serialized_start=789
+  _globals['_FIELDMASK']._serialized_end=931
+  _globals['_MASKINGPLAN']._serialized_start=933
+  _globals['_MASKINGPLAN']._serialized_end=985
+  _globals['_APPROVERSET']._serialized_start=987
+  _globals['_APPROVERSET']._serialized_end=1031
+  _globals['_APPROVALREQUIREMENT']._serialized_start=1034
+  _globals['_APPROVALREQUIREMENT']._serialized_end=1250
+  _globals['_CHECKRESPONSE']._serialized_start=1253
+  _globals['_CHECKRESPONSE']._serialized_end=1580
+  _globals['_RULEEXPLANATION']._serialized_start=1583
+  _globals['_RULEEXPLANATION']._serialized_end=1778
+  _globals['_EXPLANATION']._serialized_start=1780
+  _globals['_EXPLANATION']._serialized_end=1857
+  _globals['_CHECKBATCHREQUEST']._serialized_start=1859
+  _globals['_CHECKBATCHREQUEST']._serialized_end=1919
+  _globals['_ITEMERROR']._serialized_start=1921
+  _globals['_ITEMERROR']._serialized_end=1978
+  _globals['_CHECKBATCHRESULT']._serialized_start=1980
+  _globals['_CHECKBATCHRESULT']._serialized_end=2096
+  _globals['_CHECKBATCHRESPONSE']._serialized_start=2098
+  _globals['_CHECKBATCHRESPONSE']._serialized_end=2190
+  _globals['_DECISIONSERVICE']._serialized_start=2778
+  _globals['_DECISIONSERVICE']._serialized_end=2934
 # @@protoc_insertion_point(module_scope)

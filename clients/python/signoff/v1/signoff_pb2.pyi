@@ -102,6 +102,36 @@ MASK_OPERATOR_PARTIAL: MaskOperator.ValueType  # 5
 """First/last characters kept, separators kept, the rest replaced by "*"."""
 Global___MaskOperator: _TypeAlias = MaskOperator  # noqa: Y015
 
+class _RuleOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RuleOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RuleOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RULE_OUTCOME_UNSPECIFIED: _RuleOutcome.ValueType  # 0
+    RULE_OUTCOME_MATCHED: _RuleOutcome.ValueType  # 1
+    """The rule applied."""
+    RULE_OUTCOME_NOT_MATCHED: _RuleOutcome.ValueType  # 2
+    """The principal held the rule's roles, but its condition was false."""
+    RULE_OUTCOME_ROLE_NOT_HELD: _RuleOutcome.ValueType  # 3
+    """The principal held none of the rule's roles: its condition was not evaluated."""
+    RULE_OUTCOME_ERROR: _RuleOutcome.ValueType  # 4
+    """Evaluating the rule failed; the decision fails closed."""
+
+class RuleOutcome(_RuleOutcome, metaclass=_RuleOutcomeEnumTypeWrapper):
+    """RuleOutcome is what one candidate rule did in a decision."""
+
+RULE_OUTCOME_UNSPECIFIED: RuleOutcome.ValueType  # 0
+RULE_OUTCOME_MATCHED: RuleOutcome.ValueType  # 1
+"""The rule applied."""
+RULE_OUTCOME_NOT_MATCHED: RuleOutcome.ValueType  # 2
+"""The principal held the rule's roles, but its condition was false."""
+RULE_OUTCOME_ROLE_NOT_HELD: RuleOutcome.ValueType  # 3
+"""The principal held none of the rule's roles: its condition was not evaluated."""
+RULE_OUTCOME_ERROR: RuleOutcome.ValueType  # 4
+"""Evaluating the rule failed; the decision fails closed."""
+Global___RuleOutcome: _TypeAlias = RuleOutcome  # noqa: Y015
+
 @_typing.final
 class Principal(_message.Message):
     """Principal is who asks."""
@@ -244,9 +274,12 @@ class CheckRequest(_message.Message):
     CONTEXT_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
     APPROVAL_ID_FIELD_NUMBER: _builtins.int
+    EXPLAIN_FIELD_NUMBER: _builtins.int
     action: _builtins.str
     approval_id: _builtins.str
     """An approval granted earlier for exactly this action."""
+    explain: _builtins.bool
+    """Ask for an explanation: each candidate rule's outcome and the rules that decided."""
     @_builtins.property
     def principal(self) -> Global___Principal: ...
     @_builtins.property
@@ -266,10 +299,11 @@ class CheckRequest(_message.Message):
         context: Global___Context | None = ...,
         payload: _struct_pb2.Struct | None = ...,
         approval_id: _builtins.str = ...,
+        explain: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "payload", b"payload", "principal", b"principal", "resource", b"resource"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "approval_id", b"approval_id", "context", b"context", "payload", b"payload", "principal", b"principal", "resource", b"resource"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "approval_id", b"approval_id", "context", b"context", "explain", b"explain", "payload", b"payload", "principal", b"principal", "resource", b"resource"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -432,6 +466,7 @@ class CheckResponse(_message.Message):
     APPROVAL_FIELD_NUMBER: _builtins.int
     ERRORED_RULES_FIELD_NUMBER: _builtins.int
     APPROVAL_ID_FIELD_NUMBER: _builtins.int
+    EXPLANATION_FIELD_NUMBER: _builtins.int
     verdict: Global___Verdict.ValueType
     decision_id: _builtins.str
     policy_revision: _builtins.str
@@ -458,6 +493,10 @@ class CheckResponse(_message.Message):
     def errored_rules(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Rules whose condition failed to evaluate; any such rule makes the verdict DENY."""
 
+    @_builtins.property
+    def explanation(self) -> Global___Explanation:
+        """Only when the request asked for it."""
+
     def __init__(
         self,
         *,
@@ -470,14 +509,95 @@ class CheckResponse(_message.Message):
         approval: Global___ApprovalRequirement | None = ...,
         errored_rules: _abc.Iterable[_builtins.str] | None = ...,
         approval_id: _builtins.str = ...,
+        explanation: Global___Explanation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "masking_plan", b"masking_plan"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "explanation", b"explanation", "masking_plan", b"masking_plan"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "approval_id", b"approval_id", "decision_id", b"decision_id", "errored_rules", b"errored_rules", "masking_plan", b"masking_plan", "matched_rules", b"matched_rules", "policy_revision", b"policy_revision", "reasons", b"reasons", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "approval_id", b"approval_id", "decision_id", b"decision_id", "errored_rules", b"errored_rules", "explanation", b"explanation", "masking_plan", b"masking_plan", "matched_rules", b"matched_rules", "policy_revision", b"policy_revision", "reasons", b"reasons", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CheckResponse: _TypeAlias = CheckResponse  # noqa: Y015
+
+@_typing.final
+class RuleExplanation(_message.Message):
+    """RuleExplanation shows rule logic and outcome, never a request value."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_ID_FIELD_NUMBER: _builtins.int
+    EFFECT_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    CONDITION_FIELD_NUMBER: _builtins.int
+    ROLES_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    COUNTED_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
+    rule_id: _builtins.str
+    effect: Global___Verdict.ValueType
+    """The verdict the rule gives when it applies."""
+    outcome: Global___RuleOutcome.ValueType
+    condition: _builtins.str
+    """The CEL condition as evaluated (policy variables expanded); empty for none."""
+    error: _builtins.str
+    """With RULE_OUTCOME_ERROR: what failed, naming no request value."""
+    counted: _builtins.bool
+    """False when the rule was evaluated only for this explanation: a deny had already decided."""
+    shadow: _builtins.bool
+    """An audit-only rule: recorded with the verdict it would give, never enforced."""
+    @_builtins.property
+    def roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The rule's role selector, static and derived roles."""
+
+    def __init__(
+        self,
+        *,
+        rule_id: _builtins.str = ...,
+        effect: Global___Verdict.ValueType = ...,
+        outcome: Global___RuleOutcome.ValueType = ...,
+        condition: _builtins.str = ...,
+        roles: _abc.Iterable[_builtins.str] | None = ...,
+        error: _builtins.str = ...,
+        counted: _builtins.bool = ...,
+        shadow: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "counted", b"counted", "effect", b"effect", "error", b"error", "outcome", b"outcome", "roles", b"roles", "rule_id", b"rule_id", "shadow", b"shadow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RuleExplanation: _TypeAlias = RuleExplanation  # noqa: Y015
+
+@_typing.final
+class Explanation(_message.Message):
+    """Explanation is how a decision was reached."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULES_FIELD_NUMBER: _builtins.int
+    DECIDED_BY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___RuleExplanation]:
+        """Every candidate rule, strongest effect first."""
+
+    @_builtins.property
+    def decided_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The rules the verdict came from; empty for the default deny (no rule applied)."""
+
+    def __init__(
+        self,
+        *,
+        rules: _abc.Iterable[Global___RuleExplanation] | None = ...,
+        decided_by: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decided_by", b"decided_by", "rules", b"rules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Explanation: _TypeAlias = Explanation  # noqa: Y015
 
 @_typing.final
 class CheckBatchRequest(_message.Message):

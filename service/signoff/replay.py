@@ -1,0 +1,906 @@
+"""`signoff replay`: decide recorded audit decisions again with a new bundle, and diff them."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import re
+import sys
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from signoff.engine.cel import BACKENDS, DEFAULT_BACKEND
+from signoff.engine.compiled import Bundle
+from signoff.engine.evaluator import Engine
+from signoff.engine.model import (
+    Context,
+    Decision,
+    FieldRef,
+    Principal,
+    PrincipalKind,
+    Request,
+    Resource,
+    Verdict,
+)
+from signoff.errors import InvalidRequest, PolicyError, SignoffError
+
+OK, OVER_BUDGET, FAILED = 0, 1, 2
+DEFAULT_EXAMPLES = 3
+# The outcome when the new bundle's schema would reject the recorded request outright.
+INVALID = "INVALID_REQUEST"
+# Stand-ins in the per-rule counts for "no rule": a default deny or a rejected request.
+NO_RULE = "(no rule matched)"
+NO_DECISION = "(request rejected)"
+
+WHY = {
+    "not_kept": "carried by the request, value not kept in the record",
+    "masked": "value masked in the record by the decision's masking plan",
+    "never_recorded": "audit records never keep it",
+    "no_attribute_names": "record predates attribute_names: absent and not kept look alike",
+    "no_payload_keys": "record predates payload_keys: absent and not kept look alike",
+    "unresolved": "read in a way that does not name one attribute",
+    "roles_order": "records keep roles sorted and deduplicated; the rule may see the difference",
+}
+
+
+class ReplayInputError(SignoffError):
+    """The decisions file (or a record in it) is unusable; the message names no values."""
+
+
+class MalformedRecord(ReplayInputError):
+    """A decision record lacks a field or has one of the wrong shape; `index` is 1-based."""
+
+    def __init__(self, index: int, message: str) -> None:
+        self.index = index
+        self.message = message
+        super().__init__(f"decision record {index}: {message}")
+
+
+# --- what the rules read --------------------------------------------------------------------
+
+ReadKind = Literal["attr", "payload", "never_recorded", "unresolved", "roles_order"]
+
+
+@dataclass(frozen=True, order=True)
+class Read:
+    """One thing a condition reads from the request that an audit record may not keep."""
+
+    label: str  # as it reads in CEL: principal.attr.owner, payload.customer.email, context.time
+    kind: ReadKind
+    section: str = ""  # principal, resource, context or payload (attr and payload reads)
+    path: tuple[str, ...] = ()  # the attribute name, or the payload path as selected
+
+
+_TOKENS = re.compile(
+    r"""
+    (?P<space>\s+|//[^\n]*)
+    # Raw strings first: they have no escapes, so a backslash must not swallow the quote.
+    |(?P<raw>(?:[rR][bB]?|[bB][rR])(?:'''[\s\S]*?'''|\"\"\"[\s\S]*?\"\"\"|'[^'\n]*'|"[^"\n]*"))
+    |(?P<string>[bB]?(?:'''(?:\\[\s\S]|[\s\S])*?'''|\"\"\"(?:\\[\s\S]|[\s\S])*?\"\"\"
+        |'(?:\\.|[^'\\\n])*'|"(?:\\.|[^"\\\n])*"))
+    |(?P<quoted>`[^`]*`)
+    |(?P<ident>[A-Za-z_][A-Za-z0-9_]*)
+    |(?P<number>[0-9][0-9A-Za-z_.]*)
+    |(?P<punct>[\s\S])
+    """,
+    re.VERBOSE,
+)
+_ROOTS = ("principal", "resource", "context", "payload")
+# Members of the request sections that every record keeps, by value.
+_KEPT = {
+    "principal": frozenset({"id", "kind"}),
+    "resource": frozenset({"id", "kind", "fields", "tags", "paths"}),
+    "context": frozenset({"environment"}),
+}
+_NEVER_RECORDED = frozenset({"context.time", "context.source_ip"})
+# Roles are kept as a sorted set: only membership tests see the same list as the caller sent.
+_MEMBERSHIP_MACROS = frozenset({"exists", "all"})
+
+
+def _tokens(source: str) -> list[tuple[str, str]]:
+    """CEL tokens without blanks and comments; string literals stay single tokens, so text
+    inside them never reads as an attribute."""
+    out: list[tuple[str, str]] = []
+    for m in _TOKENS.finditer(source):
+        kind = m.lastgroup or "punct"
+        if kind != "space":
+            out.append((kind, m.group()))
+    return out
+
+
+def cel_reads(source: str) -> frozenset[Read]:
+    """Everything `source` (a condition as compiled) reads that a record may lack, found in the
+    text: `has(x)` reads x's presence, which the record must know just as well as its value.
+    Errs towards reporting: a comprehension variable spelled like a section counts too."""
+    toks = _tokens(source)
+    found: set[Read] = set()
+    for i, (kind, text) in enumerate(toks):
+        if kind != "ident" or text not in _ROOTS:
+            continue
+        if i > 1 and toks[i - 1][1] == "." and _is_operand_end(toks[i - 2]):
+            continue  # a member of something else, such as `f.payload`; `.payload` is the root
+        names, end = _selects(toks, i + 1)
+        found.update(_classify(text, names, toks, i, end))
+    return frozenset(found)
+
+
+def _is_operand_end(tok: tuple[str, str]) -> bool:
+    kind, text = tok
+    return kind not in ("punct",) or text in (")", "]", "}")
+
+
+def _selects(toks: Sequence[tuple[str, str]], start: int) -> tuple[list[str], int]:
+    """The names selected by `.name` (or `.?name`) from `start` on, up to a method call."""
+    names: list[str] = []
+    j = start
+    while j < len(toks) and toks[j][1] == ".":
+        k = j + 1
+        if k < len(toks) and toks[k][1] == "?":
+            k += 1
+        if k >= len(toks) or toks[k][0] != "ident":
+            break
+        if k + 1 < len(toks) and toks[k + 1][1] == "(":
+            break  # a method such as `.startsWith(`: not a field
+        names.append(toks[k][1])
+        j = k + 1
+    return names, j
+
+
+def _is_method_call(toks: Sequence[tuple[str, str]], at: int, methods: frozenset[str]) -> bool:
+    return (
+        at + 2 < len(toks)
+        and toks[at][1] == "."
+        and toks[at + 1][1] in methods
+        and toks[at + 2][1] == "("
+    )
+
+
+def _classify(
+    root: str, names: list[str], toks: Sequence[tuple[str, str]], start: int, end: int
+) -> list[Read]:
+    if root == "payload":
+        if not names:
+            return [Read(root, "unresolved")]
+        # Selection stops at an index, a method or a quoted name: the shorter path read then
+        # covers everything under it, which only errs towards "masked".
+        return [Read(".".join([root, *names]), "payload", root, tuple(names))]
+    if not names:
+        return [Read(root, "unresolved")]
+    member = f"{root}.{names[0]}"
+    if member in _NEVER_RECORDED:
+        return [Read(member, "never_recorded")]
+    if names[0] == "attr":
+        if len(names) < 2:
+            return [Read(member, "unresolved")]
+        return [Read(f"{member}.{names[1]}", "attr", root, (names[1],))]
+    if member == "principal.roles":
+        membership = (len(names) == 1 and start > 0 and toks[start - 1][1] == "in") and not (
+            end < len(toks) and toks[end][1] in ("[", ".")
+        )
+        if membership or (len(names) == 1 and _is_method_call(toks, end, _MEMBERSHIP_MACROS)):
+            return []
+        return [Read(member, "roles_order")]
+    if names[0] in _KEPT.get(root, frozenset()):
+        return []
+    return [Read(member, "unresolved")]
+
+
+# --- recorded decisions -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, order=True)
+class Missing:
+    """Why a decision is not replayable: an attribute the rules read, and what the record lacks."""
+
+    attribute: str
+    why: str  # a key of WHY
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    """A decision record, checked: what it says about the request, and the policy's verdict."""
+
+    decision_id: str
+    verdict: Verdict  # the policy's own, not the enforced one
+    matched_rules: tuple[str, ...]
+    masked: frozenset[str]
+    at: dt.datetime
+    principal: Principal  # with the kept attribute values only
+    action: str
+    resource: Resource
+    context: Context
+    payload: dict[str, Any]  # the kept payload values, masking applied
+    payload_keys: frozenset[str] | None
+    names: dict[str, frozenset[str]] | None  # attribute names the request carried
+
+
+def _need(cond: bool, index: int, message: str) -> None:
+    if not cond:
+        raise MalformedRecord(index, message)
+
+
+def _obj(value: Any, index: int, where: str) -> Mapping[str, Any]:
+    _need(isinstance(value, dict), index, f"{where} is not an object")
+    out: Mapping[str, Any] = value
+    return out
+
+
+def _str(value: Any, index: int, where: str) -> str:
+    _need(isinstance(value, str), index, f"{where} is not a string")
+    out: str = value
+    return out
+
+
+def _strs(value: Any, index: int, where: str) -> tuple[str, ...]:
+    ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    _need(ok, index, f"{where} is not a list of strings")
+    return tuple(value)
+
+
+def _verdict(value: Any, index: int, where: str) -> Verdict:
+    name = _str(value, index, where)
+    _need(name in Verdict.__members__, index, f"{where} is not a verdict")
+    return Verdict[name]
+
+
+def _time(value: Any, index: int) -> dt.datetime:
+    text = _str(value, index, "at")
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise MalformedRecord(index, "at is not an RFC 3339 time") from None
+    _need(when.tzinfo is not None, index, "at has no time zone")
+    return when.astimezone(dt.UTC)
+
+
+def _policy_verdict(record: Mapping[str, Any], index: int) -> Verdict:
+    if "policy_verdict" in record:
+        return _verdict(record["policy_verdict"], index, "policy_verdict")
+    enforced = _verdict(record.get("verdict"), index, "verdict")
+    # Records from before policy_verdict: the approval flow is the only thing that makes the
+    # enforced verdict differ from the policy's, and only a REQUIRE_APPROVAL decision ever gets
+    # an approval id (created or pending; consumed, then ALLOW or MASK with "approved: ..."; or
+    # refused, then DENY). So an approval id means the policy asked for approval.
+    if record.get("approval_id"):
+        return Verdict.REQUIRE_APPROVAL
+    return enforced
+
+
+def _recorded(record: Mapping[str, Any], index: int) -> _Recorded:
+    request = _obj(record.get("request"), index, "request")
+    p = _obj(request.get("principal"), index, "request.principal")
+    r = _obj(request.get("resource"), index, "request.resource")
+    c = _obj(request.get("context", {}), index, "request.context")
+    kind = _str(p.get("kind"), index, "request.principal.kind")
+    _need(kind in {k.value for k in PrincipalKind}, index, "request.principal.kind is unknown")
+    fields = []
+    for n, item in enumerate(r.get("fields", [])):
+        where = f"request.resource.fields[{n}]"
+        f = _obj(item, index, where)
+        path = _str(f.get("path"), index, f"{where}.path")
+        fields.append(FieldRef(path, _strs(f.get("tags", []), index, f"{where}.tags")))
+    names: dict[str, frozenset[str]] | None = None
+    if "attribute_names" in request:
+        carried = _obj(request["attribute_names"], index, "request.attribute_names")
+        names = {
+            s: frozenset(_strs(carried.get(s, []), index, f"request.attribute_names.{s}"))
+            for s in ("principal", "resource", "context")
+        }
+    keys = request.get("payload_keys")
+    payload_keys = None if keys is None else frozenset(_strs(keys, index, "payload_keys"))
+    return _Recorded(
+        decision_id=_str(record.get("decision_id"), index, "decision_id"),
+        verdict=_policy_verdict(record, index),
+        matched_rules=_strs(record.get("matched_rules", []), index, "matched_rules"),
+        masked=frozenset(_strs(record.get("masked_fields", []), index, "masked_fields")),
+        at=_time(record.get("at"), index),
+        principal=Principal(
+            id=_str(p.get("id"), index, "request.principal.id"),
+            kind=PrincipalKind(kind),
+            roles=_strs(p.get("roles", []), index, "request.principal.roles"),
+            attributes=dict(_obj(p.get("attributes", {}), index, "principal.attributes")),
+        ),
+        action=_str(request.get("action"), index, "request.action"),
+        resource=Resource(
+            kind=_str(r.get("kind"), index, "request.resource.kind"),
+            id=_str(r.get("id", ""), index, "request.resource.id"),
+            attributes=dict(_obj(r.get("attributes", {}), index, "resource.attributes")),
+            fields=tuple(fields),
+        ),
+        context=Context(
+            environment=_str(c.get("environment", ""), index, "request.context.environment"),
+            attributes=dict(_obj(c.get("attributes", {}), index, "context.attributes")),
+        ),
+        payload=dict(_obj(request.get("payload", {}), index, "request.payload")),
+        payload_keys=payload_keys,
+        names=names,
+    )
+
+
+def _overlaps(masked: str, path: Sequence[str]) -> bool:
+    """Whether a masking plan path and a selected payload path share any value: one lies
+    inside the other (a plan's `*` matches any key or index)."""
+    return all(m in ("*", p) for m, p in zip(masked.split("."), path, strict=False))
+
+
+def _section_values(rec: _Recorded, section: str) -> Mapping[str, Any]:
+    if section == "principal":
+        return rec.principal.attributes
+    if section == "resource":
+        return rec.resource.attributes
+    if section == "context":
+        return rec.context.attributes
+    return rec.payload
+
+
+def _missing(reads: Iterable[Read], rec: _Recorded) -> list[Missing]:
+    out: list[Missing] = []
+    for read in reads:
+        if read.kind != "attr" and read.kind != "payload":
+            out.append(Missing(read.label, read.kind))
+            continue
+        name = read.path[0]
+        kept = _section_values(rec, read.section)
+        if name in kept:
+            if read.kind == "payload" and any(_overlaps(m, read.path) for m in rec.masked):
+                out.append(Missing(read.label, "masked"))
+            continue
+        if read.kind == "payload":
+            if rec.payload_keys is None:
+                out.append(Missing(read.label, "no_payload_keys"))
+            elif name in rec.payload_keys:
+                out.append(Missing(read.label, "not_kept"))
+        elif rec.names is None:
+            out.append(Missing(read.label, "no_attribute_names"))
+        elif name in rec.names[read.section]:
+            out.append(Missing(read.label, "not_kept"))
+        # Otherwise the request did not carry it: absent now as it was then.
+    return sorted(set(out))
+
+
+# --- the report -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Change:
+    """One changed decision, as examples show it: ids and rule names only, never values."""
+
+    decision_id: str
+    principal_id: str
+    principal_kind: str
+    action: str
+    resource_kind: str
+    resource_id: str
+    old: str
+    new: str
+    decided_by: tuple[str, ...]  # rules of the new bundle the new outcome came from
+    old_matched: tuple[str, ...]
+    masked_added: tuple[str, ...] = ()  # field paths, when the new outcome is MASK
+    masked_removed: tuple[str, ...] = ()
+    invalid_field: str = ""  # the field the new schema rejects, for INVALID_REQUEST
+
+    @property
+    def transition(self) -> str:
+        return f"{self.old} -> {self.new}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "decision_id": self.decision_id,
+            "principal": {"id": self.principal_id, "kind": self.principal_kind},
+            "action": self.action,
+            "resource": {"kind": self.resource_kind, "id": self.resource_id},
+            "old": self.old,
+            "new": self.new,
+            "decided_by": list(self.decided_by),
+            "old_matched_rules": list(self.old_matched),
+            "masked_added": list(self.masked_added),
+            "masked_removed": list(self.masked_removed),
+            "invalid_field": self.invalid_field,
+        }
+
+
+@dataclass
+class Report:
+    """What replaying a set of decision records against one bundle found."""
+
+    revision: str
+    max_examples: int = DEFAULT_EXAMPLES
+    total: int = 0
+    replayed: int = 0
+    unchanged: int = 0
+    not_replayable: int = 0
+    transitions: Counter[str] = field(default_factory=Counter)
+    changed_ids: dict[str, list[str]] = field(default_factory=dict)
+    missing: Counter[Missing] = field(default_factory=Counter)
+    # rule id -> transition -> count, over the changed decisions only.
+    decided_by: dict[str, Counter[str]] = field(default_factory=dict)
+    old_matched: dict[str, Counter[str]] = field(default_factory=dict)
+    examples: dict[str, list[Change]] = field(default_factory=dict)
+    unreplayable_examples: list[tuple[str, tuple[Missing, ...]]] = field(default_factory=list)
+
+    @property
+    def changed(self) -> int:
+        return sum(self.transitions.values())
+
+    @property
+    def change_rate(self) -> float:
+        """Changed decisions as a fraction of those replayed (0 when none was)."""
+        return self.changed / self.replayed if self.replayed else 0.0
+
+    def add_change(self, change: Change) -> None:
+        key = change.transition
+        self.transitions[key] += 1
+        self.changed_ids.setdefault(key, []).append(change.decision_id)
+        for rule in change.decided_by or (NO_DECISION if change.new == INVALID else NO_RULE,):
+            self.decided_by.setdefault(rule, Counter())[key] += 1
+        for rule in change.old_matched or (NO_RULE,):
+            self.old_matched.setdefault(rule, Counter())[key] += 1
+        shown = self.examples.setdefault(key, [])
+        if len(shown) < self.max_examples:
+            shown.append(change)
+
+    def add_unreplayable(self, decision_id: str, missing: Sequence[Missing]) -> None:
+        self.not_replayable += 1
+        self.missing.update(missing)
+        if len(self.unreplayable_examples) < self.max_examples:
+            self.unreplayable_examples.append((decision_id, tuple(missing)))
+
+
+# --- replaying ------------------------------------------------------------------------------
+
+
+class _PinnedClock:
+    """The engine's clock, set to each record's decision time before deciding it again."""
+
+    def __init__(self) -> None:
+        self.at = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+    def __call__(self) -> dt.datetime:
+        return self.at
+
+
+class _Replayer:
+    def __init__(self, bundle: Bundle) -> None:
+        self.bundle = bundle
+        self.clock = _PinnedClock()
+        self.engine = Engine(bundle, clock=self.clock)
+        self._reads: dict[tuple[str, str], frozenset[Read]] = {}
+
+    def reads(self, kind: str, action: str) -> frozenset[Read]:
+        """What the candidate rules for (kind, action) and the derived roles they name read,
+        plus the principal attributes an approval takes the requester's identities from."""
+        key = (kind, action)
+        found = self._reads.get(key)
+        if found is None:
+            # Shadow rules never change the enforced verdict this compares, so their reads
+            # cannot make a decision unreplayable.
+            rules = [r for r in self.engine.candidates(kind, action) if not r.shadow]
+            sources = [r.program.source for r in rules if r.program is not None]
+            sources += [
+                self.bundle.derived_roles[n].program.source for r in rules for n in r.derived_roles
+            ]
+            out: set[Read] = set()
+            for s in dict.fromkeys(sources):
+                out |= cel_reads(s)
+            for r in rules:
+                for name in r.approval.requester_attrs if r.approval else ():
+                    out.add(Read(f"principal.attr.{name}", "attr", "principal", (name,)))
+            found = self._reads[key] = frozenset(out)
+        return found
+
+    def undeclared(self, rec: _Recorded) -> str:
+        """The first attribute the request carried that the new schema does not declare: the
+        service would reject the request (by name alone, whatever its value)."""
+        for section in ("principal", "resource", "context"):
+            declared = self.bundle.schema.attrs(section)
+            carried = set(_section_values(rec, section))
+            if rec.names is not None:
+                carried |= rec.names[section]
+            for name in sorted(carried):
+                if name not in declared:
+                    return f"{section}.attributes.{name}"
+        return ""
+
+    def decide(self, rec: _Recorded) -> Decision:
+        # Only kept, unmasked payload values go in: a masked one is not the caller's value
+        # (and a rule reading it made the record unreplayable already).
+        payload = {
+            k: v for k, v in rec.payload.items() if not any(_overlaps(m, (k,)) for m in rec.masked)
+        }
+        self.clock.at = rec.at
+        request = Request(
+            principal=rec.principal,
+            action=rec.action,
+            resource=rec.resource,
+            context=rec.context,
+            payload=payload,
+            explain=True,
+        )
+        return self.engine.decide(request)
+
+
+def replay(
+    records: Iterable[Mapping[str, Any]], bundle: Bundle, *, examples: int = DEFAULT_EXAMPLES
+) -> Report:
+    """Decide every decision record in `records` again with `bundle`, at its recorded time.
+
+    Records of other types are skipped. A decision is replayed only when the record keeps
+    everything the candidate rules read; otherwise it is counted as not replayable, with what
+    is missing. Raises MalformedRecord for a decision record of the wrong shape.
+    """
+    report = Report(bundle.revision, max_examples=examples)
+    replayer = _Replayer(bundle)
+    for index, record in enumerate(records, start=1):
+        if record.get("type") != "decision":
+            continue
+        rec = _recorded(record, index)
+        report.total += 1
+        new, decided_by, plan, invalid = _new_outcome(replayer, rec, report)
+        if not new:
+            continue
+        report.replayed += 1
+        old, mask = rec.verdict.name, Verdict.MASK.name
+        # The record keeps only the masked paths, so a MASK is compared by those.
+        if new == old and (new != mask or plan == rec.masked):
+            report.unchanged += 1
+            continue
+        before = rec.masked if old == mask else frozenset()
+        report.add_change(
+            Change(
+                decision_id=rec.decision_id,
+                principal_id=rec.principal.id,
+                principal_kind=rec.principal.kind.value,
+                action=rec.action,
+                resource_kind=rec.resource.kind,
+                resource_id=rec.resource.id,
+                old=old,
+                new=new,
+                decided_by=decided_by,
+                old_matched=rec.matched_rules,
+                masked_added=tuple(sorted(plan - before)) if new == mask else (),
+                masked_removed=tuple(sorted(before - plan)) if new == mask else (),
+                invalid_field=invalid,
+            )
+        )
+    return report
+
+
+def _new_outcome(
+    replayer: _Replayer, rec: _Recorded, report: Report
+) -> tuple[str, tuple[str, ...], frozenset[str], str]:
+    """(new outcome, deciding rules, masked paths, rejected field); outcome "" when the record
+    is not replayable (then counted in `report`)."""
+    invalid = replayer.undeclared(rec)
+    if invalid:
+        return INVALID, (), frozenset(), invalid
+    missing = _missing(replayer.reads(rec.resource.kind, rec.action), rec)
+    if missing:
+        report.add_unreplayable(rec.decision_id, missing)
+        return "", (), frozenset(), ""
+    try:
+        decision = replayer.decide(rec)
+    except InvalidRequest as exc:
+        return INVALID, (), frozenset(), exc.field
+    explanation = decision.explanation
+    decided_by = explanation.decided_by if explanation is not None else decision.matched_rules
+    plan = frozenset(m.path for m in decision.masking_plan)
+    return decision.verdict.name, decided_by, plan, ""
+
+
+# --- reading the export ---------------------------------------------------------------------
+
+
+class DecisionFile:
+    """The JSON lines of `signoff audit export`, read lazily; `line` is the last line read."""
+
+    def __init__(self, stream: IO[bytes], name: str) -> None:
+        self.name = name
+        self.line = 0
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for number, raw in enumerate(self._stream, start=1):
+            self.line = number
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise self.error("not valid UTF-8") from None
+            if not text.strip():
+                continue
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise self.error(f"not valid JSON ({exc.msg}, column {exc.colno})") from None
+            if not isinstance(value, dict):
+                raise self.error("not a JSON object")
+            yield value
+
+    def error(self, message: str) -> ReplayInputError:
+        return ReplayInputError(f"{self.name}:{self.line}: {message}")
+
+
+# --- the command ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How many changes (and unreplayable decisions) a rollout may bring before it fails."""
+
+    max_changes: int | None = None
+    max_change_rate: float | None = None
+    max_unreplayable: int | None = None
+
+    def exceeded(self, report: Report) -> list[str]:
+        out = []
+        # Without any change budget nothing may change; with only a rate, only the rate counts.
+        limit = self.max_changes
+        if limit is None and self.max_change_rate is None:
+            limit = 0
+        if limit is not None and report.changed > limit:
+            out.append(f"{report.changed} changed decision(s) > --max-changes {limit}")
+        rate = self.max_change_rate
+        if rate is not None and report.change_rate > rate:
+            out.append(f"change rate {report.change_rate:.4f} > --max-change-rate {rate}")
+        cap = self.max_unreplayable
+        if cap is not None and report.not_replayable > cap:
+            out.append(f"{report.not_replayable} not replayable > --max-unreplayable {cap}")
+        return out
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "max_changes": self.max_changes,
+            "max_change_rate": self.max_change_rate,
+            "max_unreplayable": self.max_unreplayable,
+        }
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
+def add_replay_arguments(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `replay --rules DIR --decisions FILE` on the `signoff` CLI; `args.run(args)`."""
+    parser = subparsers.add_parser(
+        "replay",
+        help="decide recorded decisions again with a new bundle and report what changes",
+        description="Read decision records (the JSON lines of `signoff audit export`), decide "
+        "each again with the bundle in --rules at its recorded time, and report the verdicts "
+        "and masking plans that change. A decision whose rules read an attribute the record "
+        "does not keep is reported as not replayable, never guessed. Exit 0: within budget; "
+        "1: over budget; 2: unusable input or a bundle that does not load.",
+    )
+    parser.add_argument("--rules", metavar="DIR", type=Path, required=True, help="new bundle")
+    parser.add_argument(
+        "--decisions",
+        metavar="FILE",
+        required=True,
+        help="audit export (JSON lines); '-' reads standard input",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=DEFAULT_BACKEND,
+        help=f"CEL backend to decide with (default {DEFAULT_BACKEND}, as `serve`)",
+    )
+    parser.add_argument(
+        "--max-changes",
+        metavar="N",
+        type=_count,
+        default=None,
+        help="fail (exit 1) when more decisions change; default 0 unless --max-change-rate",
+    )
+    parser.add_argument(
+        "--max-change-rate",
+        metavar="R",
+        type=_rate,
+        default=None,
+        help="fail when changed/replayed exceeds R (0 to 1)",
+    )
+    parser.add_argument(
+        "--max-unreplayable",
+        metavar="N",
+        type=_count,
+        default=None,
+        help="fail when more decisions are not replayable (default: no limit)",
+    )
+    parser.add_argument(
+        "--examples",
+        metavar="N",
+        type=_count,
+        default=DEFAULT_EXAMPLES,
+        help=f"examples per transition (default {DEFAULT_EXAMPLES})",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable report")
+    parser.set_defaults(run=run_replay)
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    """`signoff replay`: 0 within budget, 1 over budget, 2 unusable input or bundle."""
+    from signoff.policy.loader import load_bundle
+
+    budget = Budget(args.max_changes, args.max_change_rate, args.max_unreplayable)
+    name = str(args.decisions)
+    with ExitStack() as stack:
+        try:
+            stream: IO[bytes] = (
+                sys.stdin.buffer if name == "-" else stack.enter_context(Path(name).open("rb"))
+            )
+        except OSError as exc:
+            return _fail(f"cannot read {name}: {exc.strerror}")
+        try:
+            bundle = load_bundle(args.rules, backend=args.backend)
+        except PolicyError as exc:
+            print(
+                f"signoff replay: error: policy bundle has {len(exc.problems)} problem(s)",
+                file=sys.stderr,
+            )
+            for problem in exc.problems:
+                print(f"  {problem}", file=sys.stderr)
+            return FAILED
+        source = DecisionFile(stream, name)
+        try:
+            report = replay(source, bundle, examples=args.examples)
+        except MalformedRecord as exc:
+            return _fail(f"{name}:{source.line}: {exc.message}")
+        except ReplayInputError as exc:
+            return _fail(str(exc))
+        except OSError as exc:
+            return _fail(f"cannot read {name}: {exc.strerror}")
+    exceeded = budget.exceeded(report)
+    code = OVER_BUDGET if exceeded else OK
+    if args.json:
+        doc = report_json(report, budget, exceeded, code, decisions=name, rules=str(args.rules))
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        write_text(report, exceeded, sys.stdout, decisions=name, rules=str(args.rules))
+    return code
+
+
+def _fail(message: str) -> int:
+    print(f"signoff replay: error: {message}", file=sys.stderr)
+    return FAILED
+
+
+def report_json(
+    report: Report,
+    budget: Budget,
+    exceeded: Sequence[str],
+    code: int,
+    *,
+    decisions: str = "",
+    rules: str = "",
+) -> dict[str, Any]:
+    """The report as `--json` prints it."""
+    return {
+        "decisions": decisions,
+        "rules": rules,
+        "revision": report.revision,
+        "total": report.total,
+        "replayed": report.replayed,
+        "not_replayable": report.not_replayable,
+        "unchanged": report.unchanged,
+        "changed": report.changed,
+        "change_rate": report.change_rate,
+        "transitions": {
+            key: {"count": count, "decision_ids": report.changed_ids[key]}
+            for key, count in sorted(report.transitions.items())
+        },
+        "not_replayable_by_attribute": [
+            {"attribute": m.attribute, "why": m.why, "count": n}
+            for m, n in sorted(report.missing.items())
+        ],
+        "rules_changed": {
+            "decided_by": {
+                k: dict(sorted(v.items())) for k, v in sorted(report.decided_by.items())
+            },
+            "old_matched": {
+                k: dict(sorted(v.items())) for k, v in sorted(report.old_matched.items())
+            },
+        },
+        "examples": {
+            key: [c.as_json() for c in shown] for key, shown in sorted(report.examples.items())
+        },
+        "not_replayable_examples": [
+            {"decision_id": d, "missing": [m.attribute for m in missing]}
+            for d, missing in report.unreplayable_examples
+        ],
+        "budget": {**budget.as_json(), "exceeded": list(exceeded)},
+        "exit_code": code,
+    }
+
+
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e\u00a0-\U0010ffff]|[\u2028\u2029\u202a-\u202e]")
+
+
+def _safe(text: str) -> str:
+    """Ids come from callers: escape control characters so they cannot rewrite the terminal."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def _by_transition(counts: Counter[str]) -> str:
+    return ", ".join(f"{k}: {n}" for k, n in sorted(counts.items()))
+
+
+def write_text(
+    report: Report, exceeded: Sequence[str], out: IO[str], *, decisions: str = "", rules: str = ""
+) -> None:
+    """The report for people: counts first, then rules, then examples (ids, never values)."""
+    w = out.write
+    w(
+        f"signoff replay: {report.total} decision record(s) from {_safe(decisions)} against "
+        f"{_safe(rules)} (revision {report.revision[:12]})\n"
+    )
+    w(f"  replayed:       {report.replayed}\n")
+    w(f"  not replayable: {report.not_replayable}\n")
+    w(f"  unchanged:      {report.unchanged}\n")
+    w(f"  changed:        {report.changed} ({report.change_rate:.1%} of replayed)\n")
+    if report.transitions:
+        w("\nChanged, by transition:\n")
+        for key, n in sorted(report.transitions.items()):
+            note = " (masked fields differ)" if key == "MASK -> MASK" else ""
+            w(f"  {key}: {n}{note}\n")
+    if report.missing:
+        w("\nNot replayable, by attribute the rules read:\n")
+        for m, n in sorted(report.missing.items()):
+            w(f"  {_safe(m.attribute)}: {n} ({WHY.get(m.why, m.why)})\n")
+    if report.decided_by:
+        w("\nRules of the new bundle deciding the changed decisions:\n")
+        for rule, counts in sorted(report.decided_by.items()):
+            w(f"  {rule}: {sum(counts.values())} ({_by_transition(counts)})\n")
+        w("Rules the changed decisions had matched:\n")
+        for rule, counts in sorted(report.old_matched.items()):
+            w(f"  {rule}: {sum(counts.values())} ({_by_transition(counts)})\n")
+    if report.examples:
+        w(f"\nExamples (up to {report.max_examples} per transition; values are never shown):\n")
+        for key, shown in sorted(report.examples.items()):
+            w(f"  {key}\n")
+            for c in shown:
+                w(f"    {_example(c)}\n")
+    if report.unreplayable_examples:
+        w("\nNot replayable, for example:\n")
+        for decision_id, missing in report.unreplayable_examples:
+            w(f"    {_safe(decision_id)}: {', '.join(_safe(m.attribute) for m in missing)}\n")
+    w("\n")
+    if exceeded:
+        for line in exceeded:
+            w(f"over budget: {line}\n")
+    else:
+        w("within budget\n")
+
+
+def _example(c: Change) -> str:
+    text = (
+        f"{_safe(c.decision_id)}  {c.principal_kind} {_safe(c.principal_id)}  "
+        f"{_safe(c.action)} {_safe(c.resource_kind)}/{_safe(c.resource_id)}"
+    )
+    if c.invalid_field:
+        text += f"  rejected: {_safe(c.invalid_field)}"
+    else:
+        text += f"  decided by {', '.join(c.decided_by) or NO_RULE}"
+    text += f"; was {', '.join(c.old_matched) or NO_RULE}"
+    if c.masked_added:
+        text += f"; now masked {', '.join(_safe(p) for p in c.masked_added)}"
+    if c.masked_removed:
+        text += f"; no longer masked {', '.join(_safe(p) for p in c.masked_removed)}"
+    return text
