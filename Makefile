@@ -9,7 +9,7 @@ PROTOC := $(BIN)/python -m grpc_tools.protoc -I proto \
 	--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy \
 	--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc
 
-.PHONY: install run test check gen gen-check lint typecheck bench-decision clean
+.PHONY: install run test check gen gen-check lint typecheck bench bench-decision clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,17 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 check: lint typecheck gen-check
+
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+# Every performance target, measured side by side with Cerbos and cedarpy (several minutes);
+# not part of the test command. Writes bench/results/ and docs/performance.{md,png}.
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench.run
 
 bench-decision: $(STAMP)
 	$(BIN)/python bench/decision.py

@@ -24,6 +24,7 @@ from signoff.v1 import approvals_pb2_grpc as apb_grpc
 from signoff.v1 import signoff_pb2 as pb
 from signoff.v1 import signoff_pb2_grpc as pb_grpc
 
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -79,14 +80,10 @@ def run_concurrently(callers: int, per_caller: int, call: Callable[[int], None])
     return latencies
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--callers", type=int, default=16)
-    parser.add_argument("--per-caller", type=int, default=50)
-    parser.add_argument(
-        "--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    )
-    args = parser.parse_args()
+def measure(
+    callers: int = 16, per_caller: int = 50, redis_url: str = REDIS_URL, processes: int = 1
+) -> dict[str, dict[str, float]]:
+    """Per phase (pending, approve): p50, p99 and max latency in ms, and calls per second."""
     keys = Path(tempfile.mkdtemp(prefix="signoff-bench-"))
     jwks = create_dev_keys(keys)
     prefix = f"signoff:bench:{uuid.uuid4().hex[:8]}:"
@@ -109,9 +106,11 @@ def main() -> None:
             "--rules",
             str(REPO / "rules"),
             "--redis-url",
-            args.redis_url,
+            redis_url,
             "--redis-prefix",
             prefix,
+            "--processes",
+            str(processes),
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -134,7 +133,7 @@ def main() -> None:
             )
             for i in range(2)
         ]
-        total = args.callers * args.per_caller
+        total = callers * per_caller
         ids: list[str] = [""] * total
         decisions.Check(grant_request(-1))  # warm up
 
@@ -151,32 +150,46 @@ def main() -> None:
                 apb.ApproveRequest(approval_id=ids[n], reason="bench"), metadata=meta, timeout=10
             )
 
-        t0 = time.perf_counter()
-        pending = run_concurrently(args.callers, args.per_caller, create)
-        pending_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        approved = run_concurrently(args.callers, args.per_caller, approve)
-        approve_s = time.perf_counter() - t0
-        print(f"{args.callers} concurrent callers, {total} calls a phase, signoff serve + Redis")
-        print(f"{'phase':<18} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'calls/s':>9}")
-        for name, samples, secs in (
-            ("Check->pending", pending, pending_s),
-            ("Approve", approved, approve_s),
-        ):
-            print(
-                f"{name:<18} {statistics.median(samples):>8.2f} {percentile(samples, 0.99):>8.2f} "
-                f"{max(samples):>8.2f} {len(samples) / secs:>9.0f}"
-            )
+        out: dict[str, dict[str, float]] = {}
+        for name, call in (("pending", create), ("approve", approve)):
+            t0 = time.perf_counter()
+            samples = run_concurrently(callers, per_caller, call)
+            secs = time.perf_counter() - t0
+            out[name] = {
+                "p50_ms": statistics.median(samples),
+                "p99_ms": percentile(samples, 0.99),
+                "max_ms": max(samples),
+                "calls_per_s": len(samples) / secs,
+            }
         channel.close()
+        return out
     finally:
         server.terminate()
         server.wait(timeout=10)
         import redis
 
-        client = redis.Redis.from_url(args.redis_url)
+        client = redis.Redis.from_url(redis_url)
         keys_to_drop = list(client.scan_iter(match=f"{prefix}*", count=1000))
         if keys_to_drop:
             client.delete(*keys_to_drop)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--callers", type=int, default=16)
+    parser.add_argument("--per-caller", type=int, default=50)
+    parser.add_argument("--processes", type=int, default=1, help="signoff serve --processes")
+    parser.add_argument("--redis-url", default=REDIS_URL)
+    args = parser.parse_args()
+    result = measure(args.callers, args.per_caller, args.redis_url, args.processes)
+    print(f"{args.callers} concurrent callers, {args.callers * args.per_caller} calls a phase")
+    print(f"{'phase':<18} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'calls/s':>9}")
+    for name, label in (("pending", "Check->pending"), ("approve", "Approve")):
+        r = result[name]
+        print(
+            f"{label:<18} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['max_ms']:>8.2f} "
+            f"{r['calls_per_s']:>9.0f}"
+        )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,205 @@
+"""Per-decision time in-process: signoff's Engine.decide vs cedarpy.is_authorized, same cases.
+
+Both engines get their policies compiled once, then one decision per call with the request's
+data handed over as plain Python values (signoff: a `Request` whose attributes are dicts;
+Cedar: the request and its entities as lists of dicts); that pair gives the ratio. More Cedar
+figures show what its options cost: a case's three actions in one `is_authorized_batch` call
+(entities converted once), entities pre-parsed into an `Entities` handle (engine time only),
+and the policy text passed on every call (cedarpy then parses the policies on each call).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cedarpy
+
+from bench import workload
+from signoff.engine.evaluator import Engine
+from signoff.engine.model import Principal, PrincipalKind, Request, Resource, Verdict
+from signoff.policy.loader import load_bundle
+
+Check = tuple[workload.Case, str]
+
+
+def signoff_request(p: workload.Principal, r: workload.Resource, action: str) -> Request:
+    return Request(
+        principal=Principal(p.id, PrincipalKind.HUMAN, p.roles, p.attr()),
+        action=action,
+        resource=Resource(r.kind, r.id, r.attr()),
+    )
+
+
+def _median_us(run: Callable[[], None], decisions: int, repeats: int, passes: int) -> float:
+    """Median over `repeats` of the time per decision of `passes` calls of `run`."""
+    run()  # warm caches
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(passes):
+            run()
+        samples.append((time.perf_counter() - start) / (passes * decisions) * 1e6)
+    return statistics.median(samples)
+
+
+@dataclass(frozen=True)
+class Figures:
+    """µs per decision (medians) and the signoff/Cedar ratio."""
+
+    label: str
+    decisions: int
+    signoff_us: float
+    cedar_us: float  # policies pre-parsed, entities as dicts per call
+    cedar_entities_preparsed_us: float
+    cedar_policy_text_us: float  # policies re-parsed per call
+    cedar_batch_us: float  # is_authorized_batch: a case's three actions in one call
+
+    @property
+    def ratio(self) -> float:
+        return self.signoff_us / self.cedar_us
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "workload": self.label,
+            "decisions_per_pass": self.decisions,
+            "signoff_us": self.signoff_us,
+            "cedar_us": self.cedar_us,
+            "cedar_entities_preparsed_us": self.cedar_entities_preparsed_us,
+            "cedar_policy_text_us": self.cedar_policy_text_us,
+            "cedar_batch_us": self.cedar_batch_us,
+            "signoff_over_cedar": self.ratio,
+        }
+
+
+def measure(
+    rules_total: int = 30, repeats: int = 7, passes: int = 3, backend: str = "cel-expr"
+) -> list[Figures]:
+    """Figures for every case of the workload and for the hot case alone; answers verified."""
+    all_cases = workload.cases(rules_total)
+    policy_text = workload.cedar_policies(rules_total)
+    policy_set = cedarpy.PolicySet.from_str(policy_text)
+    with tempfile.TemporaryDirectory() as tmp:
+        workload.write_signoff_rules(Path(tmp), rules_total)
+        engine = Engine(load_bundle(Path(tmp), backend=backend))
+    _verify(engine, policy_set, all_cases)
+    out = []
+    for label, chosen, n in (
+        ("all cases", all_cases, passes),
+        ("hot case", [workload.hot_case()], passes * 200),
+    ):
+        checks = [(c, a) for c in chosen for a in c.actions]
+        reqs = [signoff_request(c.principal, c.resource, a) for c, a in checks]
+        cedar = [
+            (
+                workload.cedar_request(c.principal, c.resource, a),
+                workload.cedar_entities(c.principal, c.resource),
+            )
+            for c, a in checks
+        ]
+        handles = [(req, cedarpy.Entities.from_json_str(json.dumps(ents))) for req, ents in cedar]
+
+        by_case = [
+            (
+                [workload.cedar_request(c.principal, c.resource, a) for a in c.actions],
+                workload.cedar_entities(c.principal, c.resource),
+            )
+            for c in chosen
+        ]
+        sample = cedar[::20]  # re-parsing is slow: fewer calls, same per-call figure
+
+        def run_signoff(reqs: Sequence[Request] = reqs) -> None:
+            for req in reqs:
+                engine.decide(req)
+
+        def run_cedar(items: Sequence[tuple[Any, Any]] = cedar, policies: Any = policy_set) -> None:
+            for req, ents in items:
+                cedarpy.is_authorized(req, policies, ents)
+
+        def run_cedar_batch(items: Sequence[tuple[Any, Any]] = by_case) -> None:
+            for reqs_of_case, ents in items:
+                cedarpy.is_authorized_batch(reqs_of_case, policy_set, ents)
+
+        def run_cedar_handles(items: Sequence[tuple[Any, Any]] = handles) -> None:
+            run_cedar(items)
+
+        def run_cedar_text(items: Sequence[tuple[Any, Any]] = sample) -> None:
+            run_cedar(items, policy_text)
+
+        d = len(checks)
+        out.append(
+            Figures(
+                label,
+                d,
+                _median_us(run_signoff, d, repeats, n),
+                _median_us(run_cedar, d, repeats, n),
+                _median_us(run_cedar_handles, d, repeats, n),
+                _median_us(run_cedar_text, len(sample), repeats, max(1, n // 10)),
+                _median_us(run_cedar_batch, d, repeats, n),
+            )
+        )
+    return out
+
+
+def _verify(engine: Engine, policy_set: cedarpy.PolicySet, all_cases: list[workload.Case]) -> None:
+    wrong = []
+    for case in all_cases:
+        for action, want in case.expected:
+            s = engine.decide(signoff_request(case.principal, case.resource, action)).verdict
+            got_s = workload.ALLOW if s is Verdict.ALLOW else s.name
+            c = cedarpy.is_authorized(
+                workload.cedar_request(case.principal, case.resource, action),
+                policy_set,
+                workload.cedar_entities(case.principal, case.resource),
+            )
+            got_c = workload.ALLOW if c.allowed else workload.DENY
+            if got_s != want or got_c != want:
+                wrong.append(
+                    f"{case.name} {action}: expected {want}, signoff {got_s}, Cedar {got_c}"
+                )
+    if wrong:
+        raise workload.Disagreement(
+            f"{len(wrong)} in-process answers disagree:\n  " + "\n  ".join(wrong[:40])
+        )
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rules", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--passes", type=int, default=3, help="passes over all cases per repeat")
+    args = parser.parse_args(argv)
+    figures = measure(args.rules, args.repeats, args.passes)
+    print(
+        f"in-process µs per decision, median of {args.repeats} repeats; {args.rules} rules; "
+        f"cedarpy {_cedarpy_version()}"
+    )
+    print(
+        f"{'workload':<10} {'decisions':>9} {'signoff':>9} {'Cedar':>9} {'signoff/Cedar':>14} "
+        f"{'Cedar 3 per call':>17} {'Cedar entities pre-parsed':>26} "
+        f"{'Cedar policy text per call':>27}"
+    )
+    for f in figures:
+        print(
+            f"{f.label:<10} {f.decisions:>9} {f.signoff_us:>9.1f} {f.cedar_us:>9.1f} "
+            f"{f.ratio:>13.2f}x {f.cedar_batch_us:>17.1f} {f.cedar_entities_preparsed_us:>26.1f} "
+            f"{f.cedar_policy_text_us:>27.1f}"
+        )
+    return [f.as_dict() for f in figures]
+
+
+def _cedarpy_version() -> str:
+    from importlib.metadata import version
+
+    return version("cedarpy")
+
+
+if __name__ == "__main__":
+    main()
