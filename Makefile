@@ -45,16 +45,17 @@ lint: $(STAMP)
 	$(BIN)/buf lint
 	$(BIN)/buf format -d --exit-code
 
-typecheck: $(STAMP)
-	$(BIN)/mypy
-
-check: lint typecheck gen-check
-
 BENCH_STAMP := $(VENV)/.installed-bench
 
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
+
+# bench/ is typechecked too, so its libraries must be there.
+typecheck: $(BENCH_STAMP)
+	$(BIN)/mypy
+
+check: lint typecheck gen-check
 
 # Every performance target, measured side by side with Cerbos and cedarpy (several minutes);
 # not part of the test command. Writes bench/results/ and docs/performance.{md,png}.
