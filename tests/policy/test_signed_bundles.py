@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import gzip
 import hashlib
 import io
 import json
+import logging
 import os
+import shutil
 import stat
 import tarfile
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,22 +23,31 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from signoff.engine import cel
 from signoff.errors import ConfigError, PolicyError
 from signoff.policy.loader import load_bundle, policy_files
 from signoff.policy.signed import (
+    EXPIRY_WARNING_SECONDS,
     FORMAT,
+    MAX_CLOCK_SKEW_SECONDS,
     Limits,
+    SignedBundleSource,
     add_bundle_arguments,
     generate_keys,
     load_private_key,
     load_public_key,
     load_signed_bundle,
     open_signed_bundle,
+    parse_expires_in,
     sign_bundle,
+    signing_time,
 )
 from tests.conftest import RULES, WriteRules
 
 Member = tuple[tarfile.TarInfo, bytes]
+T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
+HOUR = 3600
+DAY = 24 * HOUR
 
 
 @pytest.fixture(autouse=True)
@@ -105,13 +118,59 @@ def forge(path: Path, private_key: Path, manifest: bytes, files: dict[str, bytes
     return write_tar(path, members)
 
 
-def manifest_for(files: dict[str, bytes], revision: str) -> bytes:
+def manifest_for(files: dict[str, bytes], revision: str, **fields: object) -> bytes:
+    """A canonical manifest; `fields` add to or replace its keys (None: leave the key out)."""
     entries = [
         {"path": name, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
         for name, data in sorted(files.items())
     ]
-    doc = {"files": entries, "format": FORMAT, "revision": revision}
+    doc = {"files": entries, "format": FORMAT, "revision": revision, "signed_at": T0} | fields
+    doc = {k: v for k, v in doc.items() if v is not None}
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+class FakeClock:
+    """Unix seconds that move only when a test says so."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def edited_rules(tmp_path: Path) -> Path:
+    """RULES with one comment added: another revision that loads the same."""
+    rules = tmp_path / "edited-rules"
+    shutil.copytree(RULES, rules)
+    guardrails = rules / "guardrails.yaml"
+    guardrails.write_text(guardrails.read_text() + "\n# edited\n")
+    return rules
+
+
+def sign_at(
+    out: Path,
+    private_key: Path,
+    signed_at: int,
+    *,
+    rules: Path = RULES,
+    expires_in: dt.timedelta | None = None,
+) -> Path:
+    sign_bundle(rules, private_key, out, signed_at=signed_at, expires_in=expires_in)
+    return out
+
+
+def publish(bundle: Path, served: Path) -> None:
+    served.write_bytes(bundle.read_bytes())
+
+
+def source_refusal(source: SignedBundleSource, served: Path) -> str:
+    with pytest.raises(PolicyError) as caught:
+        source()
+    problems = caught.value.problems
+    assert all(p.file == str(served) and (p.line, p.column) == (0, 0) for p in problems)
+    return "\n".join(p.message for p in problems)
 
 
 def refusal(tarball: Path, public_key: Path, limits: Limits | None = None) -> str:
@@ -153,13 +212,18 @@ def test_sign_returns_the_revision_the_loader_computes(
     assert sign_bundle(RULES, keys[0], tmp_path / "b.tar.gz") == load_bundle(RULES).revision
 
 
-def test_signing_the_same_directory_twice_gives_identical_bytes(
-    tmp_path: Path, keys: tuple[Path, Path]
+def test_signing_twice_with_the_same_source_date_epoch_gives_identical_bytes(
+    tmp_path: Path, keys: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sign_bundle(RULES, keys[0], tmp_path / "one.tar.gz")
-    sign_bundle(RULES, keys[0], tmp_path / "two.tar.gz")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(T0))
+    sign_bundle(RULES, keys[0], tmp_path / "one.tar.gz", expires_in=dt.timedelta(days=30))
+    sign_bundle(RULES, keys[0], tmp_path / "two.tar.gz", expires_in=dt.timedelta(days=30))
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(T0 + 1))
+    sign_bundle(RULES, keys[0], tmp_path / "later.tar.gz", expires_in=dt.timedelta(days=30))
 
     assert (tmp_path / "one.tar.gz").read_bytes() == (tmp_path / "two.tar.gz").read_bytes()
+    # The time is in the bytes: only SOURCE_DATE_EPOCH made the first two equal.
+    assert (tmp_path / "one.tar.gz").read_bytes() != (tmp_path / "later.tar.gz").read_bytes()
 
 
 def test_tarball_holds_manifest_signature_and_exactly_the_policy_files(signed: Path) -> None:
@@ -177,6 +241,7 @@ def test_tarball_holds_manifest_signature_and_exactly_the_policy_files(signed: P
     manifest = members[0][1]
     doc = json.loads(manifest)
     assert manifest == json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    assert set(doc) == {"files", "format", "revision", "signed_at"}  # no expiry unless asked
     assert doc["format"] == FORMAT
     assert doc["revision"] == load_bundle(RULES).revision
     assert doc["files"] == [
@@ -240,6 +305,245 @@ def test_signing_refuses_a_file_name_ustar_cannot_hold(
 
     with pytest.raises(PolicyError, match="cannot go in a signed bundle"):
         sign_bundle(rules, keys[0], tmp_path / "b.tar.gz")
+
+
+def test_manifest_records_the_signing_time_and_the_expiry(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    out = sign_at(tmp_path / "b.tar.gz", keys[0], T0, expires_in=dt.timedelta(days=30))
+
+    doc = json.loads(read_members(out)[0][1])
+
+    assert (doc["signed_at"], doc["expires_at"]) == (T0, T0 + 30 * DAY)
+
+
+def test_signing_time_is_source_date_epoch_when_set_else_the_clock(
+    tmp_path: Path, keys: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert signing_time({}, clock=lambda: T0 + 0.9) == T0
+    assert signing_time({"SOURCE_DATE_EPOCH": str(T0)}, clock=lambda: 0.0) == T0
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    sign_bundle(RULES, keys[0], tmp_path / "b.tar.gz")
+
+    assert json.loads(read_members(tmp_path / "b.tar.gz")[0][1])["signed_at"] == 1_700_000_000
+
+
+@pytest.mark.parametrize("value", ["", "-1", "1.5", "1e9", " 1", "soon", "99999999999999"])
+def test_malformed_source_date_epoch_is_refused(
+    tmp_path: Path, keys: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", value)
+
+    with pytest.raises(ConfigError, match=r"SOURCE_DATE_EPOCH=.* is not a number of seconds"):
+        sign_bundle(RULES, keys[0], tmp_path / "b.tar.gz")
+    assert not (tmp_path / "b.tar.gz").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30d", 30 * DAY), ("12h", 12 * HOUR), ("1d12h", DAY + 12 * HOUR), ("90m", 90 * 60)],
+)
+def test_expires_in_takes_days_and_the_policy_duration_syntax(text: str, seconds: int) -> None:
+    assert parse_expires_in(text) == dt.timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("text", ["", "0d", "0s", "d", "30", "1w", "-1d", "1h30d", "30 d"])
+def test_expires_in_that_is_not_a_positive_duration_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="invalid duration"):
+        parse_expires_in(text)
+
+
+# --- freshness and rollback -------------------------------------------------------------------
+
+
+def test_expired_bundle_is_refused(tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    bundle = sign_at(tmp_path / "b.tar.gz", keys[0], T0, expires_in=dt.timedelta(hours=1))
+    clock = FakeClock(T0 + HOUR - 1)
+    source = SignedBundleSource(bundle, keys[1], backend=cel.DEFAULT_BACKEND, clock=clock)
+    assert source().revision == load_bundle(RULES).revision
+
+    clock.now = T0 + HOUR
+    message = source_refusal(source, bundle)
+
+    assert "expired: the bundle was valid until 2026-01-01T01:00:00Z" in message
+    assert "signed at 2026-01-01T00:00:00Z" in message
+    with pytest.raises(PolicyError, match="expired"):
+        load_signed_bundle(bundle, keys[1], clock=clock)  # the stateless loader checks it too
+
+
+def test_bundle_signed_in_the_future_beyond_the_clock_skew_is_refused(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    bundle = sign_at(tmp_path / "b.tar.gz", keys[0], T0 + MAX_CLOCK_SKEW_SECONDS + 1)
+    clock = FakeClock(T0)
+
+    message = source_refusal(
+        SignedBundleSource(bundle, keys[1], backend=cel.DEFAULT_BACKEND, clock=clock), bundle
+    )
+
+    assert f"{MAX_CLOCK_SKEW_SECONDS + 1} seconds ahead of this host's clock" in message
+    clock.now = T0 + 1  # within the allowance now
+    assert SignedBundleSource(bundle, keys[1], backend=cel.DEFAULT_BACKEND, clock=clock)()
+
+
+def test_older_bundle_is_refused_after_a_newer_one_was_served_and_the_newer_stays_accepted(
+    tmp_path: Path, keys: tuple[Path, Path], edited_rules: Path
+) -> None:
+    older = sign_at(tmp_path / "older.tar.gz", keys[0], T0)
+    newer = sign_at(tmp_path / "newer.tar.gz", keys[0], T0 + 60, rules=edited_rules)
+    served = tmp_path / "served.tar.gz"
+    source = SignedBundleSource(
+        served, keys[1], backend=cel.DEFAULT_BACKEND, clock=FakeClock(T0 + DAY)
+    )
+    publish(older, served)
+    first = source()
+    publish(newer, served)
+    second = source()
+    assert first.revision != second.revision
+
+    publish(older, served)
+    message = source_refusal(source, served)
+
+    assert "rollback refused: the bundle was signed at 2026-01-01T00:00:00Z" in message
+    assert f"(revision {first.revision[:12]})" in message
+    assert f"signed at 2026-01-01T00:01:00Z (revision {second.revision[:12]})" in message
+    assert (source.signed_at, source.revision) == (T0 + 60, second.revision)  # unchanged
+    publish(newer, served)
+    assert source().revision == second.revision
+
+
+def test_rollback_protection_lasts_as_long_as_the_source(
+    tmp_path: Path, keys: tuple[Path, Path], edited_rules: Path
+) -> None:
+    # A restarted process has a new source: it accepts any bundle that verifies and has not
+    # expired, which is why bundles should carry an expiry.
+    older = sign_at(tmp_path / "older.tar.gz", keys[0], T0)
+    newer = sign_at(tmp_path / "newer.tar.gz", keys[0], T0 + 60, rules=edited_rules)
+    clock = FakeClock(T0 + DAY)
+    SignedBundleSource(newer, keys[1], backend=cel.DEFAULT_BACKEND, clock=clock)()
+
+    restarted = SignedBundleSource(older, keys[1], backend=cel.DEFAULT_BACKEND, clock=clock)
+
+    assert restarted().revision == load_bundle(RULES).revision
+
+
+def test_same_signing_time_with_a_different_revision_is_refused(
+    tmp_path: Path, keys: tuple[Path, Path], edited_rules: Path
+) -> None:
+    first = sign_at(tmp_path / "first.tar.gz", keys[0], T0)
+    other = sign_at(tmp_path / "other.tar.gz", keys[0], T0, rules=edited_rules)
+    served = tmp_path / "served.tar.gz"
+    source = SignedBundleSource(
+        served, keys[1], backend=cel.DEFAULT_BACKEND, clock=FakeClock(T0 + DAY)
+    )
+    publish(first, served)
+    revision = source().revision
+
+    publish(other, served)
+    message = source_refusal(source, served)
+
+    assert "claims the signing time 2026-01-01T00:00:00Z of the one already served" in message
+    assert source.revision == revision
+
+
+def test_same_bundle_reloaded_twice_is_accepted(tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    bundle = sign_at(tmp_path / "b.tar.gz", keys[0], T0, expires_in=dt.timedelta(days=30))
+    source = SignedBundleSource(
+        bundle, keys[1], backend=cel.DEFAULT_BACKEND, clock=FakeClock(T0 + DAY)
+    )
+
+    revisions = {source().revision for _ in range(3)}
+    # Signed again from the same rules at the same time: the same bundle, byte for byte.
+    sign_at(bundle, keys[0], T0, expires_in=dt.timedelta(days=30))
+    revisions.add(source().revision)
+
+    assert revisions == {load_bundle(RULES).revision}
+    assert (source.signed_at, source.expires_at) == (T0, T0 + 30 * DAY)
+
+
+def test_refused_first_load_leaves_the_source_accepting_any_valid_bundle(
+    tmp_path: Path, keys: tuple[Path, Path], other_keys: tuple[Path, Path]
+) -> None:
+    served = tmp_path / "served.tar.gz"
+    source = SignedBundleSource(
+        served, keys[1], backend=cel.DEFAULT_BACKEND, clock=FakeClock(T0 + DAY)
+    )
+    publish(sign_at(tmp_path / "theirs.tar.gz", other_keys[0], T0 + 3600), served)
+
+    assert "signature does not verify" in source_refusal(source, served)
+    assert source.signed_at is None
+    publish(sign_at(tmp_path / "ours.tar.gz", keys[0], T0), served)
+    assert source().revision == load_bundle(RULES).revision
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"signed_at": T0 + DAY},  # made to look newer than the bundle being served
+        {"expires_at": T0 + 365 * DAY},  # its life extended
+        {"expires_at": None},  # its expiry removed
+    ],
+)
+def test_tampering_with_the_signing_or_expiry_time_breaks_the_signature(
+    tmp_path: Path, keys: tuple[Path, Path], change: dict[str, int | None]
+) -> None:
+    bundle = sign_at(tmp_path / "b.tar.gz", keys[0], T0, expires_in=dt.timedelta(days=1))
+
+    def edit(members: list[Member]) -> list[Member]:
+        info, manifest = members[0]
+        doc = json.loads(manifest) | change
+        doc = {k: v for k, v in doc.items() if v is not None}
+        edited = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        return [(info, edited), *members[1:]]
+
+    changed = repack(bundle, edit)
+    source = SignedBundleSource(
+        changed, keys[1], backend=cel.DEFAULT_BACKEND, clock=FakeClock(T0 + HOUR)
+    )
+
+    assert "signature does not verify" in source_refusal(source, changed)
+
+
+@pytest.mark.parametrize(
+    ("fields", "why"),
+    [
+        ({"signed_at": None}, "keys must be exactly files, format, revision, signed_at"),
+        ({"signed_at": "2026-01-01T00:00:00Z"}, "signed_at is not an integer"),
+        ({"signed_at": float(T0)}, "signed_at is not an integer"),
+        ({"signed_at": True}, "signed_at is not an integer"),
+        ({"signed_at": -1}, "signed_at is not an integer"),
+        ({"expires_at": 10**20}, "expires_at is not an integer"),
+        ({"expires_at": T0}, "expires_at is not after signed_at"),
+        ({"valid_until": T0 + DAY}, "keys must be exactly"),
+    ],
+)
+def test_signed_manifest_with_malformed_times_is_refused(
+    tmp_path: Path, keys: tuple[Path, Path], fields: dict[str, object], why: str
+) -> None:
+    files = {"p.yaml": b"policies: []\n"}
+    manifest = manifest_for(files, "0" * 64, **fields)
+
+    assert why in refusal(forge(tmp_path / "f.tar.gz", keys[0], manifest, files), keys[1])
+
+
+def test_bundle_close_to_expiry_is_served_with_a_warning(
+    tmp_path: Path, keys: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    bundle = sign_at(tmp_path / "b.tar.gz", keys[0], T0, expires_in=dt.timedelta(days=30))
+    clock = FakeClock(T0 + 30 * DAY - EXPIRY_WARNING_SECONDS - 1)
+    source = SignedBundleSource(bundle, keys[1], backend=cel.DEFAULT_BACKEND, clock=clock)
+    caplog.set_level(logging.WARNING, logger="signoff.policy")
+
+    source()
+    assert caplog.records == []
+    clock.now = T0 + 29 * DAY
+    source()
+
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING
+    assert f"{bundle}" in record.getMessage()
+    assert "expires at 2026-01-31T00:00:00Z, in 24 hours" in record.getMessage()
 
 
 # --- opening ----------------------------------------------------------------------------------
@@ -335,12 +639,24 @@ def test_signed_manifest_of_another_format_is_refused(
     tmp_path: Path, keys: tuple[Path, Path]
 ) -> None:
     files = {"p.yaml": b"policies: []\n"}
-    doc = json.loads(manifest_for(files, "0" * 64)) | {"format": "signoff-policy-bundle/2"}
-    manifest = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    for other in ("signoff-policy-bundle/3", "something-else/2"):
+        manifest = manifest_for(files, "0" * 64, format=other)
+
+        message = refusal(forge(tmp_path / "f.tar.gz", keys[0], manifest, files), keys[1])
+
+        assert f"unsupported bundle format {other!r}; this signoff reads {FORMAT}" in message
+
+
+def test_bundle_of_the_format_before_signing_times_is_refused_with_a_hint_to_re_sign(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    files = {"p.yaml": b"policies: []\n"}
+    manifest = manifest_for(files, "0" * 64, format="signoff-policy-bundle/1", signed_at=None)
 
     message = refusal(forge(tmp_path / "f.tar.gz", keys[0], manifest, files), keys[1])
 
-    assert "unsupported bundle format 'signoff-policy-bundle/2'" in message
+    assert "unsupported bundle format 'signoff-policy-bundle/1'" in message
+    assert "re-sign the rules" in message
 
 
 def test_signed_manifest_naming_a_path_outside_the_bundle_is_refused(
@@ -699,6 +1015,74 @@ def test_cli_sign_prints_the_revision_and_verify_accepts_it(
     assert run(["bundle", "verify", "--bundle", str(out), "--public-key", str(keys[1])]) == 0
     printed = capsys.readouterr().out
     assert f"{out}: ok, revision {revision}, 6 policy files, signed by sha256:" in printed
+    assert printed.rstrip().endswith("Z, never expires")
+
+
+def test_cli_sign_with_expires_in_and_verify_prints_both_times(
+    tmp_path: Path,
+    keys: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # verify reads the real clock: sign a minute ago, by SOURCE_DATE_EPOCH.
+    signed_at = int(time.time()) - 60
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(signed_at))
+    out = tmp_path / "b.tar.gz"
+    sign = ["bundle", "sign", "--rules", str(RULES), "--key", str(keys[0]), "--out", str(out)]
+    verify = ["bundle", "verify", "--bundle", str(out), "--public-key", str(keys[1])]
+
+    assert run([*sign, "--expires-in", "30d"]) == 0
+    capsys.readouterr()
+    assert run(verify) == 0
+
+    captured = capsys.readouterr()
+    signed_iso = dt.datetime.fromtimestamp(signed_at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    expires = dt.datetime.fromtimestamp(signed_at + 30 * DAY, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert f", signed at {signed_iso}, expires at {expires}\n" in captured.out
+    assert captured.err == ""
+
+    assert run([*sign, "--expires-in", "1d"]) == 0
+    capsys.readouterr()
+    assert run(verify) == 0
+    assert f"warning: {out} expires in 23 hours" in capsys.readouterr().err
+
+
+def test_cli_verify_exits_1_for_an_expired_bundle(
+    tmp_path: Path,
+    keys: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1000000000")  # 2001
+    out = tmp_path / "b.tar.gz"
+    sign = ["bundle", "sign", "--rules", str(RULES), "--key", str(keys[0]), "--out", str(out)]
+    assert run([*sign, "--expires-in", "1d"]) == 0
+    capsys.readouterr()
+
+    assert run(["bundle", "verify", "--bundle", str(out), "--public-key", str(keys[1])]) == 1
+
+    err = capsys.readouterr().err
+    assert f"{out}: expired: the bundle was valid until 2001-09-10T01:46:40Z" in err
+
+
+def test_cli_sign_exits_2_for_a_bad_expiry_or_source_date_epoch(
+    tmp_path: Path,
+    keys: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = tmp_path / "b.tar.gz"
+    sign = ["bundle", "sign", "--rules", str(RULES), "--key", str(keys[0]), "--out", str(out)]
+
+    with pytest.raises(SystemExit) as exited:
+        run([*sign, "--expires-in", "1w"])
+    assert exited.value.code == 2
+    assert "invalid duration '1w'" in capsys.readouterr().err
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    assert run(sign) == 2
+    assert "SOURCE_DATE_EPOCH='yesterday' is not a number of seconds" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_cli_sign_exits_1_with_the_problems_of_rules_that_do_not_load(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as dt
 import gzip
 import hashlib
 import io
@@ -16,8 +17,10 @@ import stat
 import sys
 import tarfile
 import tempfile
+import threading
+import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from signoff.engine import cel
 from signoff.engine.compiled import Bundle
+from signoff.engine.schema import MAX_DURATION_SECONDS, parse_duration
 from signoff.errors import ConfigError, PolicyError, Problem
 from signoff.policy.loader import SUITE_SUFFIXES, load_bundle, policy_files
 
@@ -36,7 +40,8 @@ log = logging.getLogger("signoff.policy")
 
 # Inside the manifest: what it is and which layout it promises. A verifier refuses any other
 # value, so a later layout can never be read with this one's rules.
-FORMAT = "signoff-policy-bundle/1"
+FORMAT = "signoff-policy-bundle/2"
+_FORMAT_PREFIX = "signoff-policy-bundle/"
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"  # the raw 64-byte Ed25519 signature over manifest.json's bytes
 FILES = "files/"
@@ -53,6 +58,20 @@ _MAX_TRAILING_ZEROS = 64 * 1024
 _KEY_FILE_MAX = 64 * 1024
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 OK, REFUSED, USAGE = 0, 1, 2
+
+# How far ahead of this host's clock a bundle's signing time may be: the signer's clock and
+# ours are never exactly in step, but a bundle from well in the future is not one to trust.
+MAX_CLOCK_SKEW_SECONDS = 5 * 60
+# A served bundle this close to expiring is logged, so a stalled signing pipeline is noticed
+# before the service is left with nothing it may serve.
+EXPIRY_WARNING_SECONDS = 7 * 24 * 3600
+# 9999-12-31T23:59:59Z: every timestamp a manifest holds can be shown as a date.
+MAX_TIMESTAMP = 253_402_300_799
+SOURCE_DATE_EPOCH = "SOURCE_DATE_EPOCH"
+_DAYS = re.compile(r"^(\d+)d(.*)$")
+_EPOCH = re.compile(r"^[0-9]+$")
+
+Clock = Callable[[], float]
 
 
 @dataclass(frozen=True)
@@ -86,10 +105,13 @@ class ManifestEntry:
 
 @dataclass(frozen=True)
 class Manifest:
-    """The signed statement: which files, with which contents, make which revision."""
+    """The signed statement: which files, with which contents, make which revision, signed
+    when, and until when it may be served (Unix seconds; None: no expiry)."""
 
     revision: str
     files: tuple[ManifestEntry, ...]
+    signed_at: int
+    expires_at: int | None = None
 
 
 def _refuse(where: str, message: str) -> PolicyError:
@@ -229,12 +251,34 @@ def _canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def _manifest_bytes(revision: str, contents: dict[str, bytes]) -> bytes:
+def _manifest_bytes(
+    revision: str, contents: dict[str, bytes], signed_at: int, expires_at: int | None
+) -> bytes:
     files = [
         {"path": rel, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
         for rel, data in sorted(contents.items())
     ]
-    return _canonical({"files": files, "format": FORMAT, "revision": revision})
+    doc: dict[str, Any] = {
+        "files": files,
+        "format": FORMAT,
+        "revision": revision,
+        "signed_at": signed_at,
+    }
+    if expires_at is not None:
+        doc["expires_at"] = expires_at
+    return _canonical(doc)
+
+
+def _timestamp(value: object) -> int | None:
+    """`value` as Unix seconds when it is a plain integer a date can show, else None."""
+    if type(value) is not int or not 0 <= value <= MAX_TIMESTAMP:
+        return None
+    return value
+
+
+def iso_utc(timestamp: int) -> str:
+    """Unix seconds as ISO 8601 UTC, e.g. 2026-03-02T14:00:00Z."""
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _parse_manifest(data: bytes, where: str, limits: Limits) -> Manifest:
@@ -250,13 +294,30 @@ def _parse_manifest(data: bytes, where: str, limits: Limits) -> Manifest:
         raise bad("not UTF-8 JSON") from None
     if not isinstance(doc, dict):
         raise bad("not a JSON object")
-    if doc.get("format") != FORMAT:
+    found = doc.get("format")
+    if found != FORMAT:
+        hint = ""
+        if isinstance(found, str) and found.startswith(_FORMAT_PREFIX):
+            # Older bundles carry no signing time, so they cannot be checked for rollback.
+            hint = "; re-sign the rules with this signoff's `signoff bundle sign`"
         raise _refuse(
-            where, f"unsupported bundle format {doc.get('format')!r}; this signoff reads {FORMAT}"
+            where, f"unsupported bundle format {found!r}; this signoff reads {FORMAT}{hint}"
         )
-    if set(doc) != {"files", "format", "revision"}:
-        raise bad("keys must be exactly files, format, revision")
+    if set(doc) - {"expires_at"} != {"files", "format", "revision", "signed_at"}:
+        raise bad(
+            "keys must be exactly files, format, revision, signed_at and optionally expires_at"
+        )
     revision, files = doc["revision"], doc["files"]
+    signed_at = _timestamp(doc["signed_at"])
+    if signed_at is None:
+        raise bad(f"signed_at is not an integer number of seconds up to {MAX_TIMESTAMP}")
+    expires_at = None
+    if "expires_at" in doc:
+        expires_at = _timestamp(doc["expires_at"])
+        if expires_at is None:
+            raise bad(f"expires_at is not an integer number of seconds up to {MAX_TIMESTAMP}")
+        if expires_at <= signed_at:
+            raise bad("expires_at is not after signed_at")
     if not isinstance(revision, str) or not _HEX64.fullmatch(revision):
         raise bad("revision is not a SHA-256 hex digest")
     if not isinstance(files, list) or not files:
@@ -282,10 +343,44 @@ def _parse_manifest(data: bytes, where: str, limits: Limits) -> Manifest:
         raise _refuse(where, f"the manifest lists more than {limits.max_total_bytes} bytes")
     if _canonical(doc) != data:
         raise bad("not in canonical form (sorted keys, compact, ASCII)")
-    return Manifest(revision, tuple(entries))
+    return Manifest(revision, tuple(entries), signed_at, expires_at)
 
 
 # --- signing ----------------------------------------------------------------------------------
+
+
+def parse_expires_in(text: str) -> dt.timedelta:
+    """A validity period: '30d', '12h', '1d12h', '90m' (the policy-file duration syntax with
+    an optional leading number of days). Raises ValueError unless it is positive."""
+    days, rest = 0, text
+    if m := _DAYS.match(text):
+        days, rest = int(m.group(1)), m.group(2)
+    try:
+        seconds = int(parse_duration(rest).total_seconds()) if rest else 0
+    except ValueError:
+        raise ValueError(
+            f"invalid duration {text[:40]!r}: expected e.g. '30d', '12h', '1d12h'"
+        ) from None
+    total = days * 86_400 + seconds
+    if total <= 0:
+        raise ValueError(f"invalid duration {text[:40]!r}: it must be longer than zero")
+    if total > MAX_DURATION_SECONDS:
+        raise ValueError(f"invalid duration {text[:40]!r}: longer than about 10,000 years")
+    return dt.timedelta(seconds=total)
+
+
+def signing_time(environ: Mapping[str, str] = os.environ, clock: Clock = time.time) -> int:
+    """When a bundle is signed, in Unix seconds: SOURCE_DATE_EPOCH when set (the reproducible
+    builds convention, so a rebuild gives the same bytes), else `clock`."""
+    value = environ.get(SOURCE_DATE_EPOCH)
+    if value is None:
+        return int(clock())
+    if not _EPOCH.fullmatch(value) or int(value) > MAX_TIMESTAMP:
+        raise ConfigError(
+            f"{SOURCE_DATE_EPOCH}={value[:40]!r} is not a number of seconds since 1970 "
+            f"(at most {MAX_TIMESTAMP})"
+        )
+    return int(value)
 
 
 def sign_bundle(
@@ -295,13 +390,28 @@ def sign_bundle(
     *,
     backend: str = cel.DEFAULT_BACKEND,
     limits: Limits = DEFAULT_LIMITS,
+    signed_at: int | None = None,
+    expires_in: dt.timedelta | None = None,
 ) -> str:
     """Load `rules_dir` (refusing, with the loader's problems, a bundle that does not load),
     sign what was loaded and write it to `out` as a signed tarball. Returns the revision.
 
-    The same directory and key always give the same bytes (with the same zlib).
+    The manifest records `signed_at` (default: `signing_time()`) and, with `expires_in`, the
+    time after which no verifier serves the bundle. The same directory, key and times always
+    give the same bytes (with the same zlib).
     """
     key = load_private_key(private_key_pem)
+    when = signing_time() if signed_at is None else signed_at
+    if _timestamp(when) is None:
+        raise ConfigError(f"signing time {when} is not between 0 and {MAX_TIMESTAMP}")
+    expires_at = None
+    if expires_in is not None:
+        expires_at = when + int(expires_in.total_seconds())
+        if expires_at <= when or expires_at > MAX_TIMESTAMP:
+            raise ConfigError(
+                f"expiry {expires_in} after {iso_utc(when)} must be at least a second and end "
+                "by the year 9999"
+            )
     root = Path(rules_dir)
     contents = _read_rules(root, limits)
     # Load a private copy of the bytes read, not the directory: what is signed is exactly what
@@ -317,7 +427,7 @@ def sign_bundle(
         except PolicyError as exc:
             names = {rel: str(root / rel) for rel in contents}
             raise _relocated(exc, snapshot, str(root), names) from None
-    manifest = _manifest_bytes(bundle.revision, contents)
+    manifest = _manifest_bytes(bundle.revision, contents, when, expires_at)
     members = [(MANIFEST, manifest), (SIGNATURE, key.sign(manifest))]
     members += [(FILES + rel, data) for rel, data in sorted(contents.items())]
     _write_tarball(Path(out), members)
@@ -685,14 +795,43 @@ def _open_tarball(tarball: Path) -> Iterator[BinaryIO]:
         yield handle
 
 
+def _check_time(manifest: Manifest, where: str, now: float) -> None:
+    """Refuse a bundle that is past its expiry, or signed later than this host's clock allows.
+    The times are signed, so only the signer could have set them."""
+    signed = f"signed at {iso_utc(manifest.signed_at)}"
+    if manifest.expires_at is not None and now >= manifest.expires_at:
+        raise _refuse(
+            where,
+            f"expired: the bundle was valid until {iso_utc(manifest.expires_at)} ({signed}); "
+            "sign and publish a fresh one",
+        )
+    if manifest.signed_at > now + MAX_CLOCK_SKEW_SECONDS:
+        ahead = manifest.signed_at - int(now)
+        raise _refuse(
+            where,
+            f"{signed}, {ahead} seconds ahead of this host's clock (at most "
+            f"{MAX_CLOCK_SKEW_SECONDS} allowed): check the signer's and this host's clocks",
+        )
+
+
+Check = Callable[[Manifest, str], None]
+
+
 @contextmanager
 def _verified(
-    tarball: str | Path, public_key_pem: str | Path, limits: Limits
+    tarball: str | Path,
+    public_key_pem: str | Path,
+    limits: Limits,
+    now: float,
+    check: Check | None = None,
 ) -> Iterator[tuple[Path, Manifest]]:
     key = load_public_key(public_key_pem)
     path = Path(tarball)
     with _open_tarball(path) as handle:
         manifest = _verify(handle, str(path), key, limits)
+        _check_time(manifest, str(path), now)
+        if check is not None:
+            check(manifest, str(path))
         # mkdtemp makes it 0700: no other user can read the policies or plant files in it.
         root = Path(tempfile.mkdtemp(prefix="signoff-bundle-"))
         try:
@@ -715,17 +854,22 @@ def _remove(root: Path) -> None:
 
 @contextmanager
 def open_signed_bundle(
-    tarball: str | Path, public_key_pem: str | Path, *, limits: Limits = DEFAULT_LIMITS
+    tarball: str | Path,
+    public_key_pem: str | Path,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    clock: Clock = time.time,
 ) -> Iterator[Path]:
     """Verify `tarball` with the Ed25519 key in `public_key_pem`, then yield a private (0700)
     temporary directory holding its files, removed on exit.
 
     Everything is checked before anything is written: the signature over the exact manifest
     bytes; that every member is a regular file with a safe, unique name; that the files are
-    exactly those of the manifest with its sizes and SHA-256s; and the limits. Raises
+    exactly those of the manifest with its sizes and SHA-256s; the limits; and, against
+    `clock`, that the bundle has not expired and was not signed in the future. Raises
     PolicyError (the bundle is refused) or ConfigError (the key file is unusable).
     """
-    with _verified(tarball, public_key_pem, limits) as (root, _):
+    with _verified(tarball, public_key_pem, limits, clock()) as (root, _):
         yield root
 
 
@@ -735,13 +879,28 @@ def load_signed_bundle(
     *,
     backend: str = cel.DEFAULT_BACKEND,
     limits: Limits = DEFAULT_LIMITS,
+    clock: Clock = time.time,
 ) -> Bundle:
     """Verify, extract and load a signed bundle; its revision must be the one that was signed.
 
-    Problems name files as `<tarball>!/<path>`, since the extracted copy is gone by then.
+    Checks everything `open_signed_bundle` does, but remembers nothing: rollback to an older
+    bundle is refused only by a `SignedBundleSource`. Problems name files as
+    `<tarball>!/<path>`, since the extracted copy is gone by then.
     """
+    bundle, _ = _load(tarball, public_key_pem, backend, limits, clock())
+    return bundle
+
+
+def _load(
+    tarball: str | Path,
+    public_key_pem: str | Path,
+    backend: str,
+    limits: Limits,
+    now: float,
+    check: Check | None = None,
+) -> tuple[Bundle, Manifest]:
     shown = f"{tarball}!/"
-    with _verified(tarball, public_key_pem, limits) as (root, manifest):
+    with _verified(tarball, public_key_pem, limits, now, check) as (root, manifest):
         names = {entry.path: shown + entry.path for entry in manifest.files}
         try:
             bundle = load_bundle(root, backend=backend)
@@ -754,7 +913,93 @@ def load_signed_bundle(
             f"{manifest.revision}",
         )
     files = tuple(shown + Path(f).relative_to(root).as_posix() for f in bundle.files)
-    return dataclasses.replace(bundle, files=files)
+    return dataclasses.replace(bundle, files=files), manifest
+
+
+class SignedBundleSource:
+    """Loads the signed bundle at `path` each time it is called, refusing rollback: once a
+    bundle is accepted, one signed earlier is refused, and so is one signed at the same second
+    with another revision (two different bundles claiming one signing time).
+
+    The newest accepted signing time lives in this object, so the protection lasts as long as
+    the process: a restarted one accepts any bundle that verifies and has not expired. Use one
+    instance for the first load and every reload. A refusal leaves the remembered state as it
+    was, so the newer bundle keeps being accepted.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        public_key_path: str | Path,
+        *,
+        backend: str,
+        limits: Limits = DEFAULT_LIMITS,
+        clock: Clock = time.time,
+    ) -> None:
+        self._path = Path(path)
+        self._public_key = Path(public_key_path)
+        self._backend = backend
+        self._limits = limits
+        self._clock = clock
+        # Held for a whole load: two loads racing could otherwise each pass the check and
+        # leave the older one remembered.
+        self._lock = threading.Lock()
+        self._newest: Manifest | None = None
+
+    @property
+    def signed_at(self) -> int | None:
+        """Signing time (Unix seconds) of the newest bundle accepted so far; None before any."""
+        return None if self._newest is None else self._newest.signed_at
+
+    @property
+    def expires_at(self) -> int | None:
+        """Expiry (Unix seconds) of the newest bundle accepted so far, if it has one."""
+        return None if self._newest is None else self._newest.expires_at
+
+    @property
+    def revision(self) -> str | None:
+        """Revision of the newest bundle accepted so far; None before any."""
+        return None if self._newest is None else self._newest.revision
+
+    def __call__(self) -> Bundle:
+        """Verify and load the bundle; raises PolicyError (refused: bad, expired, from the
+        future, or older than one accepted before) or ConfigError (the key is unusable)."""
+        with self._lock:
+            now = self._clock()
+            bundle, manifest = _load(
+                self._path, self._public_key, self._backend, self._limits, now, self._not_older
+            )
+            self._newest = manifest
+        if manifest.expires_at is not None and manifest.expires_at - now < EXPIRY_WARNING_SECONDS:
+            log.warning(
+                "signed bundle %s (revision %s) expires at %s, in %d hours: sign and publish "
+                "a fresh one before then, or it will be refused",
+                self._path,
+                bundle.revision[:12],
+                iso_utc(manifest.expires_at),
+                (manifest.expires_at - now) // 3600,
+            )
+        return bundle
+
+    def _not_older(self, manifest: Manifest, where: str) -> None:
+        newest = self._newest
+        if newest is None:
+            return
+        if manifest.signed_at < newest.signed_at:
+            raise _refuse(
+                where,
+                f"rollback refused: the bundle was signed at {iso_utc(manifest.signed_at)} "
+                f"(revision {manifest.revision[:12]}), before the one already served, signed "
+                f"at {iso_utc(newest.signed_at)} (revision {newest.revision[:12]})",
+            )
+        if manifest.signed_at == newest.signed_at and manifest.revision != newest.revision:
+            raise _refuse(
+                where,
+                f"refused: the bundle claims the signing time {iso_utc(manifest.signed_at)} of "
+                f"the one already served but holds revision {manifest.revision[:12]}, not "
+                f"{newest.revision[:12]}; two different bundles signed at the same second is "
+                "suspicious, re-sign the newer one",
+            )
 
 
 def _relocated(exc: PolicyError, root: Path, shown_root: str, names: dict[str, str]) -> PolicyError:
@@ -801,24 +1046,41 @@ def add_bundle_arguments(subparsers: argparse._SubParsersAction[argparse.Argumen
         help="load a rules directory and write it as a signed bundle",
         description="Load the rules directory as the service would (a bundle that does not "
         "load is never signed), then write its policy files, a manifest and the signature. "
-        "Prints the revision. Exit 0: signed; 1: the rules do not load; 2: bad key or paths.",
+        f"The manifest records the signing time: ${SOURCE_DATE_EPOCH} when set (so a rebuild "
+        "gives identical bytes), else now. Prints the revision. Exit 0: signed; 1: the rules "
+        "do not load; 2: bad key, paths or times.",
     )
     sign.add_argument("--rules", required=True, metavar="DIR", help="policy bundle directory")
     sign.add_argument("--key", required=True, metavar="PRIVATE.pem", help="signing key")
     sign.add_argument("--out", required=True, metavar="FILE.tar.gz", help="bundle to write")
+    sign.add_argument(
+        "--expires-in",
+        type=_expires_in,
+        metavar="DURATION",
+        help="refuse to serve the bundle this long after signing, e.g. 30d, 12h, 1d12h "
+        "(default: never expires)",
+    )
     _backend_argument(sign)
     sign.set_defaults(run=run_sign)
     verify = sub.add_parser(
         "verify",
         help="check a signed bundle as the service would",
-        description="Verify the signature, the files and the limits, then load the policies. "
-        "Exit 0: the service would serve it (prints revision and file count); 1: refused "
-        "(prints why); 2: usage error (missing bundle file, unusable key).",
+        description="Verify the signature, the files, the limits and the signing and expiry "
+        "times, then load the policies. Exit 0: the service would serve it (prints revision, "
+        "file count, signing time and expiry); 1: refused (prints why); 2: usage error "
+        "(missing bundle file, unusable key).",
     )
     verify.add_argument("--bundle", required=True, metavar="FILE", help="signed bundle")
     verify.add_argument("--public-key", required=True, metavar="PUBLIC.pem", help="trusted key")
     _backend_argument(verify)
     verify.set_defaults(run=run_verify)
+
+
+def _expires_in(text: str) -> dt.timedelta:
+    try:
+        return parse_expires_in(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _backend_argument(parser: argparse.ArgumentParser) -> None:
@@ -856,7 +1118,9 @@ def run_keygen(args: argparse.Namespace) -> int:
 def run_sign(args: argparse.Namespace) -> int:
     """`signoff bundle sign`: 0 signed (prints the revision), 1 rules refused, 2 otherwise."""
     try:
-        revision = sign_bundle(args.rules, args.key, args.out, backend=args.cel_backend)
+        revision = sign_bundle(
+            args.rules, args.key, args.out, backend=args.cel_backend, expires_in=args.expires_in
+        )
     except ConfigError as exc:
         _say("sign", str(exc))
         return USAGE
@@ -874,16 +1138,25 @@ def run_verify(args: argparse.Namespace) -> int:
     if not Path(args.bundle).is_file():
         _say("verify", f"{args.bundle}: no such file")
         return USAGE
+    now = time.time()
     try:
         key = load_public_key(args.public_key)
-        bundle = load_signed_bundle(args.bundle, args.public_key, backend=args.cel_backend)
+        bundle, manifest = _load(
+            args.bundle, args.public_key, args.cel_backend, DEFAULT_LIMITS, now
+        )
     except ConfigError as exc:
         _say("verify", str(exc))
         return USAGE
     except PolicyError as exc:
         return _refused("verify", exc)
+    expires = "never expires"
+    if manifest.expires_at is not None:
+        expires = f"expires at {iso_utc(manifest.expires_at)}"
     print(
         f"{args.bundle}: ok, revision {bundle.revision}, {len(bundle.files)} policy files, "
-        f"signed by {key_fingerprint(key)}"
+        f"signed by {key_fingerprint(key)}, signed at {iso_utc(manifest.signed_at)}, {expires}"
     )
+    if manifest.expires_at is not None and manifest.expires_at - now < EXPIRY_WARNING_SECONDS:
+        hours = int(manifest.expires_at - now) // 3600
+        _say("verify", f"warning: {args.bundle} expires in {hours} hours")
     return OK
