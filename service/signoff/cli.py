@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -67,17 +67,25 @@ def _serve_with(
     from signoff.engine.compiled import Bundle
     from signoff.engine.evaluator import Engine
     from signoff.policy.loader import load_bundle
-    from signoff.policy.signed import load_signed_bundle
+    from signoff.policy.signed import SignedBundleSource
     from signoff.server import app, convert
     from signoff.server.approvals import ApprovalService
+    from signoff.server.tls import ServerTLS
     from signoff.views import AuditSelection, Views
 
-    def load() -> Bundle:
-        if cfg.bundle_public_key is not None:
-            return load_signed_bundle(cfg.rules, cfg.bundle_public_key, backend=cfg.backend)
+    def load_plain() -> Bundle:
         return load_bundle(cfg.rules, backend=cfg.backend)
 
+    # One source for the first load and every reload: it remembers the newest signed bundle
+    # served, so an older one put back in its place is refused.
+    load: Callable[[], Bundle] = (
+        load_plain
+        if cfg.bundle_public_key is None
+        else SignedBundleSource(cfg.rules, cfg.bundle_public_key, backend=cfg.backend)
+    )
+
     try:
+        tls = ServerTLS(cfg.tls) if cfg.tls is not None else None
         bundle = load()
     except ConfigError as exc:
         print(f"signoff: bad configuration: {exc}", file=sys.stderr)
@@ -137,6 +145,7 @@ def _serve_with(
             audit=audit,
             views=views,
             reloading=app.Reloading(cfg.rules, cfg.backend, identity, load=load),
+            tls=tls,
         )
     except OSError as exc:
         print(f"signoff: {exc}", file=sys.stderr)
@@ -154,7 +163,14 @@ def _serve_with(
     threading.Thread(target=reloader.watch, args=(stop,), name="policy-watch", daemon=True).start()
     print(
         f"signoff listening on {cfg.address.rsplit(':', 1)[0]}:{running.port} "
-        f"revision {bundle.revision[:12]} ({bundle.rule_count} rules)",
+        f"revision {bundle.revision[:12]} ({bundle.rule_count} rules)"
+        + (
+            ""
+            if tls is None
+            else " over mutual TLS"
+            if cfg.tls and cfg.tls.client_ca
+            else " over TLS"
+        ),
         flush=True,
     )
     if auditor is not None:
@@ -226,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     from signoff.audit.cli import add_audit_arguments
     from signoff.client.approvals_cli import add_approvals_arguments
     from signoff.client.cli import add_check_arguments
+    from signoff.devcerts import add_dev_certs_arguments
     from signoff.devtokens import add_dev_arguments
     from signoff.policy.lint import add_lint_arguments
     from signoff.policy.signed import add_bundle_arguments
@@ -252,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_notify_arguments(notify)
     notify.set_defaults(run=run_notify)
     add_dev_arguments(sub)
+    add_dev_certs_arguments(sub)
     return parser
 
 

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from signoff.client.tls import is_loopback
 from signoff.engine.cel import BACKENDS, DEFAULT_BACKEND
 from signoff.errors import ConfigError
+from signoff.server.tls import TLSFiles
 
 log = logging.getLogger("signoff.config")
 MIN_HASH_KEY_BYTES = 32
@@ -36,6 +38,7 @@ class Config:
     processes: int = 1
     decision_cache: int = 4096
     bundle_public_key: Path | None = None  # set: --rules must be a signed bundle
+    tls: TLSFiles | None = None  # None: plaintext (loopback, or --allow-plaintext)
     share_port: bool = False  # set for the processes of `--processes N`, never by hand
 
 
@@ -55,6 +58,35 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         env="SIGNOFF_ADDRESS",
         default="127.0.0.1:50051",
         help="host:port to listen on (SIGNOFF_ADDRESS; default 127.0.0.1:50051)",
+    )
+    option(
+        "--tls-cert",
+        env="SIGNOFF_TLS_CERT",
+        default="",
+        help="PEM certificate chain to serve over TLS (SIGNOFF_TLS_CERT); re-read when it "
+        "changes, so a rotated certificate needs no restart",
+    )
+    option(
+        "--tls-key",
+        env="SIGNOFF_TLS_KEY",
+        default="",
+        help="PEM private key of --tls-cert (SIGNOFF_TLS_KEY)",
+    )
+    option(
+        "--tls-client-ca",
+        env="SIGNOFF_TLS_CLIENT_CA",
+        default="",
+        help="PEM roots that callers' certificates must chain to; when set, every caller "
+        "must present one (mutual TLS) (SIGNOFF_TLS_CLIENT_CA)",
+    )
+    option(
+        "--allow-plaintext",
+        choices=("on", "off"),
+        env="SIGNOFF_ALLOW_PLAINTEXT",
+        default="off",
+        help="serve without TLS on an address beyond loopback, e.g. behind a TLS-terminating "
+        "proxy (SIGNOFF_ALLOW_PLAINTEXT; default off: refused, as bearer tokens would "
+        "cross the network in clear)",
     )
     option(
         "--rules",
@@ -193,6 +225,10 @@ def validate_plain(args: argparse.Namespace) -> None:
         raise ConfigError(f"unknown CEL backend {args.cel_backend!r}; choose {', '.join(BACKENDS)}")
     if getattr(args, "audit", "on") not in ("on", "off"):
         raise ConfigError(f"SIGNOFF_AUDIT must be on or off, not {args.audit!r}")
+    if getattr(args, "allow_plaintext", "off") not in ("on", "off"):
+        raise ConfigError(
+            f"SIGNOFF_ALLOW_PLAINTEXT must be on or off, not {args.allow_plaintext!r}"
+        )
     if args.log_level not in LOG_LEVELS:
         raise ConfigError(f"unknown log level {args.log_level!r}; choose {', '.join(LOG_LEVELS)}")
 
@@ -216,6 +252,13 @@ def from_args(args: argparse.Namespace) -> Config:
             "--metrics-address would serve one process's metrics only; with --processes "
             "above 1, export metrics over OTLP (OTEL_METRICS_EXPORTER=otlp)"
         )
+    tls = _tls(args)
+    if tls is None and args.allow_plaintext != "on" and not is_loopback(args.address):
+        raise ConfigError(
+            f"refusing to serve {args.address} without TLS: approvers' bearer tokens would "
+            "cross the network in clear; give --tls-cert and --tls-key, or --allow-plaintext "
+            "on behind a proxy that terminates TLS"
+        )
     return Config(
         address=args.address,
         rules=Path(args.rules),
@@ -235,6 +278,21 @@ def from_args(args: argparse.Namespace) -> Config:
         decision_cache=args.decision_cache,
         bundle_public_key=Path(args.bundle_public_key) if args.bundle_public_key else None,
         share_port=os.environ.get(SHARE_PORT_ENV) == "1",
+        tls=tls,
+    )
+
+
+def _tls(args: argparse.Namespace) -> TLSFiles | None:
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    if not args.tls_cert:
+        if args.tls_client_ca:
+            raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    return TLSFiles(
+        cert=Path(args.tls_cert),
+        key=Path(args.tls_key),
+        client_ca=Path(args.tls_client_ca) if args.tls_client_ca else None,
     )
 
 

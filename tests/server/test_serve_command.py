@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import selectors
@@ -22,6 +23,7 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from signoff.client.masking import key_id
+from signoff.devcerts import create_dev_certs
 from signoff.engine.evaluator import Engine
 from signoff.policy.signed import generate_keys, sign_bundle
 from signoff.server import app
@@ -129,10 +131,10 @@ def _first_line(process: subprocess.Popen[str]) -> str:
     return process.stdout.readline()
 
 
-def _health(port: int) -> int:
+def _health(port: int, service: str = "signoff.v1.DecisionService") -> int:
     with channel_to(port) as channel:
         response = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service="signoff.v1.DecisionService"), timeout=TIMEOUT
+            health_pb2.HealthCheckRequest(service=service), timeout=TIMEOUT
         )
     status: int = response.status
     return status
@@ -434,8 +436,11 @@ def test_serves_a_signed_bundle_and_reloads_a_newly_signed_one(tmp_path: Path) -
     rules = tmp_path / "rules"
     shutil.copytree(RULES, rules)
     tarball = tmp_path / "rules.tar.gz"
-    first = sign_bundle(rules, private, tarball)
+    signed_at = int(time.time())
+    first = sign_bundle(rules, private, tarball, signed_at=signed_at - 60)
     assert first == bundled().revision
+    older = tmp_path / "older.tar.gz"
+    shutil.copyfile(tarball, older)
     args = ("--rules", str(tarball), "--bundle-public-key", str(public), "--address", "127.0.0.1:0")
     with _serve(*args) as served:
 
@@ -446,14 +451,24 @@ def test_serves_a_signed_bundle_and_reloads_a_newly_signed_one(tmp_path: Path) -
 
         assert revision() == first
         (rules / "guardrails.yaml").write_text((RULES / "guardrails.yaml").read_text() + "\n#\n")
-        second = sign_bundle(rules, private, tarball)
+        second = sign_bundle(rules, private, tarball, signed_at=signed_at)
         served.process.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + STARTUP_SECONDS
         while revision() != second and time.monotonic() < deadline:
             time.sleep(0.05)
         assert revision() == second
+        # The first bundle, validly signed but older, put back: refused, the newer one serves.
+        os.replace(older, tarball)
+        served.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + STARTUP_SECONDS
+        serving = health_pb2.HealthCheckResponse.SERVING
+        while _health(served.port, "signoff.policy") == serving and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _health(served.port, "signoff.policy") == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert revision() == second
         code, _, err = _stop(served)
     assert code == 0, err
+    assert "rollback refused" in err
 
 
 def test_unsigned_or_tampered_bundles_are_refused_at_start(tmp_path: Path) -> None:
@@ -482,3 +497,41 @@ def test_unsigned_or_tampered_bundles_are_refused_at_start(tmp_path: Path) -> No
     refused = _run("--rules", str(tampered), *key)
     assert refused.returncode == 2
     assert "Traceback" not in refused.stderr
+
+
+def test_serves_mutual_tls_to_the_check_command(tmp_path: Path) -> None:
+    certs = create_dev_certs(tmp_path)
+    tls = ["--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key)]
+    serve = ["--rules", str(RULES), "--address", "127.0.0.1:0", *tls]
+    with _serve(*serve, "--tls-client-ca", str(certs.ca)) as served:
+        check = subprocess.run(
+            [
+                sys.executable, "-m", "signoff.cli", "check", "--addr", f"localhost:{served.port}",
+                "--principal", "alice@acme.io", "--role", "analyst", "--attr", "tenant=acme",
+                "--action", "read", "--resource-kind", "customer_table",
+                "--resource-attr", "tenant=acme", "--json",
+                "--tls-ca", str(certs.ca), "--tls-cert", str(certs.client_cert),
+                "--tls-key", str(certs.client_key),
+            ],
+            env=_environment(),
+            capture_output=True,
+            text=True,
+            timeout=STARTUP_SECONDS,
+            check=False,
+        )  # fmt: skip
+        code, _, err = _stop(served)
+    assert check.returncode == 0, check.stderr
+    assert json.loads(check.stdout)["verdict"] == "ALLOW"
+    assert code == 0, err
+
+
+def test_plaintext_beyond_loopback_is_refused_unless_chosen() -> None:
+    result = _run("--rules", str(RULES), "--address", "0.0.0.0:0")
+    assert result.returncode == 2
+    assert "without TLS" in result.stderr
+    assert "Traceback" not in result.stderr
+    with _serve(
+        "--rules", str(RULES), "--address", "0.0.0.0:0", env={"SIGNOFF_ALLOW_PLAINTEXT": "on"}
+    ) as served:
+        assert _health(served.port) == health_pb2.HealthCheckResponse.SERVING
+        assert _stop(served)[0] == 0

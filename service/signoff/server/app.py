@@ -23,6 +23,7 @@ from signoff.server.admin import PolicyAdminService
 from signoff.server.approvals import ApprovalService
 from signoff.server.reload import POLICY_HEALTH, LoadStatus, PolicyReloader
 from signoff.server.service import DecisionService
+from signoff.server.tls import ServerTLS
 from signoff.v1 import admin_pb2 as adb
 from signoff.v1 import admin_pb2_grpc as adb_grpc
 from signoff.v1 import approvals_pb2 as apb
@@ -77,9 +78,11 @@ def start(
     audit: AuditLog | None = None,
     views: Views | None = None,
     reloading: Reloading | None = None,
+    tls: ServerTLS | None = None,
 ) -> Running:
-    """Start serving on `address` ("host:port"; port 0 picks a free one). `share_port` lets
-    the processes of `signoff serve --processes N` listen on one port."""
+    """Start serving on `address` ("host:port"; port 0 picks a free one), over TLS when `tls`
+    is given. `share_port` lets the processes of `signoff serve --processes N` listen on one
+    port."""
     options = [
         # Unless sharing is meant, a second server on the same port must fail loudly, not
         # silently take part of the traffic.
@@ -102,6 +105,7 @@ def start(
         audit=audit,
         views=views,
         cache_entries=decision_cache,
+        caller_certificates=tls is not None and tls.files.client_ca is not None,
     )
     pb_grpc.add_DecisionServiceServicer_to_server(decisions, server)
     names = [SERVICE_NAME]
@@ -138,16 +142,20 @@ def start(
     health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
     reflection.enable_server_reflection((*names, health_name, reflection.SERVICE_NAME), server)
     try:
-        port = server.add_insecure_port(address)
+        if tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, tls.credentials())
     except RuntimeError as exc:
         raise OSError(f"cannot listen on {address}: {exc}") from None
     server.start()
     for name in ("", *names, *([POLICY_HEALTH] if reloader else [])):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(
-        "serving %s on port %d (revision %s, %d rules, backend %s)",
+        "serving %s on port %d over %s (revision %s, %d rules, backend %s)",
         SERVICE_NAME,
         port,
+        "plaintext" if tls is None else "mutual TLS" if tls.files.client_ca else "TLS",
         engine.bundle.revision[:12],
         engine.bundle.rule_count,
         engine.bundle.backend.name,

@@ -41,8 +41,12 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         audit: AuditLog | None = None,
         views: Views | None = None,
         cache_entries: int = 4096,
+        caller_certificates: bool = False,
     ) -> None:
         self._cache_entries = cache_entries
+        # Under mutual TLS every caller holds a verified certificate: its name goes into each
+        # audit record, beside the principal the caller merely states.
+        self._caller_certificates = caller_certificates
         self._decisions = DecisionCache(engine, cache_entries)
         self._hash_key_id = hash_key_id
         self._limits = limits or convert.Limits()
@@ -65,6 +69,7 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         msg: pb.CheckRequest,
         item_index: int | None = None,
         decisions: DecisionCache | None = None,
+        caller: str = "",
     ) -> pb.CheckResponse:
         # One bundle for the whole decision (and batch), even if a reload swaps it meanwhile.
         decisions = decisions if decisions is not None else self._decisions
@@ -100,7 +105,9 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
                 shadow=_shadow_of(decided.decision),
             )
             self._telemetry.record_decision(decision.verdict.name, time.perf_counter() - started)
-            self._record(decided, decision, decision_id, held.approval_id, span.trace_id_hex())
+            self._record(
+                decided, decision, decision_id, held.approval_id, span.trace_id_hex(), caller
+            )
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "decision %s verdict=%s rules=%s revision=%s",
@@ -118,6 +125,7 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         decision_id: str,
         approval_id: str,
         trace_id: str,
+        caller: str,
     ) -> None:
         """Queue the decision's audit record; the request goes in only as its audit view."""
         if self._audit is None or self._views is None:
@@ -137,6 +145,7 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
                     "approval_id": approval_id,
                     "masked_fields": [m.path for m in decision.masking_plan],
                     "trace_id": trace_id,
+                    **({"caller": caller} if caller else {}),
                     "request": self._audit_view(decided, decision),
                     **_shadow_record(decided.decision),
                 }
@@ -168,8 +177,21 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
             self._telemetry.approval_event(held.approval_id, "approved", "consumed", actor)
             self._telemetry.record_approval_outcome("consumed")
 
+    def _caller(self, context: grpc.ServicerContext) -> str:
+        if not self._caller_certificates:
+            return ""
+        auth = context.auth_context()
+        # The first subject alternative name (a SPIFFE ID or DNS name), else the common name.
+        for key in ("x509_subject_alternative_name", "x509_common_name"):
+            # A list of bytes at run time, whatever grpc-stubs says.
+            names: Any = auth.get(key)
+            if names:
+                return bytes(names[0]).decode("utf-8", "replace")
+        return ""
+
     def Check(self, request: pb.CheckRequest, context: grpc.ServicerContext) -> pb.CheckResponse:
-        return guarded(context, lambda: self._decide(request))
+        caller = self._caller(context)
+        return guarded(context, lambda: self._decide(request, caller=caller))
 
     def CheckBatch(
         self, request: pb.CheckBatchRequest, context: grpc.ServicerContext
@@ -179,11 +201,12 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
             if len(request.items) > limit:
                 raise InvalidRequest("items", f"at most {limit} items per batch")
             decisions = self._decisions  # every item on the bundle the batch started with
+            caller = self._caller(context)
             out = pb.CheckBatchResponse(policy_revision=decisions.engine.bundle.revision)
             for index, item in enumerate(request.items):
                 result = out.results.add()
                 try:
-                    result.decision.CopyFrom(self._decide(item, index, decisions))
+                    result.decision.CopyFrom(self._decide(item, index, decisions, caller))
                 except Exception as exc:  # each item stands alone: one failure fails only itself
                     code, message = status_for(exc)
                     field = exc.field if isinstance(exc, InvalidRequest) else ""

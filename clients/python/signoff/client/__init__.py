@@ -29,6 +29,7 @@ from signoff.client.guard import (
     guarded,
 )
 from signoff.client.masking import REDACTED, apply_mask, canonical_form, key_id
+from signoff.client.tls import TLS
 from signoff.client.types import (
     CheckItem,
     Context,
@@ -43,6 +44,7 @@ from signoff.client.types import (
 
 __all__ = [
     "REDACTED",
+    "TLS",
     "Approval",
     "ApprovalCancelled",
     "ApprovalExpired",

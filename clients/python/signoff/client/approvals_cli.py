@@ -18,6 +18,7 @@ import grpc
 from signoff.client.approvals import Approval, ApprovalState, format_duration
 from signoff.client.client import SignoffClient
 from signoff.client.errors import InvalidInput, ProtocolError, SignoffRpcError
+from signoff.client.tls import add_tls_arguments, tls_from_args
 from signoff.client.types import operator_name
 
 __all__ = [
@@ -178,7 +179,10 @@ def run_approvals(args: argparse.Namespace, *, channel: grpc.Channel | None = No
         return EXIT_UNAUTHENTICATED
     rpc_timeout = 5.0 if args.approvals_command == "watch" else args.timeout
     try:
-        client = SignoffClient(args.addr, timeout=rpc_timeout, channel=channel, token=token)
+        tls = None if channel is not None else tls_from_args(args)
+        client = SignoffClient(
+            args.addr, timeout=rpc_timeout, channel=channel, token=token, tls=tls
+        )
     except InvalidInput as err:
         _say(str(err))
         return EXIT_USAGE
@@ -348,6 +352,7 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, suppress: bool) 
     group.add_argument(
         "--json", action="store_true", dest="as_json", default=default(False), help="print JSON"
     )
+    add_tls_arguments(group)
 
 
 def _token(args: argparse.Namespace) -> str | None:

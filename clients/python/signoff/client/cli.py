@@ -13,6 +13,7 @@ import grpc
 from signoff.client.approvals_cli import add_approvals_arguments, run_approvals
 from signoff.client.client import SignoffClient
 from signoff.client.errors import InvalidInput, ProtocolError, SignoffRpcError
+from signoff.client.tls import add_tls_arguments, tls_from_args
 from signoff.client.types import (
     CheckItem,
     Context,
@@ -81,6 +82,7 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument(
         "--timeout", type=float, default=5.0, help="seconds to wait (default: %(default)s)"
     )
+    add_tls_arguments(where)
     who = parser.add_argument_group("principal")
     who.add_argument("--principal", required=True, metavar="ID", help="the caller's id")
     who.add_argument("--kind", choices=("human", "agent", "service"), default="human")
@@ -141,7 +143,8 @@ def run_check(args: argparse.Namespace, *, channel: grpc.Channel | None = None) 
     """
     try:
         item = _item(args)
-        client = SignoffClient(args.addr, timeout=args.timeout, channel=channel)
+        tls = None if channel is not None else tls_from_args(args)
+        client = SignoffClient(args.addr, timeout=args.timeout, channel=channel, tls=tls)
     except InvalidInput as err:
         print(f"signoff check: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -11,6 +11,7 @@ import grpc
 
 from signoff.client.approvals import Approval, ApprovalState
 from signoff.client.errors import InvalidInput, ProtocolError, SignoffRpcError
+from signoff.client.tls import TLS, is_loopback
 from signoff.client.types import CheckItem, Context, Decision, ItemFailure, Principal, Resource
 from signoff.v1 import approvals_pb2, approvals_pb2_grpc, signoff_pb2, signoff_pb2_grpc
 
@@ -24,14 +25,15 @@ _REWATCH_PAUSE = 0.5
 class SignoffClient:
     """Asks a signoff service for decisions.
 
-    With no `channel`, an insecure channel to `target` is opened and closed by `close()` (or by
-    leaving the `with` block). A `channel` passed in belongs to the caller and is left open, so
-    one channel can be shared; `target` is then only used in messages.
+    With no `channel`, a channel to `target` is opened (over TLS when `tls` is given) and
+    closed by `close()` (or by leaving the `with` block). A `channel` passed in belongs to the
+    caller and is left open, so one channel can be shared; `target` is then only used in
+    messages.
 
     `token` is the caller's bearer credential (a JWT from the identity provider), sent with
     every ApprovalService call and never with checks. It is opaque here: never parsed, logged
-    or shown in a repr or an error. The channel opened for `target` is not encrypted, so for
-    a service beyond this machine pass a `channel` made with grpc.secure_channel instead.
+    or shown in a repr or an error. A token is never sent in plaintext beyond this machine:
+    with a token, a target that is not loopback needs `tls` (or a `channel` of your own).
     """
 
     def __init__(
@@ -41,6 +43,7 @@ class SignoffClient:
         timeout: float = 5.0,
         channel: grpc.Channel | None = None,
         token: str | None = None,
+        tls: TLS | None = None,
     ) -> None:
         if not timeout > 0:
             raise InvalidInput(f"timeout must be positive, not {timeout!r}")
@@ -55,11 +58,22 @@ class SignoffClient:
             or any(char.isspace() for char in token)
         ):
             raise InvalidInput("token must be a non-empty ASCII string without whitespace")
+        if channel is not None and tls is not None:
+            raise InvalidInput("give tls or a channel of your own, not both")
+        if channel is None and tls is None and token is not None and not is_loopback(target):
+            raise InvalidInput(
+                f"refusing to send a bearer token in plaintext to {target}; connect with TLS"
+            )
         self.target = target
         self.timeout = timeout
         self._token = token
         self._owns_channel = channel is None
-        self._channel = grpc.insecure_channel(target) if channel is None else channel
+        if channel is not None:
+            self._channel = channel
+        elif tls is not None:
+            self._channel = tls.channel(target)
+        else:
+            self._channel = grpc.insecure_channel(target)
         self._stub = signoff_pb2_grpc.DecisionServiceStub(self._channel)
         self._approvals = approvals_pb2_grpc.ApprovalServiceStub(self._channel)
 

@@ -1,0 +1,136 @@
+"""TLS for the client: which roots to trust, an optional client certificate, and the CLI flags."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from signoff.client.errors import InvalidInput
+
+# Read by the client commands when their flags are absent; distinct from the server's own
+# SIGNOFF_TLS_* so one environment can hold both.
+CA_VARIABLE = "SIGNOFF_CLIENT_TLS_CA"
+CERT_VARIABLE = "SIGNOFF_CLIENT_TLS_CERT"
+KEY_VARIABLE = "SIGNOFF_CLIENT_TLS_KEY"
+
+
+@dataclass(frozen=True)
+class TLS:
+    """How to reach a signoff service over TLS.
+
+    `ca`: PEM roots to trust; None trusts the system's roots. `cert` and `key`: a client
+    certificate, for a service that requires one (mutual TLS); both or neither.
+    `server_name`: the name to verify the service's certificate against, when it differs from
+    the host in the target (e.g. connecting to an IP address).
+    """
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    server_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise InvalidInput("a client certificate needs both cert and key")
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """The channel credentials; files are read now, so a missing one fails here."""
+        return grpc.ssl_channel_credentials(
+            root_certificates=_read(self.ca, "CA") if self.ca else None,
+            private_key=_read(self.key, "client key") if self.key else None,
+            certificate_chain=_read(self.cert, "client certificate") if self.cert else None,
+        )
+
+    def channel(self, target: str) -> grpc.Channel:
+        options = []
+        if self.server_name:
+            options.append(("grpc.ssl_target_name_override", self.server_name))
+        return grpc.secure_channel(target, self.credentials(), options=options)
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise InvalidInput(f"cannot read the TLS {what} {path}: {err.strerror}") from None
+    if b"-----BEGIN " not in data:
+        raise InvalidInput(f"the TLS {what} {path} is not PEM")
+    return data
+
+
+def is_loopback(target: str) -> bool:
+    """Whether a gRPC target names this machine only, where plaintext never leaves the host."""
+    host = target.removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:")
+    if host.startswith("unix:"):
+        return True
+    if host.startswith("["):
+        host = host[1 : host.find("]")]
+    elif host.count(":") == 1:
+        host = host.rsplit(":", 1)[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def add_tls_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The client commands' TLS flags; each falls back to its SIGNOFF_CLIENT_TLS_* variable."""
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="connect over TLS, trusting the system's roots (implied by the other --tls-* flags)",
+    )
+    parser.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=argparse.SUPPRESS,
+        metavar="PEM",
+        help=f"trust these roots for the service's certificate (${CA_VARIABLE})",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=argparse.SUPPRESS,
+        metavar="PEM",
+        help=f"client certificate, for a service requiring one (${CERT_VARIABLE})",
+    )
+    parser.add_argument(
+        "--tls-key",
+        type=Path,
+        default=argparse.SUPPRESS,
+        metavar="PEM",
+        help=f"the client certificate's private key (${KEY_VARIABLE})",
+    )
+    parser.add_argument(
+        "--tls-server-name",
+        default=argparse.SUPPRESS,
+        metavar="NAME",
+        help="verify the service's certificate for NAME instead of the target's host",
+    )
+
+
+def tls_from_args(args: argparse.Namespace) -> TLS | None:
+    """The TLS settings from `add_tls_arguments` flags and the environment; None: plaintext."""
+
+    def path(flag: str, variable: str) -> Path | None:
+        given: Path | None = getattr(args, flag, None)
+        if given is not None:
+            return given
+        value = os.environ.get(variable, "")
+        return Path(value) if value else None
+
+    ca = path("tls_ca", CA_VARIABLE)
+    cert = path("tls_cert", CERT_VARIABLE)
+    key = path("tls_key", KEY_VARIABLE)
+    server_name: str | None = getattr(args, "tls_server_name", None)
+    if not (getattr(args, "tls", False) or ca or cert or key or server_name):
+        return None
+    return TLS(ca=ca, cert=cert, key=key, server_name=server_name)
