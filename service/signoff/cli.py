@@ -95,7 +95,9 @@ def _serve_with(
         print(f"signoff: refusing to start: {exc}", file=sys.stderr)
         return 2
     telemetry.record_policy_load("ok")
-    store = ApprovalStore(cfg.redis_url, prefix=cfg.redis_prefix)
+    store = ApprovalStore(
+        cfg.redis_url, prefix=cfg.redis_prefix, max_pending_per_requester=cfg.max_pending_approvals
+    )
     secret = cfg.hash_key or _dev_secret(store)
     if secret is None:
         print(

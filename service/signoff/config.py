@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from signoff.approvals.store import DEFAULT_MAX_PENDING_PER_REQUESTER
 from signoff.client.tls import is_loopback
 from signoff.engine.cel import BACKENDS, DEFAULT_BACKEND
 from signoff.errors import ConfigError
@@ -40,6 +41,7 @@ class Config:
     bundle_public_key: Path | None = None  # set: --rules must be a signed bundle
     tls: TLSFiles | None = None  # None: plaintext (loopback, or --allow-plaintext)
     share_port: bool = False  # set for the processes of `--processes N`, never by hand
+    max_pending_approvals: int = DEFAULT_MAX_PENDING_PER_REQUESTER
 
 
 # Filled by add_serve_arguments: the variable each serve option reads, by its dest.
@@ -138,6 +140,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         env="SIGNOFF_MAX_BATCH_ITEMS",
         default="1000",
         help="largest CheckBatch accepted (SIGNOFF_MAX_BATCH_ITEMS; default 1000)",
+    )
+    option(
+        "--max-pending-approvals",
+        type=int,
+        env="SIGNOFF_MAX_PENDING_APPROVALS",
+        default=str(DEFAULT_MAX_PENDING_PER_REQUESTER),
+        help="approvals one principal may have waiting at once; past it, a check needing "
+        "another is denied (approval_pending_limit); 0: no limit "
+        "(SIGNOFF_MAX_PENDING_APPROVALS; default 20)",
     )
     option(
         "--hash-key-file",
@@ -245,6 +256,8 @@ def from_args(args: argparse.Namespace) -> Config:
         raise ConfigError("--processes must be at least 1")
     if args.decision_cache < 0:
         raise ConfigError("--decision-cache must not be negative")
+    if args.max_pending_approvals < 0:
+        raise ConfigError("--max-pending-approvals must not be negative")
     if not args.bundle_public_key and Path(args.rules).is_file():
         raise ConfigError("--rules is a file; a signed bundle needs --bundle-public-key")
     if args.processes > 1 and args.metrics_address:
@@ -279,6 +292,7 @@ def from_args(args: argparse.Namespace) -> Config:
         bundle_public_key=Path(args.bundle_public_key) if args.bundle_public_key else None,
         share_port=os.environ.get(SHARE_PORT_ENV) == "1",
         tls=tls,
+        max_pending_approvals=args.max_pending_approvals,
     )
 
 

@@ -80,6 +80,9 @@ def create_dev_certs(
         client_cert=directory / "client.pem",
         client_key=directory / "client-key.pem",
     )
+    taken = [path.name for path in vars(files).values() if os.path.lexists(path)]
+    if taken:
+        raise ConfigError(f"{directory} already holds {', '.join(taken)}; choose another directory")
     _write(files.ca, ca.public_bytes(serialization.Encoding.PEM), 0o644)
     _write(files.ca_key, _key_pem(ca_key), 0o600)
     server_names: list[x509.GeneralName] = []
@@ -147,7 +150,8 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 def _write(path: Path, data: bytes, mode: int) -> None:
     # Written aside and renamed in, so a server watching the files never reads half of one.
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    # Never through a file or link already there: a planted one would receive the key.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
     os.chmod(tmp, mode)

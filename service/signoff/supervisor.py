@@ -86,8 +86,7 @@ def supervise(args: argparse.Namespace, processes: int) -> int:
             failed = next(c for c, line in zip(children, ready, strict=True) if not line)
             return _stop_all(children, failed.poll() or 1)
         reservation.close()
-        first = ready[0].rstrip().removesuffix(")")
-        print(f"{first}, {processes} processes)", flush=True)
+        print(f"{ready[0].rstrip()}; {processes} processes", flush=True)
         for child in children:
             # Anything a child prints later (e.g. a console span exporter) must not fill its
             # pipe, or its writes would block the threads serving requests.

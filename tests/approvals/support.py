@@ -25,7 +25,12 @@ from signoff import devtokens
 from signoff.approvals.digest import digest_key
 from signoff.approvals.flow import ApprovalFlow
 from signoff.approvals.model import ApprovalRecord, State
-from signoff.approvals.store import ApprovalStore, Clock, wall_clock_ms
+from signoff.approvals.store import (
+    DEFAULT_MAX_PENDING_PER_REQUESTER,
+    ApprovalStore,
+    Clock,
+    wall_clock_ms,
+)
 from signoff.engine.compiled import Bundle
 from signoff.engine.evaluator import Engine
 from signoff.identity import Authenticator, IdentityConfig
@@ -289,13 +294,17 @@ def serve(
     prefix: str | None = None,
     workers: int = 8,
     watch_poll_ms: int = 1000,
+    max_pending: int = DEFAULT_MAX_PENDING_PER_REQUESTER,
 ) -> Iterator[Server]:
     """Serve `rules` (default: the bundled rules), CEL `now` pinned at `now`, the approval store
     on `clock`, under a fresh key prefix (or `prefix`, left in place for its owner to drop)."""
     engine = Engine(bundled() if rules is None else _load(rules), clock=fixed_clock(now))
     own = prefix is None
     store = ApprovalStore(
-        redis_url, prefix=prefix or f"signoff:test:approvals:{uuid.uuid4().hex}:", clock=clock
+        redis_url,
+        prefix=prefix or f"signoff:test:approvals:{uuid.uuid4().hex}:",
+        clock=clock,
+        max_pending_per_requester=max_pending,
     )
     flow = ApprovalFlow(
         store, digest_key=digest_key(KEY), views=Views(hash_key=KEY, hash_key_id=KEY_ID)

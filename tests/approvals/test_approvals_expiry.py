@@ -235,7 +235,14 @@ def test_every_key_of_an_approval_carries_a_ttl_whatever_its_end(
     assert (lab.r.zscore(f"{lab.prefix}pending", approval_id) is None) is final
     assert lab.r.zscore(f"{lab.prefix}grants", approval_id) is None
     shared = {k.removeprefix(lab.prefix).split(":")[0] for k in lab.all_keys()}
-    assert shared <= {"approval", "bydigest", "events", "pending", "grants"}
+    assert shared <= {"approval", "bydigest", "events", "pending", "grants", "requester"}
+    # The requester's set of waiting approvals expires too, and forgets one no longer waiting
+    # (an emptied set is gone altogether).
+    mine = [k for k in lab.all_keys() if k.startswith(f"{lab.prefix}requester:")]
+    assert len(mine) == (1 if ending == "pending" else 0)
+    for key in mine:
+        assert lab.r.pttl(key) > 0
+        assert lab.r.zscore(key, approval_id) is not None
 
 
 def test_short_windows_end_on_the_real_clock(

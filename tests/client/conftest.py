@@ -146,7 +146,8 @@ def scripted() -> Iterator[ScriptedServer]:
 @pytest.fixture(scope="session")
 def signoff_address() -> Iterator[str]:
     """The real signoff server on the bundled rules (see tests/server/harness.py)."""
-    with serving() as running:
+    # Shared by the whole session, where one requester asks far more than the pending limit.
+    with serving(max_pending=0) as running:
         yield f"127.0.0.1:{running.port}"
 
 
@@ -243,7 +244,7 @@ def dev_identity(tmp_path_factory: pytest.TempPathFactory) -> DevIdentity:
 def approvals_address(dev_identity: DevIdentity) -> Iterator[str]:
     """The real server on the bundled rules at night (when agents' exports need sign-off),
     with approvals on the real Redis and tokens from `dev_identity` verified."""
-    with serving(now=NIGHT, authenticator=dev_identity.authenticator()) as running:
+    with serving(now=NIGHT, authenticator=dev_identity.authenticator(), max_pending=0) as running:
         yield f"127.0.0.1:{running.port}"
 
 
@@ -255,5 +256,5 @@ def reports_address(
     root = tmp_path_factory.mktemp("approval-rules")
     for name, text in APPROVAL_RULES.items():
         (root / name).write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
-    with serving(root, authenticator=dev_identity.authenticator()) as running:
+    with serving(root, authenticator=dev_identity.authenticator(), max_pending=0) as running:
         yield f"127.0.0.1:{running.port}"

@@ -73,6 +73,12 @@ def mutual_port(certs: DevCerts) -> Iterator[int]:
         ("signoff.internal:50051", False),
         ("localhost.evil.example:50051", False),
         ("dns:///signoff.internal:443", False),
+        ("ipv6:[::1]:1,[2001:db8::1]:50051", False),
+        ("ipv4:127.0.0.1:1,10.0.0.5:50051", False),
+        ("dns:///unix:443", False),
+        ("[::1]x:50051", False),
+        ("[::1:50051", False),
+        ("localhost:http", False),
     ],
 )
 def test_only_loopback_targets_count_as_this_machine(target: str, loopback: bool) -> None:

@@ -19,7 +19,7 @@ from google.protobuf import struct_pb2
 
 from signoff.approvals.digest import digest_key
 from signoff.approvals.flow import ApprovalFlow
-from signoff.approvals.store import ApprovalStore
+from signoff.approvals.store import DEFAULT_MAX_PENDING_PER_REQUESTER, ApprovalStore
 from signoff.client.masking import key_id
 from signoff.engine.compiled import Bundle
 from signoff.engine.evaluator import Engine
@@ -62,13 +62,14 @@ def serving(
     limits: convert.Limits | None = None,
     authenticator: Authenticator | None = None,
     redis_url: str = REDIS_URL,
+    max_pending: int = DEFAULT_MAX_PENDING_PER_REQUESTER,
 ) -> Iterator[app.Running]:
     """Serve `rules` (default: the bundled rules) on a free port with the clock pinned at `now`,
     with approvals kept in the real Redis under a key prefix of its own."""
     bundle = bundled(backend) if rules is None else load_bundle(rules, backend=backend)
     engine = Engine(bundle, clock=fixed_clock(now))
     prefix = f"signoff:test:{uuid.uuid4().hex}:"
-    store = ApprovalStore(redis_url, prefix=prefix)
+    store = ApprovalStore(redis_url, prefix=prefix, max_pending_per_requester=max_pending)
     flow = ApprovalFlow(
         store, digest_key=digest_key(KEY), views=Views(hash_key=KEY, hash_key_id=KEY_ID)
     )

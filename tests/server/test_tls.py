@@ -283,3 +283,44 @@ def test_half_a_tls_configuration_is_refused(
 def test_a_client_given_both_tls_and_a_channel_is_refused(certs: DevCerts) -> None:
     with grpc.insecure_channel("127.0.0.1:1") as channel, pytest.raises(InvalidInput):
         SignoffClient("x", channel=channel, tls=TLS(ca=certs.ca))
+
+
+def test_a_certificate_not_yet_valid_is_refused_at_start(tmp_path: Path) -> None:
+    future = create_dev_certs(tmp_path, now=dt.datetime.now(dt.UTC) + dt.timedelta(days=2))
+    with pytest.raises(ConfigError, match="not valid before"):
+        ServerTLS(TLSFiles(future.server_cert, future.server_key))
+
+
+def test_a_missing_file_is_named_in_the_refusal(certs: DevCerts, tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.pem"
+    with pytest.raises(ConfigError, match=str(missing)):
+        ServerTLS(TLSFiles(certs.server_cert, missing))
+
+
+def test_an_unreadable_rotation_is_retried_until_it_reads(
+    certs: DevCerts, other_certs: DevCerts, tmp_path: Path
+) -> None:
+    files = install(certs, tmp_path / "live")
+    tls = ServerTLS(files)
+    # Mid-rotation the key path cannot be read (here: briefly a directory) ...
+    files.key.unlink()
+    files.key.mkdir()
+    assert tls.refresh() is None
+    assert tls.refresh() is None
+    # ... then the new pair lands: taken up at the next look, not stuck on the failure.
+    files.key.rmdir()
+    install(other_certs, tmp_path / "live")
+    assert tls.refresh() is not None
+    assert tls.refresh() is None  # and only once
+
+
+def test_dev_certs_never_overwrite_or_write_through_a_planted_link(tmp_path: Path) -> None:
+    create_dev_certs(tmp_path / "once")
+    with pytest.raises(ConfigError, match="already holds"):
+        create_dev_certs(tmp_path / "once")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / ".ca-key.pem.tmp").symlink_to(tmp_path / "stolen")
+    with pytest.raises(FileExistsError):
+        create_dev_certs(shared)
+    assert not (tmp_path / "stolen").exists()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from signoff.approvals.digest import request_digest
 from signoff.approvals.model import is_approval_id
-from signoff.approvals.store import ApprovalStore, Outcome, iso
+from signoff.approvals.store import ApprovalStore, Outcome, PendingLimit, iso
 from signoff.engine.model import Decision, Request, Verdict
 from signoff.views import Views, requirement_doc
 
@@ -90,12 +90,23 @@ class ApprovalFlow:
             "policy_revision": decision.policy_revision,
             "decision_id": decision_id,
         }
-        approval_id, created = self.store.create(
-            digest=digest,
-            requester=request.principal.id,
-            pending_ttl_ms=int(req.pending_ttl.total_seconds() * 1000),
-            grant_ttl_ms=int(req.grant_ttl.total_seconds() * 1000),
-            doc=doc,
-            summary=summary,
-        )
+        try:
+            approval_id, created = self.store.create(
+                digest=digest,
+                requester=request.principal.id,
+                pending_ttl_ms=int(req.pending_ttl.total_seconds() * 1000),
+                grant_ttl_ms=int(req.grant_ttl.total_seconds() * 1000),
+                doc=doc,
+                summary=summary,
+            )
+        except PendingLimit:
+            # Fails closed: no approval to wait for, so the action is denied, with a reason the
+            # caller can act on (wait for or cancel the approvals it has asked for).
+            denied = Decision(
+                Verdict.DENY,
+                decision.policy_revision,
+                matched_rules=decision.matched_rules,
+                reasons=("approval_pending_limit",),
+            )
+            return Held(denied)
         return Held(decision, approval_id, "created" if created else "")

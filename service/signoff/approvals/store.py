@@ -15,6 +15,7 @@ accumulates; expiry itself is decided from the stored times, never from key TTLs
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import secrets
@@ -29,12 +30,26 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from signoff.approvals.model import ApprovalRecord, State, Vote, is_approval_id
-from signoff.errors import StoreUnavailable
+from signoff.errors import SignoffError, StoreUnavailable
 
 log = logging.getLogger("signoff.approvals")
 DEFAULT_PREFIX = "signoff:"
 DEFAULT_RETENTION_MS = 7 * 24 * 3600 * 1000
 EVENTS_MAXLEN = 100_000
+# Approvals one requester may have waiting at once: a runaway agent must not bury the
+# approvers (and Redis) in requests. 0 means no limit.
+DEFAULT_MAX_PENDING_PER_REQUESTER = 20
+
+
+class PendingLimit(SignoffError):
+    """The requester already has as many approvals waiting as it may."""
+
+    def __init__(self, held: int, limit: int) -> None:
+        super().__init__(f"{held} approvals already pending for this requester (limit {limit})")
+        self.held = held
+        self.limit = limit
+
+
 Clock = Callable[[], int]  # milliseconds since the epoch
 
 
@@ -62,6 +77,8 @@ local function finish(prefix, id, rec, to, actor, now, at, reason)
   redis.call('HSET', rec, 'state', to, 'final_ms', now, 'final_reason', reason)
   redis.call('ZREM', prefix .. 'pending', id)
   redis.call('ZREM', prefix .. 'grants', id)
+  local mine = redis.call('HGET', rec, 'requester_key')
+  if mine then redis.call('ZREM', mine, id) end
   local summary = redis.call('HGET', rec, 'summary')
   emit(prefix, id, 'approval.' .. to, from, to, actor, at, reason, summary)
 end
@@ -86,7 +103,7 @@ def _script(body: str) -> str:
 
 
 # KEYS: none (single-instance Redis). ARGV: prefix, id, now, at, pending_expires_ms,
-# grant_ttl_ms, ttl_ms, digest, doc, summary, requester
+# grant_ttl_ms, ttl_ms, digest, doc, summary, requester, requester_key, max_pending
 _CREATE = _script("""
 local prefix, id, now, at = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local digest = ARGV[8]
@@ -99,13 +116,23 @@ if existing then
     if state == 'pending' or state == 'approved' then return {'existing', existing} end
   end
 end
+-- One requester's pending approvals, by the end of their window: a window past its end no
+-- longer counts even before the sweeper has marked it expired.
+local mine, max_pending = ARGV[12], tonumber(ARGV[13])
+redis.call('ZREMRANGEBYSCORE', mine, '-inf', now)
+if max_pending > 0 then
+  local held = redis.call('ZCARD', mine)
+  if held >= max_pending then return {'limit', tostring(held)} end
+end
 local rec = prefix .. 'approval:' .. id
 redis.call('HSET', rec, 'state', 'pending', 'digest', digest, 'created_ms', now,
   'pending_expires_ms', ARGV[5], 'grant_ttl_ms', ARGV[6], 'approved_ms', 0,
   'grant_expires_ms', 0, 'final_ms', 0, 'final_reason', '', 'approvals', 0,
-  'doc', ARGV[9], 'summary', ARGV[10])
+  'doc', ARGV[9], 'summary', ARGV[10], 'requester_key', mine)
 redis.call('PEXPIRE', rec, ARGV[7])
 redis.call('ZADD', prefix .. 'pending', ARGV[5], id)
+redis.call('ZADD', mine, ARGV[5], id)
+if redis.call('PTTL', mine) < tonumber(ARGV[7]) then redis.call('PEXPIRE', mine, ARGV[7]) end
 redis.call('SET', bydigest, id, 'PX', ARGV[7])
 emit(prefix, id, 'approval.created', '', 'pending', ARGV[11], at, '', ARGV[10])
 return {'created', id}
@@ -131,6 +158,8 @@ if n >= tonumber(ARGV[7]) then
   redis.call('HSET', rec, 'state', 'approved', 'approved_ms', now,
     'grant_expires_ms', grant_expires)
   redis.call('ZREM', prefix .. 'pending', id)
+  local mine = redis.call('HGET', rec, 'requester_key')
+  if mine then redis.call('ZREM', mine, id) end
   redis.call('ZADD', prefix .. 'grants', grant_expires, id)
   emit(prefix, id, 'approval.approved', 'pending', 'approved', ARGV[5], at, ARGV[8], summary)
   return {'approved', tostring(n)}
@@ -217,6 +246,7 @@ class ApprovalStore:
         clock: Clock = wall_clock_ms,
         retention_ms: int = DEFAULT_RETENTION_MS,
         timeout: float = 2.0,
+        max_pending_per_requester: int = DEFAULT_MAX_PENDING_PER_REQUESTER,
     ) -> None:
         # Fail fast instead of retrying inside a request: the caller gets UNAVAILABLE now and
         # the pool reconnects on the next call once Redis is back.
@@ -231,6 +261,7 @@ class ApprovalStore:
         self.prefix = prefix
         self.clock = clock
         self.retention_ms = retention_ms
+        self.max_pending_per_requester = max_pending_per_requester
         self._scripts = {
             name: self.redis.register_script(body)
             for name, body in (
@@ -299,7 +330,8 @@ class ApprovalStore:
         summary: dict[str, Any],
     ) -> tuple[str, bool]:
         """Store a pending approval; returns (id, created). A live approval for the same
-        exact action is returned instead of creating a second one."""
+        exact action is returned instead of creating a second one. Raises PendingLimit when
+        `requester` already has `max_pending_per_requester` approvals waiting."""
         now = self.clock()
         approval_id = "apr_" + secrets.token_urlsafe(18)
         ttl = pending_ttl_ms + grant_ttl_ms + self.retention_ms
@@ -315,7 +347,12 @@ class ApprovalStore:
             json.dumps(doc, separators=(",", ":"), sort_keys=True),
             json.dumps(summary, separators=(",", ":"), sort_keys=True),
             requester,
+            # Hashed: the key name carries no principal id, and any id makes a sane key.
+            f"{self.prefix}requester:{hashlib.sha256(requester.encode()).hexdigest()[:32]}",
+            self.max_pending_per_requester,
         )
+        if result[0] == "limit":
+            raise PendingLimit(int(result[1]), self.max_pending_per_requester)
         return str(result[1]), result[0] == "created"
 
     def approve(self, approval_id: str, approver: str, reason: str, quorum: int) -> Outcome:

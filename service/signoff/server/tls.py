@@ -6,11 +6,13 @@ import datetime as dt
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from signoff.errors import ConfigError
@@ -31,21 +33,25 @@ class TLSFiles:
     client_ca: Path | None = None
 
 
+Stamp = tuple[tuple[int, int, int, int, int], ...]
+
+
 @dataclass(frozen=True)
 class _Loaded:
-    stamp: tuple[tuple[int, int, int], ...]
+    stamp: Stamp
     key: bytes
     chain: bytes
     client_ca: bytes | None
     not_after: dt.datetime
 
 
-def _stamp(files: TLSFiles) -> tuple[tuple[int, int, int], ...]:
+def _stamp(files: TLSFiles) -> Stamp:
     stamps = []
     for path in (files.cert, files.key, files.client_ca):
         if path is not None:
             st = os.stat(path)
-            stamps.append((st.st_ino, st.st_size, st.st_mtime_ns))
+            # ctime too: fixing a file's owner or mode after a rotation changes nothing else.
+            stamps.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
     return tuple(stamps)
 
 
@@ -69,7 +75,7 @@ def _load(files: TLSFiles, now: dt.datetime) -> _Loaded:
         raise ConfigError(f"the TLS certificate {files.cert} is not a PEM certificate") from None
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise ConfigError(
             f"the TLS key {files.key} is not an unencrypted PEM private key"
         ) from None
@@ -81,6 +87,11 @@ def _load(files: TLSFiles, now: dt.datetime) -> _Loaded:
     ends = f"{leaf.not_valid_after_utc:%Y-%m-%d %H:%M}Z"
     if leaf.not_valid_after_utc <= now:
         raise ConfigError(f"the TLS certificate {files.cert} expired at {ends}")
+    if leaf.not_valid_before_utc > now:
+        raise ConfigError(
+            f"the TLS certificate {files.cert} is not valid before "
+            f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M}Z"
+        )
     if client_ca is not None:
         try:
             x509.load_pem_x509_certificates(client_ca)
@@ -108,8 +119,10 @@ class ServerTLS:
         try:
             self._current = _load(files, now or dt.datetime.now(dt.UTC))
         except OSError as exc:
-            raise ConfigError(f"cannot read the TLS files: {exc.strerror}") from None
-        self._refused: tuple[tuple[int, int, int], ...] | None = None
+            raise ConfigError(f"cannot read the TLS file {exc.filename}: {exc.strerror}") from None
+        # A set of files that did not check out, not tried again until one of them changes.
+        self._refused: Stamp | None = None
+        self._unreadable_warned = float("-inf")
 
     @property
     def not_after(self) -> dt.datetime:
@@ -142,16 +155,21 @@ class ServerTLS:
         with self._lock:
             try:
                 stamp = _stamp(self.files)
-            except OSError as exc:
-                if self._refused is None:
-                    log.warning("TLS files unreadable (%s); keeping the current ones", exc.strerror)
-                    self._refused = ()
-                return None
-            if stamp == self._current.stamp or stamp == self._refused:
-                return None
-            try:
+                if stamp == self._current.stamp or stamp == self._refused:
+                    return None
                 loaded = _load(self.files, dt.datetime.now(dt.UTC))
-            except (ConfigError, OSError) as exc:
+            except OSError as exc:
+                # Not remembered: a permission or a file put right shows in nothing we stat,
+                # so each handshake looks again; the warning is kept to one a minute.
+                if time.monotonic() - self._unreadable_warned > 60.0:
+                    self._unreadable_warned = time.monotonic()
+                    log.warning(
+                        "TLS file %s unreadable (%s); keeping the current ones",
+                        exc.filename,
+                        exc.strerror,
+                    )
+                return None
+            except ConfigError as exc:
                 log.warning("TLS files changed but were refused: %s; keeping the current ones", exc)
                 self._refused = stamp
                 return None

@@ -64,14 +64,26 @@ def _read(path: Path, what: str) -> bytes:
 
 
 def is_loopback(target: str) -> bool:
-    """Whether a gRPC target names this machine only, where plaintext never leaves the host."""
-    host = target.removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:")
-    if host.startswith("unix:"):
+    """Whether a gRPC target names this machine only, where plaintext never leaves the host.
+
+    Anything it cannot read for certain counts as remote: a list of addresses (gRPC tries
+    each in turn), a name resolved elsewhere, a bracket not closing the host.
+    """
+    if "," in target:
+        return False
+    if target.startswith("unix:") or target.startswith("unix-abstract:"):
         return True
+    host = target.removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:")
     if host.startswith("["):
-        host = host[1 : host.find("]")]
+        end = host.find("]")
+        rest = host[end + 1 :] if end > 0 else "x"
+        if rest and not (rest.startswith(":") and rest[1:].isdigit()):
+            return False
+        host = host[1:end]
     elif host.count(":") == 1:
-        host = host.rsplit(":", 1)[0]
+        host, port = host.split(":")
+        if not port.isdigit():
+            return False
     if host == "localhost":
         return True
     try:
