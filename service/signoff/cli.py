@@ -166,13 +166,7 @@ def _serve_with(
     print(
         f"signoff listening on {cfg.address.rsplit(':', 1)[0]}:{running.port} "
         f"revision {bundle.revision[:12]} ({bundle.rule_count} rules)"
-        + (
-            ""
-            if tls is None
-            else " over mutual TLS"
-            if cfg.tls and cfg.tls.client_ca
-            else " over TLS"
-        ),
+        + ("" if tls is None else f" over {tls.mode}"),
         flush=True,
     )
     if auditor is not None:

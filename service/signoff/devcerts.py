@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from signoff.errors import ConfigError
+from signoff.keyfiles import create_exclusive, private_key_pem
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
@@ -84,7 +85,7 @@ def create_dev_certs(
     if taken:
         raise ConfigError(f"{directory} already holds {', '.join(taken)}; choose another directory")
     _write(files.ca, ca.public_bytes(serialization.Encoding.PEM), 0o644)
-    _write(files.ca_key, _key_pem(ca_key), 0o600)
+    _write(files.ca_key, private_key_pem(ca_key), 0o600)
     server_names: list[x509.GeneralName] = []
     for host in hosts:
         try:
@@ -117,7 +118,7 @@ def create_dev_certs(
             .sign(ca_key, hashes.SHA256())
         )
         _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
-        _write(key_path, _key_pem(key), 0o600)
+        _write(key_path, private_key_pem(key), 0o600)
     return files
 
 
@@ -139,22 +140,11 @@ def _builder(
     )
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
 def _write(path: Path, data: bytes, mode: int) -> None:
-    # Written aside and renamed in, so a server watching the files never reads half of one.
+    # Written aside and renamed in, so a server watching the files never reads half of one;
+    # the aside file is created new, never through a file or link planted there.
     tmp = path.with_name(f".{path.name}.tmp")
-    # Never through a file or link already there: a planted one would receive the key.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(tmp, mode)
+    create_exclusive(tmp, data, mode)
     os.replace(tmp, path)
 
 

@@ -11,7 +11,6 @@ import argparse
 import base64
 import hashlib
 import json
-import os
 import sys
 import time
 import uuid
@@ -24,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from signoff.errors import ConfigError
+from signoff.keyfiles import create_exclusive, private_key_pem
 
 PRIVATE_KEY_FILE = "dev-signing-key.pem"
 JWKS_FILE = "jwks.json"
@@ -44,15 +44,7 @@ def create_dev_keys(directory: Path) -> Path:
             raise ConfigError(f"{existing} already exists; remove it or use another directory")
     directory.mkdir(parents=True, exist_ok=True)
     private = Ed25519PrivateKey.generate()
-    pem = private.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    # Created 0600 from the start: a chmod afterwards would leave a moment where it is readable.
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(pem)
+    create_exclusive(key_path, private_key_pem(private), 0o600)
     jwks = {"keys": [_public_jwk(private)]}
     jwks_path.write_text(json.dumps(jwks, indent=2) + "\n", encoding="utf-8")
     return jwks_path

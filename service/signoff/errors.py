@@ -74,3 +74,7 @@ class StoreUnavailable(SignoffError):
 
 class Overloaded(SignoffError):
     """A bounded resource (e.g. concurrent watch streams) is at its limit; retry or poll."""
+
+
+class AuditUnavailable(SignoffError):
+    """The audit stream cannot be appended to (Redis down, or a chain it cannot extend)."""

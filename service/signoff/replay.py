@@ -454,21 +454,10 @@ class Report:
 # --- replaying ------------------------------------------------------------------------------
 
 
-class _PinnedClock:
-    """The engine's clock, set to each record's decision time before deciding it again."""
-
-    def __init__(self) -> None:
-        self.at = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
-    def __call__(self) -> dt.datetime:
-        return self.at
-
-
 class _Replayer:
     def __init__(self, bundle: Bundle) -> None:
         self.bundle = bundle
-        self.clock = _PinnedClock()
-        self.engine = Engine(bundle, clock=self.clock)
+        self.engine = Engine(bundle)
         self._reads: dict[tuple[str, str], frozenset[Read]] = {}
 
     def reads(self, kind: str, action: str) -> frozenset[Read]:
@@ -512,7 +501,6 @@ class _Replayer:
         payload = {
             k: v for k, v in rec.payload.items() if not any(_overlaps(m, (k,)) for m in rec.masked)
         }
-        self.clock.at = rec.at
         request = Request(
             principal=rec.principal,
             action=rec.action,
@@ -521,7 +509,7 @@ class _Replayer:
             payload=payload,
             explain=True,
         )
-        return self.engine.decide(request)
+        return self.engine.decide(request, at=rec.at)
 
 
 def replay(

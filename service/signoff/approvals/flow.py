@@ -68,13 +68,7 @@ class ApprovalFlow:
         if outcome.status in ("pending", "approved"):
             return Held(decision, request.approval_id)
         reason = _REFUSALS.get(outcome.status, "approval_invalid")
-        denied = Decision(
-            Verdict.DENY,
-            decision.policy_revision,
-            matched_rules=decision.matched_rules,
-            reasons=(reason,),
-        )
-        return Held(denied, request.approval_id)
+        return Held(_denied(decision, reason), request.approval_id)
 
     def _hold(self, request: Request, decision: Decision, decision_id: str, digest: str) -> Held:
         req = decision.approval
@@ -102,11 +96,15 @@ class ApprovalFlow:
         except PendingLimit:
             # Fails closed: no approval to wait for, so the action is denied, with a reason the
             # caller can act on (wait for or cancel the approvals it has asked for).
-            denied = Decision(
-                Verdict.DENY,
-                decision.policy_revision,
-                matched_rules=decision.matched_rules,
-                reasons=("approval_pending_limit",),
-            )
-            return Held(denied)
+            return Held(_denied(decision, "approval_pending_limit"))
         return Held(decision, approval_id, "created" if created else "")
+
+
+def _denied(decision: Decision, reason: str) -> Decision:
+    """The policy asked for an approval that cannot be had: denied, for `reason`."""
+    return Decision(
+        Verdict.DENY,
+        decision.policy_revision,
+        matched_rules=decision.matched_rules,
+        reasons=(reason,),
+    )

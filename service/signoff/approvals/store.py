@@ -34,6 +34,7 @@ from signoff.errors import SignoffError, StoreUnavailable
 
 log = logging.getLogger("signoff.approvals")
 DEFAULT_PREFIX = "signoff:"
+DEV_SECRET_REDIS_KEY = "dev-secret"  # noqa: S105 - a key name under the prefix, not a secret
 DEFAULT_RETENTION_MS = 7 * 24 * 3600 * 1000
 EVENTS_MAXLEN = 100_000
 # Approvals one requester may have waiting at once: a runaway agent must not bury the
@@ -72,13 +73,17 @@ local function emit(prefix, id, kind, from, to, actor, at, reason, summary)
   local ttl = redis.call('PTTL', prefix .. 'approval:' .. id)
   if ttl > 0 then redis.call('PEXPIRE', own, ttl) end
 end
+-- No longer waiting for sign-off: out of the pending index and its requester's count.
+local function unlist(prefix, id, rec)
+  redis.call('ZREM', prefix .. 'pending', id)
+  local mine = redis.call('HGET', rec, 'requester_key')
+  if mine then redis.call('ZREM', mine, id) end
+end
 local function finish(prefix, id, rec, to, actor, now, at, reason)
   local from = redis.call('HGET', rec, 'state')
   redis.call('HSET', rec, 'state', to, 'final_ms', now, 'final_reason', reason)
-  redis.call('ZREM', prefix .. 'pending', id)
+  unlist(prefix, id, rec)
   redis.call('ZREM', prefix .. 'grants', id)
-  local mine = redis.call('HGET', rec, 'requester_key')
-  if mine then redis.call('ZREM', mine, id) end
   local summary = redis.call('HGET', rec, 'summary')
   emit(prefix, id, 'approval.' .. to, from, to, actor, at, reason, summary)
 end
@@ -157,9 +162,7 @@ if n >= tonumber(ARGV[7]) then
   local grant_expires = now + tonumber(redis.call('HGET', rec, 'grant_ttl_ms'))
   redis.call('HSET', rec, 'state', 'approved', 'approved_ms', now,
     'grant_expires_ms', grant_expires)
-  redis.call('ZREM', prefix .. 'pending', id)
-  local mine = redis.call('HGET', rec, 'requester_key')
-  if mine then redis.call('ZREM', mine, id) end
+  unlist(prefix, id, rec)
   redis.call('ZADD', prefix .. 'grants', grant_expires, id)
   emit(prefix, id, 'approval.approved', 'pending', 'approved', ARGV[5], at, ARGV[8], summary)
   return {'approved', tostring(n)}
@@ -297,7 +300,7 @@ class ApprovalStore:
         SIGNOFF_HASH_KEY instead. It keeps approvals and pseudonyms stable across restarts
         and processes when no key is configured.
         """
-        key = f"{self.prefix}dev-secret"
+        key = f"{self.prefix}{DEV_SECRET_REDIS_KEY}"
         with self._available():
             self.redis.set(key, secrets.token_hex(32), nx=True)
             value = self.redis.get(key)
@@ -408,13 +411,16 @@ class ApprovalStore:
             return None
         return self._fetch([approval_id])[0]
 
-    def pending(self, limit: int) -> list[ApprovalRecord]:
-        """Pending approvals whose window is still open, soonest to expire first."""
+    def pending(self, limit: int, chunk: int = 100) -> Iterator[ApprovalRecord]:
+        """Pending approvals whose window is still open, soonest to expire first. Read `chunk`
+        at a time, each chunk one transaction: a long list never holds Redis (and the checks
+        waiting on it) for long, and a caller that has enough stops the reading."""
         now = self.clock()
         with self._available():
             ids = self.redis.zrangebyscore(f"{self.prefix}pending", now, "+inf", start=0, num=limit)
-        records = self._fetch([str(i) for i in ids])
-        return [r for r in records if r is not None and r.state is State.PENDING]
+        for start in range(0, len(ids), chunk):
+            records = self._fetch([str(i) for i in ids[start : start + chunk]])
+            yield from (r for r in records if r is not None and r.state is State.PENDING)
 
     def _fetch(self, ids: list[str]) -> list[ApprovalRecord | None]:
         """Records and votes of `ids` in one round trip, each record read consistently."""

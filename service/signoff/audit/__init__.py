@@ -3,8 +3,9 @@
 from signoff.audit.chain import GENESIS, STREAMS, Hasher, StreamKeys, audit_key, canonical_json
 from signoff.audit.cli import add_audit_arguments
 from signoff.audit.events import DEFAULT_GROUP, ApprovalEventAuditor, event_record
-from signoff.audit.log import Ack, AuditConfig, AuditLog, AuditUnavailable
+from signoff.audit.log import Ack, AuditConfig, AuditLog
 from signoff.audit.verify import BadRecord, VerifyResult, export, verify
+from signoff.errors import AuditUnavailable
 
 __all__ = [
     "DEFAULT_GROUP",

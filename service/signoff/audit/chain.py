@@ -44,6 +44,11 @@ class Canonical(str):
         return Canonical(canonical_json(value))
 
 
+def no_constants(name: str) -> Any:
+    """For json.loads(parse_constant=...): NaN and Infinity are not JSON, so not a record."""
+    raise ValueError(f"{name} is not JSON")
+
+
 def canonical_json(value: Any) -> str:
     """Sorted keys, no spaces, UTF-8 text; NaN and infinities are refused (they are not JSON).
     Top-level Canonical values are written as the JSON they hold."""

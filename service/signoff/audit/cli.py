@@ -15,6 +15,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from signoff import config as config_mod
+from signoff.approvals.store import DEV_SECRET_REDIS_KEY
 from signoff.audit.chain import STREAMS, Hasher, StreamKeys, audit_key
 from signoff.audit.verify import export, verify
 from signoff.errors import ConfigError
@@ -111,7 +112,7 @@ def _fail(command: str, message: str) -> int:
 def _dev_secret(client: redis.Redis, prefix: str) -> bytes | None:
     """The development secret a service without SIGNOFF_HASH_KEY keeps in Redis (read only)."""
     try:
-        value = client.get(f"{prefix}dev-secret")
+        value = client.get(f"{prefix}{DEV_SECRET_REDIS_KEY}")
     except redis.RedisError:
         return None
     if value is None:

@@ -15,8 +15,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from signoff.audit.chain import normalise_time
-from signoff.audit.log import DEFAULT_PREFIX, Ack, AuditLog, AuditUnavailable
+from signoff.approvals.store import DEFAULT_PREFIX
+from signoff.audit.chain import no_constants, normalise_time
+from signoff.audit.log import Ack, AuditLog
 
 log = logging.getLogger("signoff.audit")
 DEFAULT_GROUP = "signoff-audit"
@@ -24,14 +25,10 @@ DEFAULT_GROUP = "signoff-audit"
 _Entries = list[tuple[str, Mapping[str, str]]]
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _summary(raw: str) -> Any:
     # Stored as structured JSON when it is some, so a SIEM can query it; otherwise as given.
     try:
-        value = json.loads(raw, parse_constant=_no_constants)
+        value = json.loads(raw, parse_constant=no_constants)
     except ValueError:
         return raw
     return value if isinstance(value, dict | list) else raw
@@ -241,11 +238,8 @@ class ApprovalEventAuditor:
                 # Redis outages are expected; anything else is a bug, but the thread must
                 # outlive it, or approval transitions would silently stop being audited.
                 if not failing:
-                    log.warning(
-                        "approval event auditing paused (%s); retrying",
-                        exc,
-                        exc_info=not isinstance(exc, redis.RedisError | AuditUnavailable),
-                    )
+                    # The type only, as everywhere: an exception's text may quote a record.
+                    log.warning("approval event auditing paused (%s); retrying", type(exc).__name__)
                 failing = True
                 self._group_ready = False
                 self._own_pending = True

@@ -16,6 +16,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from signoff.approvals.store import DEFAULT_PREFIX
 from signoff.audit.chain import (
     GENESIS,
     RESERVED,
@@ -29,9 +30,9 @@ from signoff.audit.chain import (
 from signoff.audit.verify import VerifyResult, hash_ok, parse_entry
 from signoff.audit.verify import export as export_stream
 from signoff.audit.verify import verify as verify_stream
+from signoff.errors import AuditUnavailable
 
 log = logging.getLogger("signoff.audit")
-DEFAULT_PREFIX = "signoff:"
 
 # KEYS: head, stream, anchor, ack stream (the stream again when nothing is acknowledged).
 # ARGV: expected head ('' for an empty log), new head, genesis anchor, ack group ('' for
@@ -90,10 +91,6 @@ if n ~= tonumber(ARGV[4]) then return {'mismatch', n} end
 redis.call('SET', KEYS[1], ARGV[3])
 return {'ok', n}
 """
-
-
-class AuditUnavailable(Exception):
-    """The audit stream cannot be appended to (Redis down, or a chain it cannot extend)."""
 
 
 @dataclass(frozen=True)

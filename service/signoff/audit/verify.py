@@ -12,7 +12,14 @@ from typing import Any, NamedTuple, TextIO
 
 import redis
 
-from signoff.audit.chain import Hasher, StreamKeys, canonical_json, is_hash, parse_head
+from signoff.audit.chain import (
+    Hasher,
+    StreamKeys,
+    canonical_json,
+    is_hash,
+    no_constants,
+    parse_head,
+)
 
 CHUNK = 1000
 # How far past a misplaced record verify looks for the one that belongs there.
@@ -66,10 +73,6 @@ class Entry:
     record: dict[str, Any]
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def parse_entry(entry_id: str, fields: Mapping[str, str] | None) -> Entry | None:
     """The entry as a chain record, or None when it lacks the fields or types one must have."""
     if not fields:
@@ -78,7 +81,7 @@ def parse_entry(entry_id: str, fields: Mapping[str, str] | None) -> Entry | None
     if text is None or not is_hash(digest):
         return None
     try:
-        doc = json.loads(text, parse_constant=_no_constants)
+        doc = json.loads(text, parse_constant=no_constants)
     except ValueError:
         return None
     if not isinstance(doc, dict):

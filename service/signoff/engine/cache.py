@@ -45,6 +45,11 @@ class DecisionCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def keeps(self) -> bool:
+        """Whether anything is ever kept: when not, a caller need not encode its key."""
+        return self._max > 0
+
     def decide(self, key: bytes, parse: Callable[[], Request]) -> Decided:
         """The decision for the request encoded as `key`; `parse` decodes it on a miss and may
         raise InvalidRequest, which is never cached."""
@@ -57,13 +62,10 @@ class DecisionCache:
         request = parse()
         at = self.engine.now()
         decided = Decided(request, self.engine.decide(request, at))
+        if not self.keeps or len(key) > self._max_key or decided.decision.errored_rules:
+            return decided
         steady = self.engine.steady_for(request.resource.kind, request.action)
-        if (
-            self._max > 0
-            and steady > 0
-            and len(key) <= self._max_key
-            and not decided.decision.errored_rules
-        ):
+        if steady > 0:
             decided.steady_for = steady
             decided.period = _period(at.timestamp(), steady)
             with self._lock:

@@ -9,6 +9,7 @@ protobuf message types built from the declared attribute schema, so a typo such 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import re
 import threading
@@ -209,6 +210,7 @@ _QUARTER_HOUR_ZONE = re.compile(
 CLOCK_FREE = float("inf")
 
 
+@functools.lru_cache(maxsize=16384)
 def clock_steady_for(source: str) -> float:
     """For how many seconds of time the expression's value cannot change, as far as reading
     `now` goes: CLOCK_FREE if it never reads it, 0 if `now` is used any other way than through

@@ -288,6 +288,11 @@ class Engine:
             )
         return out
 
+    def holds_derived(self, name: str, roles: frozenset[str], activation: Any) -> bool:
+        """Whether the principal holding `roles` holds derived role `name` in `activation`;
+        raises CelEvalError when its condition fails."""
+        return self._derived(name, roles, {}, activation)
+
     def _derived(
         self, name: str, roles: frozenset[str], memo: dict[str, bool], activation: Any
     ) -> bool:

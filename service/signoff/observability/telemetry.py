@@ -8,7 +8,7 @@ import math
 import os
 import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
 
 import grpc
@@ -168,24 +168,6 @@ class _DecisionScope(AbstractContextManager[DecisionSpan]):
                 # set by set_error (e.g. INVALID_ARGUMENT) says more and is kept.
                 self._span.set_status(Status(StatusCode.ERROR, exc_type.__name__))
             self._span.end()
-
-
-class _PassiveScope(AbstractContextManager[DecisionSpan]):
-    """Stands in for a decision span that nothing would export: it starts no span."""
-
-    def __init__(self, telemetry: Telemetry) -> None:
-        self._shield = telemetry.shield
-
-    def __enter__(self) -> DecisionSpan:
-        return DecisionSpan(trace.get_current_span(), self._shield, detailed=False)
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
 
 
 class Telemetry:
@@ -354,7 +336,7 @@ class Telemetry:
         the span around it (the RPC's), which is all the audit record links by.
         """
         if not self.exports_spans:
-            return _PassiveScope(self)
+            return nullcontext(DecisionSpan(trace.get_current_span(), self.shield, detailed=False))
         return _DecisionScope(self, item_index)
 
     def approval_event(

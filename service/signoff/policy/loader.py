@@ -9,7 +9,7 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -378,12 +378,11 @@ def _policies(
                     )
                     continue
                 rule_ids.add(rule["id"])
+                shadow = bool(spec.get("shadow") or rule.get("shadow"))
                 compiled_rule = _rule(
-                    ctx, src, (*base, "rules", j), rule_id, rule, variables, derived
+                    ctx, src, (*base, "rules", j), rule_id, rule, variables, derived, shadow
                 )
                 if compiled_rule is not None:
-                    if spec.get("shadow") or rule.get("shadow"):
-                        compiled_rule = replace(compiled_rule, shadow=True)
                     rules.append(compiled_rule)
             if duplicate:
                 continue
@@ -470,6 +469,7 @@ def _rule(
     spec: dict[str, Any],
     variables: dict[str, str],
     derived: dict[str, DerivedRole],
+    shadow: bool,
 ) -> CompiledRule | None:
     before = len(ctx.problems)
     program = None
@@ -497,6 +497,7 @@ def _rule(
         reason=reason,
         masks=masks,
         approval=approval,
+        shadow=shadow,
     )
 
 

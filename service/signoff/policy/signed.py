@@ -34,6 +34,7 @@ from signoff.engine import cel
 from signoff.engine.compiled import Bundle
 from signoff.engine.schema import MAX_DURATION_SECONDS, parse_duration
 from signoff.errors import ConfigError, PolicyError, Problem
+from signoff.keyfiles import create_exclusive, private_key_pem
 from signoff.policy.loader import SUITE_SUFFIXES, load_bundle, policy_files
 
 log = logging.getLogger("signoff.policy")
@@ -136,11 +137,7 @@ def generate_keys(directory: str | Path) -> tuple[Path, Path]:
     except OSError as exc:
         raise ConfigError(f"cannot create {root}: {exc.strerror}") from None
     key = Ed25519PrivateKey.generate()
-    private_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+    private_pem = private_key_pem(key)
     public_pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -154,18 +151,13 @@ def generate_keys(directory: str | Path) -> tuple[Path, Path]:
 
 
 def _write_new(path: Path, data: bytes, mode: int) -> None:
-    # O_EXCL: a file that appeared since the check above is still never overwritten, and
-    # O_NOFOLLOW: a planted symlink cannot redirect the private key elsewhere.
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    # Exclusive: a file that appeared since the check above is still never overwritten.
     try:
-        fd = os.open(path, flags, mode)
+        create_exclusive(path, data, mode)
     except FileExistsError:
         raise ConfigError(f"{path} already exists; keygen never overwrites a key") from None
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "wb") as out:
-        os.fchmod(out.fileno(), mode)  # the umask may have narrowed it; make it exact
-        out.write(data)
 
 
 def _read_key_file(path: Path, what: str) -> bytes:
@@ -820,12 +812,17 @@ Check = Callable[[Manifest, str], None]
 @contextmanager
 def _verified(
     tarball: str | Path,
-    public_key_pem: str | Path,
+    public_key_pem: str | Path | Ed25519PublicKey,
     limits: Limits,
     now: float,
     check: Check | None = None,
 ) -> Iterator[tuple[Path, Manifest]]:
-    key = load_public_key(public_key_pem)
+    # A key already loaded is used as is: what verifies is then what the caller shows.
+    key = (
+        public_key_pem
+        if isinstance(public_key_pem, Ed25519PublicKey)
+        else load_public_key(public_key_pem)
+    )
     path = Path(tarball)
     with _open_tarball(path) as handle:
         manifest = _verify(handle, str(path), key, limits)
@@ -891,9 +888,16 @@ def load_signed_bundle(
     return bundle
 
 
+def _hours_left_if_soon(manifest: Manifest, now: float) -> int | None:
+    """Whole hours until the bundle expires, when that is within the warning period."""
+    if manifest.expires_at is None or manifest.expires_at - now >= EXPIRY_WARNING_SECONDS:
+        return None
+    return int(manifest.expires_at - now) // 3600
+
+
 def _load(
     tarball: str | Path,
-    public_key_pem: str | Path,
+    public_key_pem: str | Path | Ed25519PublicKey,
     backend: str,
     limits: Limits,
     now: float,
@@ -970,14 +974,15 @@ class SignedBundleSource:
                 self._path, self._public_key, self._backend, self._limits, now, self._not_older
             )
             self._newest = manifest
-        if manifest.expires_at is not None and manifest.expires_at - now < EXPIRY_WARNING_SECONDS:
+        hours = _hours_left_if_soon(manifest, now)
+        if hours is not None:
             log.warning(
                 "signed bundle %s (revision %s) expires at %s, in %d hours: sign and publish "
                 "a fresh one before then, or it will be refused",
                 self._path,
                 bundle.revision[:12],
-                iso_utc(manifest.expires_at),
-                (manifest.expires_at - now) // 3600,
+                iso_utc(manifest.expires_at or 0),
+                hours,
             )
         return bundle
 
@@ -1141,9 +1146,7 @@ def run_verify(args: argparse.Namespace) -> int:
     now = time.time()
     try:
         key = load_public_key(args.public_key)
-        bundle, manifest = _load(
-            args.bundle, args.public_key, args.cel_backend, DEFAULT_LIMITS, now
-        )
+        bundle, manifest = _load(args.bundle, key, args.cel_backend, DEFAULT_LIMITS, now)
     except ConfigError as exc:
         _say("verify", str(exc))
         return USAGE
@@ -1156,7 +1159,7 @@ def run_verify(args: argparse.Namespace) -> int:
         f"{args.bundle}: ok, revision {bundle.revision}, {len(bundle.files)} policy files, "
         f"signed by {key_fingerprint(key)}, signed at {iso_utc(manifest.signed_at)}, {expires}"
     )
-    if manifest.expires_at is not None and manifest.expires_at - now < EXPIRY_WARNING_SECONDS:
-        hours = int(manifest.expires_at - now) // 3600
+    hours = _hours_left_if_soon(manifest, now)
+    if hours is not None:
         _say("verify", f"warning: {args.bundle} expires in {hours} hours")
     return OK

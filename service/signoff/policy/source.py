@@ -241,17 +241,13 @@ class _Builder:
                     raise _Decline
             elif flow and "?" in node.value:
                 raise _Decline  # PyYAML ends a plain scalar at `?` inside [...] and {...}
-            if node.tag == _STR_TAG:
-                return node.value
             return _scalar_value(node)
         if isinstance(node, yaml.MappingNode):
             flow = flow or bool(node.flow_style)
             out: dict[str, Any] = {}
             for key_node, value_node in node.value:
                 key = self.build(key_node, flow)
-                if not isinstance(key_node, yaml.ScalarNode) or not isinstance(key, str):
-                    raise _Decline
-                if key in out:
+                if not isinstance(key, str) or key in out:
                     raise _Decline
                 out[key] = self.build(value_node, flow)
             return out

@@ -6,14 +6,14 @@ import datetime as dt
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 from signoff.engine.cel import BACKENDS, CelEvalError
 from signoff.engine.compiled import Bundle
 from signoff.engine.evaluator import Engine
-from signoff.engine.model import Decision, MaskOp, RuleOutcome, Verdict
+from signoff.engine.model import Decision, MaskOp, Verdict
 from signoff.errors import InvalidRequest, PolicyError, Problem
 from signoff.policy.lint import item_locations
 from signoff.policy.loader import load_bundle
@@ -123,12 +123,7 @@ class Coverage:
         return self.locations.get(key, "?")
 
     def record(self, engine: Engine, case: Case, decision: Decision) -> None:
-        if decision.explanation is not None:
-            self.exercised.update(
-                t.rule_id
-                for t in decision.explanation.rules
-                if t.outcome is RuleOutcome.MATCHED and (t.counted or t.shadow)
-            )
+        self.exercised.update(_matched(decision))
         self._record_roles(engine, case)
 
     def _record_roles(self, engine: Engine, case: Case) -> None:
@@ -142,15 +137,11 @@ class Coverage:
         }
         if not wanted:
             return
-        bundle = engine.bundle
-        activation = bundle.backend.activation(engine.activation_data(request, at=case.now))
+        activation = engine.bundle.backend.activation(engine.activation_data(request, at=case.now))
         roles = frozenset(request.principal.roles)
         for name in sorted(wanted):
-            role = bundle.derived_roles[name]
-            if role.parent_roles and not (role.parent_roles & roles):
-                continue
             try:
-                if role.program.evaluate(activation):
+                if engine.holds_derived(name, roles, activation):
                     self.held.add(name)
             except CelEvalError:
                 pass  # an error is not holding the role; the case reports the failure itself
@@ -298,29 +289,17 @@ def _compare_approval(expect: Expectation, decision: Decision) -> list[str]:
 # --- running ---------------------------------------------------------------------------------
 
 
-class _PinnedClock:
-    """The server clock the engine sees; each case sets it before deciding."""
-
-    def __init__(self) -> None:
-        self.now = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
-    def __call__(self) -> dt.datetime:
-        return self.now
-
-
 def _run_case(
     case: Case,
-    engines: dict[str, tuple[Engine, _PinnedClock]],
+    engines: dict[str, Engine],
     coverage: Coverage | None = None,
 ) -> CaseResult:
     started = time.perf_counter()
     outcomes: list[BackendOutcome] = []
-    # Explaining only adds the per-rule trace; the verdict and everything compared stay alike.
-    request = case.request if coverage is None else replace(case.request, explain=True)
-    for backend, (engine, clock) in engines.items():
-        clock.now = case.now
+    request = case.request
+    for backend, engine in engines.items():
         try:
-            decision = engine.decide(request)
+            decision = engine.decide(request, at=case.now)
         except InvalidRequest as exc:
             message = f"request rejected: {exc}"
             outcomes.append(BackendOutcome(backend, None, message, [message]))
@@ -458,10 +437,7 @@ def run_suites(
         f"{len(suites)} suite(s) on {', '.join(backends)}; revision {revision[:12]}",
         file=out,
     )
-    engines = {}
-    for backend, bundle in bundles.items():
-        clock = _PinnedClock()
-        engines[backend] = (Engine(bundle, clock=clock), clock)
+    engines = {backend: Engine(bundle) for backend, bundle in bundles.items()}
 
     tracker = None
     if coverage or min_coverage is not None:

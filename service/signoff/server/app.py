@@ -105,7 +105,7 @@ def start(
         audit=audit,
         views=views,
         cache_entries=decision_cache,
-        caller_certificates=tls is not None and tls.files.client_ca is not None,
+        caller_certificates=tls is not None and tls.mutual,
     )
     pb_grpc.add_DecisionServiceServicer_to_server(decisions, server)
     names = [SERVICE_NAME]
@@ -155,7 +155,7 @@ def start(
         "serving %s on port %d over %s (revision %s, %d rules, backend %s)",
         SERVICE_NAME,
         port,
-        "plaintext" if tls is None else "mutual TLS" if tls.files.client_ca else "TLS",
+        "plaintext" if tls is None else tls.mode,
         engine.bundle.revision[:12],
         engine.bundle.rule_count,
         engine.bundle.backend.name,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
@@ -24,7 +24,6 @@ from signoff.v1 import signoff_pb2_grpc as pb_grpc
 from signoff.views import Views
 
 log = logging.getLogger("signoff.decisions")
-T = TypeVar("T")
 
 
 class DecisionService(pb_grpc.DecisionServiceServicer):
@@ -77,7 +76,8 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         with self._telemetry.decision_span(item_index=item_index) as span:
             try:
                 decided = decisions.decide(
-                    msg.SerializeToString(), lambda: convert.to_request(msg, self._limits)
+                    msg.SerializeToString() if decisions.keeps else b"",
+                    lambda: convert.to_request(msg, self._limits),
                 )
             except InvalidRequest:
                 span.set_error("INVALID_ARGUMENT")

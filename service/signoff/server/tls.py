@@ -125,15 +125,20 @@ class ServerTLS:
         self._unreadable_warned = float("-inf")
 
     @property
-    def not_after(self) -> dt.datetime:
-        return self._current.not_after
+    def mutual(self) -> bool:
+        """Whether every caller must present a certificate."""
+        return self.files.client_ca is not None
+
+    @property
+    def mode(self) -> str:
+        return "mutual TLS" if self.mutual else "TLS"
 
     def credentials(self) -> grpc.ServerCredentials:
         return grpc.dynamic_ssl_server_credentials(
             self._configuration(self._current),
             # gRPC documents None as "keep the current one"; grpc-stubs does not allow it.
             self._fetch,  # type: ignore[arg-type]
-            require_client_authentication=self.files.client_ca is not None,
+            require_client_authentication=self.mutual,
         )
 
     @staticmethod
@@ -159,8 +164,9 @@ class ServerTLS:
                     return None
                 loaded = _load(self.files, dt.datetime.now(dt.UTC))
             except OSError as exc:
-                # Not remembered: a permission or a file put right shows in nothing we stat,
-                # so each handshake looks again; the warning is kept to one a minute.
+                # A file missing mid-rotation (unreadable ones are refusals, remembered by a
+                # stamp whose ctime moves with any fix): each handshake looks again, with the
+                # warning kept to one a minute.
                 if time.monotonic() - self._unreadable_warned > 60.0:
                     self._unreadable_warned = time.monotonic()
                     log.warning(
