@@ -155,26 +155,29 @@ def test_a_rule_matched_only_after_a_deny_decided_is_not_exercised(tmp_path: Pat
 
 
 def test_coverage_is_the_union_of_the_backends_run(tmp_path: Path) -> None:
-    # cel-python errors on an int compared with a double; cel-expr matches the rule.
+    # A time parsed from a string keeps nanoseconds on cel-expr and microseconds on
+    # cel-python (a documented divergence): only cel-expr matches the rule.
     policies = """\
 schema:
-  payload: {level: dyn}
+  payload: {t: string}
 policies:
   - id: p
     resources: [doc]
     actions: [read]
     rules:
-      - {id: level-one, effect: allow, when: payload.level == 1.0}
+      - id: level-one
+        effect: allow
+        when: timestamp(payload.t) > timestamp('2026-01-01T00:00:00.000001Z')
 """
     suite = """\
 suite: numbers
 now: "2026-03-02T14:00:00Z"
 cases:
-  - name: an int compared with a double
+  - name: a time finer than a microsecond
     principal: {id: u, kind: human}
     action: read
     resource: {kind: doc}
-    payload: {level: 1}
+    payload: {t: "2026-01-01T00:00:00.0000019Z"}
     expect: {verdict: allow}
 """
     rules = bundle(tmp_path, policies, suite)

@@ -180,11 +180,33 @@ class Checker:
             expr = self._env.compile(text)
         except RuntimeError as exc:
             raise CelCompileError(_issues(str(exc))) from None
+        precise = _SUB_MICROSECOND.search(text)
+        if precise is not None:
+            line = text.count("\n", 0, precise.start()) + 1
+            column = precise.start() - (text.rfind("\n", 0, precise.start()) + 1) + 1
+            raise CelCompileError(
+                [
+                    CelIssue(
+                        line,
+                        column,
+                        "timestamp literal finer than a microsecond: request times are kept "
+                        "to the microsecond, so it could never compare equal",
+                    )
+                ]
+            )
         result = expr.return_type()
         if condition and result != cel.Type.BOOL and result != cel.Type.DYN:
             raise CelCompileError(
                 [CelIssue(1, 1, f"condition must be a bool, but it yields {result.name().lower()}")]
             )
+
+
+# A timestamp('...') literal with non-zero digits past the sixth of its fraction. Request times
+# and cel-python's timestamps hold microseconds, cel-expr's literals nanoseconds: such a literal
+# would make the two backends disagree, so it is refused on both.
+_SUB_MICROSECOND = re.compile(
+    r"""(?<![\w.])timestamp\s*\(\s*(['"])[0-9T:+\-Zz ]*\.\d{6}0*[1-9]\d*[^'"]*\1\s*\)"""
+)
 
 
 # `now`, and what is called on it with its arguments. A leading dot (`.now`) names the same
@@ -241,7 +263,13 @@ class _CelExprProgram:
         self.source = source
 
     def evaluate(self, activation: Any) -> bool:
-        value = self._expr.eval(activation)
+        try:
+            value = self._expr.eval(activation)
+        except Exception as exc:
+            # cel-cpp raises for some faults instead of returning an error value (a map
+            # literal whose keys collide at run time raises RuntimeError ALREADY_EXISTS).
+            # Whatever leaves the runtime is this rule's evaluation error: fail closed.
+            raise CelEvalError(_safe_cel_expr_error(str(exc), self.source)) from None
         # Errors come back as values whose text is truthy: only a real boolean true matches.
         plain = value.value()
         if plain is True or plain is False:
@@ -250,7 +278,7 @@ class _CelExprProgram:
         if kind == cel.Type.BOOL:
             return value.value() is True
         if kind == cel.Type.ERROR:
-            raise CelEvalError(_safe_cel_expr_error(str(value.value())))
+            raise CelEvalError(_safe_cel_expr_error(str(value.value()), self.source))
         raise CelEvalError(f"condition yielded {kind.name().lower()}, not a bool")
 
 
@@ -283,17 +311,59 @@ def _to_cel_expr(value: Any) -> Any:
     return value
 
 
-_SAFE_CEL_EXPR_ERRORS = ("Key not found in map", "No matching overloads", "divide by zero")
+# cel-cpp's messages, and what of each may be shown. Its messages can quote values, and even a
+# missing map key can come from the request (`m[payload.k]`): only the shape of the fault is
+# kept, plus a key name when the policy text itself spells it (then it is no request value).
+_CEL_EXPR_ERRORS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"Key not found in map\s*:?\s*\"?(.*?)\"?$"), "no such key"),
+    (re.compile(r"Applying SELECT to non-message type"), "field selection on a non-map value"),
+    (re.compile(r"No matching overloads found\s*:\s*([\w_]+\([\w<>, .]*\))"), "no such overload"),
+    (re.compile(r"No matching overloads"), "no such overload"),
+    (re.compile(r"duplicate key in map"), "duplicate key in map literal"),
+    (re.compile(r"divide by zero"), "divide by zero"),
+    (re.compile(r"modulus by zero"), "modulus by zero"),
+    (re.compile(r"integer overflow|overflow", re.IGNORECASE), "numeric overflow"),
+    (re.compile(r"Index error|index out of (range|bounds)", re.IGNORECASE), "index out of range"),
+    (re.compile(r"cannot convert (\w+) to (\w+)"), "conversion error"),
+    (re.compile(r"invalid regular expression"), "invalid regular expression"),
+    (re.compile(r"String to (Timestamp|Duration) conversion failed"), "conversion error"),
+)
+_TYPE_SIGNATURE = re.compile(r"^[\w_]+\((?:[\w<>]+(?:, )?)*\)$")
 
 
-def _safe_cel_expr_error(text: str) -> str:
-    # cel-cpp messages can quote values, and even a missing map key can come from the
-    # request: keep only the shape of the fault, or just the status code.
+def _safe_cel_expr_error(text: str, source: str = "") -> str:
+    """A message for an evaluation error that names no request value."""
     first = text.splitlines()[0] if text else ""
-    for shape in _SAFE_CEL_EXPR_ERRORS:
-        if shape in first:
+    detail = first.split(":", 1)[1].strip() if ":" in first else first
+    for pattern, shape in _CEL_EXPR_ERRORS:
+        m = pattern.search(detail)
+        if m is None:
+            continue
+        if shape == "no such key":
+            key = m[1].strip().strip('"')
+            if key and _spelled_in(key, source):
+                return f"no such key: {key}"
             return shape
-    return first.split(":", 1)[0][:40] or "evaluation error"
+        if shape == "no such overload" and m.groups() and _TYPE_SIGNATURE.match(m[1] or ""):
+            return f"no such overload: {m[1]}"  # operator and operand types only
+        if shape == "conversion error" and m.groups() and m.lastindex == 2:
+            return f"cannot convert {m[1]} to {m[2]}"
+        return shape
+    code = first.split(":", 1)[0].strip()
+    return (
+        f"evaluation error ({code})"
+        if code.isupper() and code.isidentifier()
+        else ("evaluation error")
+    )
+
+
+def _spelled_in(key: str, source: str) -> bool:
+    """Whether `key` is written in the policy text as a field name or a string literal."""
+    if not key or len(key) > 128:
+        return False
+    if key.isidentifier() and re.search(rf"\.\s*{re.escape(key)}(?!\w)", source):
+        return True
+    return f"'{key}'" in source or f'"{key}"' in source
 
 
 class CelExprBackend:
@@ -354,24 +424,50 @@ class _CelPythonProgram:
             with self._lock:
                 value = self._runner.evaluate(activation)
         except CELEvalError as exc:
-            raise CelEvalError(_safe_celpy_error(exc)) from None
+            raise CelEvalError(_safe_celpy_error(exc, self.source)) from None
         except Exception as exc:  # a bug inside cel-python must still fail closed
             raise CelEvalError(f"cel-python raised {type(exc).__name__}") from None
         if isinstance(value, CELEvalError):
-            raise CelEvalError(_safe_celpy_error(value))
+            raise CelEvalError(_safe_celpy_error(value, self.source))
         if isinstance(value, celtypes.BoolType):
             return bool(value)
         raise CelEvalError(f"condition yielded {type(value).__name__}, not a bool")
 
 
-def _safe_celpy_error(exc: BaseException) -> str:
+_CELPY_MEMBER = re.compile(r"^no such member in mapping: '(.*)'$")
+# cel-python's messages (and exception types), in the words cel-expr's errors get above, so an
+# explanation reads the same on either backend.
+_CELPY_ERRORS: tuple[tuple[str, str], ...] = (
+    ("does not support field selection", "field selection on a non-map value"),
+    ("has() needs a map", "field selection on a non-map value"),
+    ("no such key", "no such key"),
+    ("divide by zero", "divide by zero"),
+    ("overflow", "numeric overflow"),
+    ("invalid_argument", "index out of range"),
+    ("invalid regular expression", "invalid regular expression"),
+    ("match error", "invalid regular expression"),
+    ("no matching overload", "no such overload"),
+    ("no such overload", "no such overload"),
+)
+
+
+def _safe_celpy_error(exc: BaseException, source: str = "") -> str:
     # cel-python embeds the whole activation (request values) in some messages: keep only
-    # the kind of failure.
-    first = exc.args[0] if exc.args else ""
-    text = str(first)
-    if text.startswith("no such member in mapping"):
-        return text[:120]
-    return text.split(":", 1)[0][:80] or "evaluation error"
+    # the kind of failure, and a key only when the policy text spells it.
+    text = str(exc.args[0] if exc.args else "")
+    member = _CELPY_MEMBER.match(text)
+    if member is not None:
+        key = member[1]
+        return f"no such key: {key}" if _spelled_in(key, source) else "no such key"
+    if text.startswith("return error for overflow") and len(exc.args) > 1:
+        cause = exc.args[1]
+        if cause is not ValueError and isinstance(cause, type):
+            return "conversion error"
+    lowered = text.lower()
+    for shape, safe in _CELPY_ERRORS:
+        if shape in lowered:
+            return safe
+    return "evaluation error"
 
 
 def _to_celpy(value: Any) -> Any:
@@ -404,14 +500,18 @@ class CelPythonBackend:
     def __init__(self) -> None:
         import celpy
 
-        self._env = celpy.Environment()
+        from signoff.engine.celpy_spec import SpecRunner
+
+        self._env = celpy.Environment(runner_class=SpecRunner)
 
     def compile(self, text: str) -> Program:
         from celpy.celparser import CELParseError
 
         try:
+            from signoff.engine.celpy_spec import FUNCTIONS
+
             ast = self._env.compile(text)
-            return _CelPythonProgram(self._env.program(ast), text)
+            return _CelPythonProgram(self._env.program(ast, functions=FUNCTIONS), text)
         except CELParseError as exc:
             line = getattr(exc, "line", None) or 1
             column = getattr(exc, "column", None) or 1

@@ -10,6 +10,8 @@ from signoff.engine.cel import Backend, Program
 from signoff.engine.model import ApprovalRequirement, MaskOp, Verdict
 from signoff.engine.schema import AttributeSchema
 
+ANY_ROLE = "*"  # in `roles:` or `parent_roles:`: any role the principal holds
+
 
 @dataclass(frozen=True)
 class Glob:

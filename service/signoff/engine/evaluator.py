@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Any, NamedTuple
 
 from signoff.engine.cel import CLOCK_FREE, CelEvalError, clock_steady_for
-from signoff.engine.compiled import Bundle, CompiledPolicy, CompiledRule, DerivedRole
+from signoff.engine.compiled import ANY_ROLE, Bundle, CompiledPolicy, CompiledRule, DerivedRole
 from signoff.engine.model import (
     ApprovalRequirement,
     Decision,
@@ -167,9 +167,21 @@ class Engine:
         revision = self.bundle.revision
         if not rules and not found.shadow and not request.explain:
             return Decision(Verdict.DENY, revision, reasons=(NO_MATCH,))
-        activation = self.bundle.backend.activation(data)
+        try:
+            activation = self.bundle.backend.activation(data)
+        except Exception:
+            # Validated data the backend still cannot take: no rule can be evaluated, so
+            # every enforced candidate failed to evaluate (fail closed, like any CEL error).
+            if not rules:
+                return Decision(Verdict.DENY, revision, reasons=(NO_MATCH,))
+            return Decision(
+                Verdict.DENY,
+                revision,
+                reasons=(EVALUATION_ERROR,),
+                errored_rules=tuple(sorted(r.rule_id for r in rules)),
+            )
         roles = frozenset(request.principal.roles)
-        derived: dict[str, bool] = {}
+        derived: dict[str, bool | CelEvalError] = {}
         matched: list[CompiledRule] = []
         errored: list[str] = []
         trace: list[RuleTrace] | None = [] if request.explain else None
@@ -210,7 +222,7 @@ class Engine:
         request: Request,
         principal_attrs: dict[str, Any],
         roles: frozenset[str],
-        derived: dict[str, bool],
+        derived: dict[str, bool | CelEvalError],
         activation: Any,
     ) -> ShadowOutcome:
         """The verdict with the shadow rules enforced too. Every shadow rule is evaluated (no
@@ -235,26 +247,52 @@ class Engine:
         )
 
     def _selected(
-        self, rule: CompiledRule, roles: frozenset[str], derived: dict[str, bool], activation: Any
-    ) -> bool:
-        return (
-            not (rule.static_roles or rule.derived_roles)
-            or bool(rule.static_roles & roles)
-            or any(self._derived(n, roles, derived, activation) for n in rule.derived_roles)
-        )
+        self,
+        rule: CompiledRule,
+        roles: frozenset[str],
+        derived: dict[str, bool | CelEvalError],
+        activation: Any,
+    ) -> bool | CelEvalError:
+        """Whether the principal holds one of the rule's roles: True if any role holds, in
+        whatever order they are listed or named; an error only when no role holds and a
+        derived role failed to evaluate; False otherwise."""
+        if not (rule.static_roles or rule.derived_roles):
+            return True
+        if _holds_static(rule.static_roles, roles):
+            return True
+        failed: CelEvalError | None = None
+        for name in rule.derived_roles:
+            held = self._derived(name, roles, derived, activation)
+            if held is True:
+                return True
+            if isinstance(held, CelEvalError):
+                failed = failed or held
+        return failed if failed is not None else False
 
     def _holds(
-        self, rule: CompiledRule, roles: frozenset[str], derived: dict[str, bool], activation: Any
+        self,
+        rule: CompiledRule,
+        roles: frozenset[str],
+        derived: dict[str, bool | CelEvalError],
+        activation: Any,
     ) -> bool:
-        if not self._selected(rule, roles, derived, activation):
+        """Roles and condition, combined as CEL's `&&` is: false on either side wins over an
+        error on the other, so an error in a derived role cannot deny a request whose
+        condition rules the rule out, whichever is written first. Raises CelEvalError."""
+        selected = self._selected(rule, roles, derived, activation)
+        if selected is False:
             return False
-        return rule.program is None or rule.program.evaluate(activation)
+        if rule.program is not None and not rule.program.evaluate(activation):
+            return False
+        if isinstance(selected, CelEvalError):
+            raise selected
+        return True
 
     def _explain(
         self,
         rules: Iterable[CompiledRule],
         roles: frozenset[str],
-        derived: dict[str, bool],
+        derived: dict[str, bool | CelEvalError],
         activation: Any,
         *,
         counted: bool = False,
@@ -265,13 +303,16 @@ class Engine:
         out = []
         for rule in rules:
             error = ""
+            selected = self._selected(rule, roles, derived, activation)
             try:
-                if not self._selected(rule, roles, derived, activation):
+                if selected is False:
                     outcome = RuleOutcome.ROLE_NOT_HELD
-                elif rule.program is None or rule.program.evaluate(activation):
-                    outcome = RuleOutcome.MATCHED
-                else:
+                elif rule.program is not None and not rule.program.evaluate(activation):
                     outcome = RuleOutcome.NOT_MATCHED
+                elif isinstance(selected, CelEvalError):
+                    outcome, error = RuleOutcome.ERROR, str(selected)
+                else:
+                    outcome = RuleOutcome.MATCHED
             except CelEvalError as exc:
                 outcome, error = RuleOutcome.ERROR, str(exc)
             out.append(
@@ -291,18 +332,34 @@ class Engine:
     def holds_derived(self, name: str, roles: frozenset[str], activation: Any) -> bool:
         """Whether the principal holding `roles` holds derived role `name` in `activation`;
         raises CelEvalError when its condition fails."""
-        return self._derived(name, roles, {}, activation)
+        held = self._derived(name, roles, {}, activation)
+        if isinstance(held, CelEvalError):
+            raise held
+        return held
 
     def _derived(
-        self, name: str, roles: frozenset[str], memo: dict[str, bool], activation: Any
-    ) -> bool:
+        self,
+        name: str,
+        roles: frozenset[str],
+        memo: dict[str, bool | CelEvalError],
+        activation: Any,
+    ) -> bool | CelEvalError:
+        """The derived role's value, its evaluation error as a value, memoised per decision."""
         if name not in memo:
             role = self.bundle.derived_roles[name]
-            if role.parent_roles and not (role.parent_roles & roles):
+            if role.parent_roles and not _holds_static(role.parent_roles, roles):
                 memo[name] = False
             else:
-                memo[name] = role.program.evaluate(activation)
+                try:
+                    memo[name] = role.program.evaluate(activation)
+                except CelEvalError as exc:
+                    memo[name] = CelEvalError(f"derived role {name}: {exc}")
         return memo[name]
+
+
+def _holds_static(wanted: frozenset[str], held: frozenset[str]) -> bool:
+    """A listed role is held, or `*` is listed and the principal holds any role at all."""
+    return bool(wanted & held) or (ANY_ROLE in wanted and bool(held))
 
 
 def _decided_by(decision: Decision, trace: list[RuleTrace]) -> tuple[str, ...]:

@@ -29,6 +29,11 @@ MAX_NAME_LENGTH = 128
 # google.protobuf.Duration's range, which both CEL backends enforce.
 MAX_DURATION_SECONDS = 315_576_000_000
 
+# JSON values (`dyn` attributes) nest at most this deep; the edge bounds whole messages itself.
+MAX_JSON_DEPTH = 32
+_MIN_INT64 = -(2**63)
+_MAX_INT64 = 2**63 - 1
+
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
@@ -58,6 +63,8 @@ def _int(value: Any, where: str) -> int:
     if isinstance(value, bool):
         raise InvalidRequest(where, "expected an integer, got a bool")
     if isinstance(value, int):
+        if not _MIN_INT64 <= value <= _MAX_INT64:
+            raise InvalidRequest(where, "integer out of the 64-bit range")
         return value
     # Struct carries every JSON number as a double; accept only exact integers.
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
@@ -70,7 +77,19 @@ def _int(value: Any, where: str) -> int:
 def _double(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidRequest(where, "expected a number")
-    return float(value)
+    return _finite(value, where)
+
+
+def _finite(value: int | float, where: str) -> float:
+    # NaN compares false with everything, so `score >= 0.8` would be false and a threshold
+    # deny rule silently skipped; JSON has no such values, so they are refused as input.
+    try:
+        number = float(value)
+    except OverflowError:
+        raise InvalidRequest(where, "number out of the double range") from None
+    if not math.isfinite(number):
+        raise InvalidRequest(where, "NaN and infinity are not numbers signoff accepts")
+    return number
 
 
 def _string(value: Any, where: str) -> str:
@@ -109,16 +128,15 @@ def _duration(value: Any, where: str) -> dt.timedelta:
 
 
 def _json(value: Any, where: str, depth: int = 0) -> Any:
-    if depth > 32:
-        raise InvalidRequest(where, "value nested too deeply")
+    if depth > MAX_JSON_DEPTH:
+        raise InvalidRequest(where, f"value nested deeper than {MAX_JSON_DEPTH} levels")
     if value is None or isinstance(value, bool | str):
         return value
-    if isinstance(value, float):
-        # Integral JSON numbers become ints so `x == 1` behaves the same on both backends.
-        return int(value) if value.is_integer() and abs(value) <= 2**53 else value
-    if isinstance(value, int):
-        return value
-    if isinstance(value, list):
+    if isinstance(value, int | float):
+        # CEL's JSON mapping: every JSON number is a double, so `used / quota > 1.0` divides
+        # as doubles and `n == 1` still holds (CEL compares numbers across types by value).
+        return _finite(value, where)
+    if isinstance(value, list | tuple):
         return [_json(v, where, depth + 1) for v in value]
     if isinstance(value, dict):
         return {str(k): _json(v, where, depth + 1) for k, v in value.items()}

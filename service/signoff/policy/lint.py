@@ -514,17 +514,13 @@ def _operand(node: Any, bound: frozenset[str], text: str, schema: AttributeSchem
     return _Operand(span, _path_type(path, schema) if path else None, False)
 
 
-def _int_probe(other: _Operand) -> int:
-    """An int a dyn operand may hold next to `other`: the first at or above its value.
-
-    Only ints are probed: a dyn number is an int whenever it is integral, so an int is always
-    a possible value. A fractional one is not: `d == 1` is the documented way to compare a dyn
-    that is meant to hold ints, and it is not reported.
-    """
+def _json_probe(other: _Operand) -> float:
+    """A number a dyn operand may hold next to `other`: the first whole one at or above its
+    value, as a double, since every JSON number reaches CEL as a double (CEL's JSON mapping)."""
     value = other.value[0] if isinstance(other.value, list) else other.value
     if isinstance(value, int | float) and math.isfinite(value):
-        return math.ceil(value)
-    return 2
+        return float(math.ceil(value))
+    return 2.0
 
 
 def _sample(type_name: str | None) -> Any:
@@ -603,7 +599,8 @@ def _null_message(celx: _Cel, op: str, left: _Operand, right: _Operand, whole: s
 
 
 def _mixed_message(celx: _Cel, op: str, left: _Operand, right: _Operand, whole: str) -> str:
-    """A message when a dyn operand holding an int meets a double and a probe shows harm."""
+    """A message when a dyn operand (a JSON number: a double) meets an int in a way a probe
+    shows to fail or to differ between the backends."""
     if (left.type == "dyn") == (right.type == "dyn"):
         return ""  # neither: the checker decides; both: nothing is known about either
     dyn_side, other = (left, right) if left.type == "dyn" else (right, left)
@@ -612,7 +609,7 @@ def _mixed_message(celx: _Cel, op: str, left: _Operand, right: _Operand, whole: 
             return ""
     elif other.type not in _NUMERIC:
         return ""
-    probe = _int_probe(other)
+    probe = _json_probe(other)
     attrs: dict[str, Any] = {"a" if dyn_side is left else "b": probe}
     if not other.literal:
         attrs["b" if dyn_side is left else "a"] = _sample(other.type)
@@ -632,9 +629,9 @@ def _mixed_message(celx: _Cel, op: str, left: _Operand, right: _Operand, whole: 
     else:
         return ""
     return (
-        f"`{_snippet(whole)}` mixes int and double when {dyn_side.text} is integral (every "
-        f"integral JSON number arrives as int): with {dyn_side.text} = {probe} {what}; "
-        f"convert explicitly, e.g. double({dyn_side.text})"
+        f"`{_snippet(whole)}` mixes a JSON number with an int: every JSON number is a double, "
+        f"so with {dyn_side.text} = {probe} {what}; use a double literal or convert "
+        f"explicitly, e.g. int({dyn_side.text})"
     )
 
 

@@ -19,6 +19,7 @@ import jsonschema
 
 from signoff.engine import cel
 from signoff.engine.compiled import (
+    ANY_ROLE,
     Bundle,
     CompiledPolicy,
     CompiledRule,
@@ -120,15 +121,20 @@ class _Context:
         *,
         condition: bool = True,
     ) -> cel.Program | None:
-        """Expand, type-check and compile one condition; record problems and return None."""
+        """Expand, type-check and compile one condition; record problems and return None.
+        `variables` None: the text may not use policy variables (a derived role's)."""
         assert self.checker is not None
         try:
             expansion = expand.expand(text, (variables or {}).get)
         except expand.UnknownVariable as exc:
             pos = src.scalar_locator(path).locate(exc.offset)
-            self.problems.append(
-                Problem(src.name, pos.line, pos.column, rule_id, f"unknown variable V.{exc.name}")
+            message = (
+                f"unknown variable V.{exc.name}"
+                if variables is not None
+                else f"V.{exc.name}: derived roles cannot read policy variables (each policy's "
+                "variables are its own); write the expression in the derived role"
             )
+            self.problems.append(Problem(src.name, pos.line, pos.column, rule_id, message))
             return None
         key = (expansion.text, condition)
         result = self._compiled.get(key)
@@ -144,12 +150,28 @@ class _Context:
             for issue in result:
                 offset = expansion.original_offset(expansion.offset_of(issue.line, issue.column))
                 pos = locator.locate(offset)
-                message = issue.message
-                for raw, friendly in _FRIENDLY.items():
-                    message = message.replace(raw, friendly)
+                message = _friendly(issue.message)
                 self.problems.append(Problem(src.name, pos.line, pos.column, rule_id, message))
             return None
         return result
+
+
+def _friendly(message: str) -> str:
+    """The checker's message in the words of a policy author."""
+    if message.startswith("undeclared reference to 'now'"):
+        return "`now` is a variable (the time of the decision), not a function: write `now`"
+    for raw, friendly in _FRIENDLY.items():
+        message = message.replace(raw, friendly)
+    return message
+
+
+def _role_problems(names: list[str]) -> list[tuple[int, str]]:
+    """Role names are matched exactly; a lone `*` (any role) is the one pattern."""
+    return [
+        (k, f"role {name!r}: role names are matched exactly; only a lone '*' means any role")
+        for k, name in enumerate(names)
+        if name != ANY_ROLE and any(ch in name for ch in "*?[")
+    ]
 
 
 def _rule_id_at(data: Any, path: tuple[Any, ...]) -> str:
@@ -343,6 +365,9 @@ def _derived_roles(ctx: _Context, sources: list[source.SourceFile]) -> dict[str,
                 )
                 continue
             seen[name] = src.name
+            parents = spec.get("parent_roles", [])
+            for k, message in _role_problems(parents):
+                ctx.add(src, ("derived_roles", i, "parent_roles", k), rid, message)
             program = ctx.compile(src, ("derived_roles", i, "when"), rid, spec["when"])
             if program is not None:
                 roles[name] = DerivedRole(name, frozenset(spec.get("parent_roles", [])), program)
@@ -476,6 +501,8 @@ def _rule(
     if "when" in spec:
         program = ctx.compile(src, (*path, "when"), rule_id, spec["when"], variables)
     roles = spec.get("roles", [])
+    for k, message in _role_problems(roles):
+        ctx.add(src, (*path, "roles", k), rule_id, message)
     derived_roles = tuple(sorted(r for r in roles if r in derived))
     static_roles = frozenset(r for r in roles if r not in derived)
     effect = _EFFECTS[spec["effect"]]
