@@ -14,6 +14,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from signoff import config as config_mod
+from signoff import logsetup
 from signoff.errors import ConfigError, PolicyError, StoreUnavailable
 from signoff.observability import Telemetry
 
@@ -30,9 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"signoff: bad configuration: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logsetup.configure(args.log_level)
     try:
         cfg = config_mod.from_args(args)
         if cfg.processes > 1:

@@ -32,6 +32,7 @@ from jwt.types import Options
 
 from signoff.approvals.model import Identity
 from signoff.errors import ConfigError, Unauthenticated
+from signoff.identities import is_blank_identity
 
 log = logging.getLogger("signoff.identity")
 
@@ -292,7 +293,8 @@ class Authenticator:
 
     def _identity(self, claims: Mapping[str, Any]) -> Identity:
         subject = claims.get("sub")
-        if not isinstance(subject, str) or not subject.strip():
+        # Blank as identities are compared: a subject of invisible characters names nobody.
+        if not isinstance(subject, str) or is_blank_identity(subject):
             raise Unauthenticated("token subject is empty")
         kind = claims.get(self._config.kind_claim)
         # Anything but a known kind is "unknown", which can never approve: fail closed.

@@ -10,7 +10,7 @@ import pytest
 from signoff.approvals.store import PendingLimit
 from signoff.v1 import signoff_pb2 as pb
 from tests.approvals.conftest import MakeServer
-from tests.approvals.support import DevIdP, ManualClock, Server, lab_request, staff
+from tests.approvals.support import DevIdP, ManualClock, Server, fullwidth, lab_request, staff
 
 PENDING_SECONDS = 3600  # the lab bundle: pending_ttl 1h
 LIMIT = 3
@@ -68,6 +68,50 @@ def test_a_cancelled_or_approved_request_frees_its_place(lab: Server, idp: DevId
     lab.approve(asked[1], idp.token("rita@acme.io", "reviewer"))
     lab.ask(export(11))
     assert_limited(lab.check(export(12)))
+
+
+# One requester written as the issue found it, and in other spellings that are the same id.
+CAPBOT = [
+    "agent:capbot",
+    "AGENT:capbot",
+    "Agent:Capbot",
+    fullwidth("agent:capbot"),
+    "agent:cap\u200bbot",
+    " agent:capbot\u00a0",
+]
+
+
+def test_spellings_of_one_requester_share_one_limit(lab: Server) -> None:
+    for n, who in enumerate(CAPBOT[:LIMIT]):
+        lab.ask(export(n, who=who))
+
+    for n, who in enumerate(CAPBOT):
+        assert_limited(lab.check(export(LIMIT + n, who=who)))
+    assert pending_of(lab) == LIMIT
+
+
+def test_a_place_taken_under_one_spelling_is_freed_for_every_spelling(
+    lab: Server, idp: DevIdP, clock: ManualClock
+) -> None:
+    asked = [lab.ask(export(n, who=who)) for n, who in enumerate(CAPBOT[:LIMIT])]
+    assert_limited(lab.check(export(10, who=CAPBOT[3])))
+
+    lab.cancel(asked[1], idp.token(CAPBOT[0]))
+    asked.append(lab.ask(export(10, who=CAPBOT[3])))
+    assert_limited(lab.check(export(11, who=CAPBOT[0])))
+
+    lab.reject(asked[0], idp.token("rita@acme.io", "reviewer"))
+    asked.append(lab.ask(export(11, who=CAPBOT[4])))
+    assert_limited(lab.check(export(12, who=CAPBOT[1])))
+
+    lab.approve(asked[2], idp.token("rita@acme.io", "reviewer"))
+    lab.ask(export(12, who=CAPBOT[5]))
+    assert_limited(lab.check(export(13, who=CAPBOT[2])))
+
+    clock.advance(PENDING_SECONDS)
+    for n, who in enumerate(CAPBOT[:LIMIT]):
+        lab.ask(export(20 + n, who=who))
+    assert_limited(lab.check(export(30, who=CAPBOT[0])))
 
 
 def test_an_ended_window_frees_its_place_before_any_sweep(lab: Server, clock: ManualClock) -> None:

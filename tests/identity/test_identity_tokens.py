@@ -280,8 +280,10 @@ def test_missing_required_claim_is_rejected(auth: Authenticator, claim: str) -> 
     assert reason == f"token lacks the {claim!r} claim"
 
 
-@pytest.mark.parametrize("sub", ["", "   "])
-def test_empty_subject_is_rejected(auth: Authenticator, sub: str) -> None:
+@pytest.mark.parametrize(
+    "sub", ["", "   ", "\u00a0", "\u200b", "\u2060\ufeff", "\u202e", "\u3164", "\n\t"], ids=ascii
+)
+def test_empty_or_invisible_subject_is_rejected(auth: Authenticator, sub: str) -> None:
     assert rejected(auth, sign(ed_key(), claims(sub=sub))) == "token subject is empty"
 
 

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import unicodedata
-
 from signoff.approvals.model import ApprovalRecord, Identity
 from signoff.errors import PermissionDenied
-
-
-def same_identity(a: str, b: str) -> bool:
-    """Identity comparison that case or Unicode tricks cannot defeat."""
-    return _norm(a) == _norm(b)
-
-
-def _norm(value: str) -> str:
-    return unicodedata.normalize("NFKC", value).casefold().strip()
+from signoff.identities import identity_key
 
 
 def is_requester(record: ApprovalRecord, who: Identity) -> bool:
     """True when `who` is the requester or an identity the policy counts as the requester's."""
-    own = {_norm(i) for i in (record.requester_id, *record.requester_ids)}
-    return _norm(who.subject) in own
+    own = {identity_key(i) for i in (record.requester_id, *record.requester_ids)}
+    return identity_key(who.subject) in own
 
 
 def check_approver(record: ApprovalRecord, who: Identity) -> None:
@@ -58,4 +48,4 @@ def may_view(record: ApprovalRecord, who: Identity) -> bool:
 
 def voter_key(who: Identity) -> str:
     """The key one approver's vote is stored under: spellings of one identity count once."""
-    return _norm(who.subject)
+    return identity_key(who.subject)

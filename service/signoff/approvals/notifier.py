@@ -26,7 +26,9 @@ from typing import Any, Final
 
 import redis
 
+from signoff import logsetup
 from signoff.errors import ConfigError
+from signoff.safetext import plain_line
 
 log = logging.getLogger("signoff.notifier")
 
@@ -257,16 +259,14 @@ def _coerce(event: Event | Mapping[str, str]) -> Event:
 # Rendering
 # ---------------------------------------------------------------------------------------------
 
-# Line breaks would let a crafted id forge extra lines ("Approved by: admin"); direction
-# overrides and zero-width characters would let it display as something else.
-_SPACES = re.compile(r"[\t\n\r\v\f\u2028\u2029]")
-_INVISIBLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 _PARTIAL_ENTITY = re.compile(r"&[a-z]*$")
 
 
 def _plain(text: str, limit: int = MAX_TEXT) -> str:
     """One line of untrusted text: control and bidi characters neutralised, length capped."""
-    text = _INVISIBLE.sub("\ufffd", _SPACES.sub(" ", text))
+    # Line breaks would let a crafted id forge extra lines ("Approved by: admin"); direction
+    # overrides and zero-width characters would let it display as something else.
+    text = plain_line(text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -1061,9 +1061,7 @@ def run_notify(args: argparse.Namespace, stop: threading.Event | None = None) ->
     except ConfigError as exc:
         print(f"signoff notify: bad configuration: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logsetup.configure(args.log_level)
     if stop is None:
         stop = threading.Event()
 

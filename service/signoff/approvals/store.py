@@ -7,6 +7,8 @@ Layout under a prefix (default `signoff:`):
   pending                zset: id -> pending expiry (ms), for listing and expiry sweeps
   grants                 zset: id -> grant expiry (ms), for expiry sweeps
   bydigest:{digest}      string: the live approval for one exact action (repeat checks reuse it)
+  requester:{hash}       zset: id -> pending expiry (ms), one requester's waiting approvals (the
+                         cap), under a hash of the requester's normalised identity
   events                 stream of every transition (notifiers, audit)
 Keys carry TTLs covering the approval's whole life plus a retention period, so nothing
 accumulates; expiry itself is decided from the stored times, never from key TTLs.
@@ -31,6 +33,7 @@ from redis.retry import Retry
 
 from signoff.approvals.model import ApprovalRecord, State, Vote, is_approval_id
 from signoff.errors import SignoffError, StoreUnavailable
+from signoff.identities import identity_key
 
 log = logging.getLogger("signoff.approvals")
 DEFAULT_PREFIX = "signoff:"
@@ -350,13 +353,18 @@ class ApprovalStore:
             json.dumps(doc, separators=(",", ":"), sort_keys=True),
             json.dumps(summary, separators=(",", ":"), sort_keys=True),
             requester,
-            # Hashed: the key name carries no principal id, and any id makes a sane key.
-            f"{self.prefix}requester:{hashlib.sha256(requester.encode()).hexdigest()[:32]}",
+            self._requester_key(requester),
             self.max_pending_per_requester,
         )
         if result[0] == "limit":
             raise PendingLimit(int(result[1]), self.max_pending_per_requester)
         return str(result[1]), result[0] == "created"
+
+    def _requester_key(self, requester: str) -> str:
+        """The key counting `requester`'s pending approvals: one per identity however it is
+        spelled (as self-approval compares them), hashed so the key name carries no id."""
+        digest = hashlib.sha256(identity_key(requester).encode()).hexdigest()[:32]
+        return f"{self.prefix}requester:{digest}"
 
     def approve(self, approval_id: str, approver: str, reason: str, quorum: int) -> Outcome:
         now = self.clock()

@@ -24,6 +24,7 @@ from signoff.engine.model import (
     Verdict,
 )
 from signoff.engine.schema import convert_section
+from signoff.identities import is_blank_identity
 
 NO_MATCH = "no_matching_rule"
 EVALUATION_ERROR = "evaluation_error"
@@ -484,7 +485,9 @@ def declared_identities(attrs: tuple[str, ...], principal_attrs: dict[str, Any])
     for name in attrs:
         value = principal_attrs.get(name)
         for v in value if isinstance(value, list) else [value]:
-            if isinstance(v, str) and v.strip():
+            # An owner that is blank once invisible characters are gone names nobody: it would
+            # switch the self-approval rule off as surely as leaving the owner out.
+            if isinstance(v, str) and not is_blank_identity(v):
                 found.add(v)
     return found
 
