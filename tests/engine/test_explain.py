@@ -94,3 +94,38 @@ def test_the_default_deny_is_decided_by_no_rule(write_rules: WriteRules, backend
     assert decision.verdict is Verdict.DENY
     assert decision.explanation is not None
     assert decision.explanation.decided_by == ()
+
+
+def error_of(write_rules: WriteRules, backend: str, when: str, payload: dict[str, object]) -> str:
+    root = write_rules(
+        schema="schema:\n  payload: {m: dyn, k: string}\n",
+        policies=one_policy(f'      - {{id: r, effect: allow, when: "{when}"}}'),
+    )
+    e = Engine(load_bundle(root, backend=backend))
+    (trace,) = explained(e, req(payload=payload)).values()
+    assert trace.outcome is RuleOutcome.ERROR
+    return trace.error
+
+
+def test_an_evaluation_error_says_what_went_wrong_in_the_same_words_on_both_backends(
+    write_rules: WriteRules, backend: str
+) -> None:
+    assert error_of(write_rules, backend, "payload.m.level == 1.0", {"m": [1]}) == (
+        "field selection on a non-map value"
+    )
+    assert error_of(write_rules, backend, "payload.m + 1 == 2", {"m": 1}) in (
+        "no such overload: _+_(double, int64)",  # cel-expr names the operand types
+        "no such overload",
+    )
+
+
+def test_a_missing_key_is_named_when_the_policy_spells_it_and_never_otherwise(
+    write_rules: WriteRules, backend: str
+) -> None:
+    assert error_of(write_rules, backend, "payload.m.department == 'x'", {"m": {}}) == (
+        "no such key: department"
+    )
+    # The key came from the request: it could be anything, so it is not repeated.
+    secret = "4111-1111-1111-1111"
+    error = error_of(write_rules, backend, "payload.m[payload.k] == 1.0", {"m": {}, "k": secret})
+    assert error == "no such key"

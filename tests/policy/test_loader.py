@@ -216,3 +216,63 @@ def test_suites_named_yml_are_not_policies(write_rules: WriteRules) -> None:
         {"p.yaml": HEAD + "    rules: [{id: r, effect: allow}]\n", "p_test.yml": "cases: []\n"}
     )
     assert load_bundle(root).files == (str(root / "p.yaml"),)
+
+
+# --- messages that point a policy author at the real cause -----------------------------------
+
+
+def problems_of(rules: Path) -> list[tuple[int, int, str, str]]:
+    with pytest.raises(PolicyError) as raised:
+        load_bundle(rules)
+    return [(p.line, p.column, p.rule_id, p.message) for p in raised.value.problems]
+
+
+def test_now_called_as_a_function_says_now_is_a_variable(write_rules: WriteRules) -> None:
+    rules = write_rules(
+        p=HEAD + '    rules:\n      - {id: r, effect: allow, when: "now() > context.time"}\n'
+    )
+    assert problems_of(rules) == [
+        (
+            9,
+            42,
+            "p/r",
+            "`now` is a variable (the time of the decision), not a function: write `now`",
+        )
+    ]
+
+
+def test_a_broken_variable_is_reported_once_at_its_own_text(write_rules: WriteRules) -> None:
+    rules = write_rules(
+        p=HEAD
+        + """    variables:
+      broken: principal.attr.nope == 1
+      uses: V.broken && principal.attr.mfa
+      uses_uses: V.uses || false
+    rules:
+      - {id: r, effect: allow, when: "V.uses_uses && V.broken"}
+"""
+    )
+    assert problems_of(rules) == [
+        (9, 29, "p:V.broken", "undefined field 'nope' not found in principal.attr")
+    ]
+
+
+def test_a_derived_role_reading_a_variable_says_roles_cannot(write_rules: WriteRules) -> None:
+    rules = write_rules(
+        p="""
+        derived_roles:
+          - name: same_tenant
+            when: V.tenant_match
+        policies:
+          - id: p
+            resources: [db]
+            actions: [read]
+            variables:
+              tenant_match: "true"
+            rules:
+              - {id: r, effect: allow, roles: [same_tenant]}
+        """
+    )
+    ((line, column, rule_id, message),) = problems_of(rules)
+    assert (line, column, rule_id) == (3, 11, "derived_role:same_tenant")
+    assert message.startswith("V.tenant_match: derived roles cannot read policy variables")

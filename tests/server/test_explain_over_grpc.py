@@ -82,4 +82,7 @@ def test_check_command_prints_the_explanation(capsys: pytest.CaptureFixture[str]
     assert code != 0
     assert "decided by: tenant-isolation/deny-cross-tenant" in out
     assert "* tenant-isolation/deny-cross-tenant [deny]: matched" in out
-    assert "customer-data/allow-analysts [allow]: matched  (after a deny had decided)" in out
+    assert (
+        "customer-data/allow-analysts [allow]: matched  (not counted: the verdict was already settled)"
+        in out
+    )

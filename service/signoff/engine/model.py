@@ -112,7 +112,7 @@ class ApprovalRequirement:
 
 class RuleOutcome(enum.Enum):
     MATCHED = "matched"
-    NOT_MATCHED = "not_matched"  # the roles were held; the condition was false
+    NOT_MATCHED = "not_matched"  # the condition was false (whatever the roles gave)
     ROLE_NOT_HELD = "role_not_held"  # none of the rule's roles held: the condition was not run
     ERROR = "error"
 
@@ -127,7 +127,8 @@ class RuleTrace:
     condition: str = ""  # as evaluated, policy variables expanded; "" when the rule has none
     roles: tuple[str, ...] = ()  # the rule's role selector, static and derived
     error: str = ""  # the evaluation error, which names no request value
-    # False: evaluated only for the explanation, after a deny had already decided.
+    # False: evaluated only for the explanation, after the verdict was settled (a deny matched
+    # or a rule failed to evaluate).
     counted: bool = True
     shadow: bool = False  # an audit-only rule: its outcome never changes the verdict
 

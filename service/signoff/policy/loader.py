@@ -463,21 +463,38 @@ def _variables(
 
     for name in specs:
         resolve(name)
-    assert ctx.checker is not None
-    for name, text in list(expanded.items()):
-        try:
-            ctx.checker.check(text, condition=False)
-        except cel.CelCompileError:
-            # Re-run through compile() on the raw text so positions point into the variable.
-            ctx.compile(
-                src,
-                (*base, "variables", name),
-                f"{pid}:V.{name}",
-                specs[name],
-                expanded,
-                condition=False,
-            )
-            del expanded[name]
+    checker = ctx.checker
+    assert checker is not None
+    checked: dict[str, bool] = {}
+
+    def broken(name: str) -> bool:
+        """Whether the variable fails to type-check; only a variable whose own text is at
+        fault is reported, never one that merely uses a broken variable (one root cause,
+        reported once)."""
+        if name in failed:
+            return True
+        if name not in checked:
+            checked[name] = False
+            if any(broken(ref) for ref, _ in expand.references(specs[name]) if ref in specs):
+                checked[name] = True
+                return True
+            try:
+                checker.check(expanded[name], condition=False)
+            except cel.CelCompileError:
+                # Re-run through compile() on the raw text so positions point into it.
+                ctx.compile(
+                    src,
+                    (*base, "variables", name),
+                    f"{pid}:V.{name}",
+                    specs[name],
+                    expanded,
+                    condition=False,
+                )
+                checked[name] = True
+        return checked[name]
+
+    for name in list(expanded):
+        if broken(name):
             failed.add(name)
     for name in failed:
         expanded.pop(name, None)

@@ -220,7 +220,7 @@ def _describe_explanation(explanation: signoff_pb2.Explanation) -> list[str]:
         effect = signoff_pb2.Verdict.Name(r.effect).removeprefix("VERDICT_").lower()
         mark = "*" if r.rule_id in explanation.decided_by else " "
         note = "  (shadow: audit only)" if r.shadow else ""
-        note = note or ("" if r.counted else "  (after a deny had decided)")
+        note = note or ("" if r.counted else "  (not counted: the verdict was already settled)")
         lines.append(f"  {mark} {r.rule_id} [{effect}]: {_OUTCOME_TEXT.get(r.outcome, '?')}{note}")
         if r.roles:
             lines.append(f"        roles: {', '.join(r.roles)}")
