@@ -261,7 +261,8 @@ def test_the_watcher_reloads_a_same_size_edit_that_keeps_the_modification_time(
             stat = target.stat()
             text = target.read_text()
             edited = text.replace("effect: allow", "effect: deny ", 1)
-            assert edited != text and len(edited) == len(text)
+            assert edited != text
+            assert len(edited) == len(text)
             target.write_text(edited)
             # As `cp -p` or `rsync -t` leave it: same size, same modification time.
             os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
