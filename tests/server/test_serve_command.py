@@ -535,3 +535,18 @@ def test_plaintext_beyond_loopback_is_refused_unless_chosen() -> None:
     ) as served:
         assert _health(served.port) == health_pb2.HealthCheckResponse.SERVING
         assert _stop(served)[0] == 0
+
+
+def test_a_bundle_refused_as_a_whole_is_named_without_a_made_up_position(
+    tmp_path: Path,
+) -> None:
+    private, _ = generate_keys(tmp_path / "keys")
+    _, other = generate_keys(tmp_path / "other")
+    tarball = tmp_path / "rules.tar.gz"
+    sign_bundle(RULES, private, tarball)
+
+    refused = _run("--rules", str(tarball), "--bundle-public-key", str(other))
+
+    assert refused.returncode == 2
+    assert f"\n  {tarball}: signature does not verify" in refused.stderr
+    assert ":0:0" not in refused.stderr

@@ -1126,8 +1126,7 @@ def _say(command: str, message: str) -> None:
 def _refused(command: str, exc: PolicyError) -> int:
     _say(command, "refused:")
     for p in exc.problems:
-        # Problems about the tarball as a whole have no position worth printing.
-        print(f"  {p.file}: {p.message}" if p.line == 0 else f"  {p}", file=sys.stderr)
+        print(f"  {p}", file=sys.stderr)
     return REFUSED
 
 

@@ -153,7 +153,7 @@ def _key(node: yaml.Node) -> str:
         raise YamlSyntaxError(
             _pos(node),
             f"mapping key {node.value!r} reads as a YAML {kind}, not a name: quote it "
-            f"(\"{node.value}\":) to use it as one",
+            f'("{node.value}":) to use it as one',
         )
     return key
 
