@@ -116,6 +116,20 @@ def test_verify_config_errors_exit_2(
     assert message in capsys.readouterr().err
 
 
+def test_verify_with_redis_down_says_so_not_that_the_key_is_missing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No key configured: verify would look for the development secret in Redis.
+    monkeypatch.delenv("SIGNOFF_HASH_KEY", raising=False)
+    monkeypatch.delenv("SIGNOFF_HASH_KEY_FILE", raising=False)
+
+    assert run(["audit", "verify", "--redis-url", "redis://127.0.0.1:1/0"]) == 2
+
+    err = capsys.readouterr().err
+    assert "signoff audit verify: cannot reach Redis to read the audit log: ConnectionError" in err
+    assert "no key" not in err
+
+
 @pytest.mark.usefixtures("env")
 def test_export_writes_json_lines_filtered_by_time(
     make_log: MakeLog, tmp_path: Path, capsys: pytest.CaptureFixture[str]
