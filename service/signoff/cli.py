@@ -270,8 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from signoff.client.pipes import quiet_on_closed_stdout
+
     args = build_parser().parse_args(argv)
-    code: int = args.run(args)
+    code: int = quiet_on_closed_stdout(lambda: int(args.run(args)))
     return code
 
 

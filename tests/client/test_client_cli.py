@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
+import subprocess
+import sys
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -207,3 +210,23 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
 def test_leading_check_word_is_accepted(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "--help"]) == 0
     assert "--principal" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("entry", ["signoff.cli", "signoff.client.cli"])
+def test_check_into_a_pipe_its_reader_closed_ends_quietly(signoff_address: str, entry: str) -> None:
+    # `signoff check ... | head -1` where head has gone before the verdict is printed.
+    command = [
+        sys.executable, "-c", f"import sys; from {entry} import main; sys.exit(main())",
+        "check", "--addr", signoff_address, "--principal", "alice@acme.io", "--role", "analyst",
+        "--attr", "tenant=acme", "--action", "read", "--resource-kind", "customer_table",
+        "--resource-attr", "tenant=acme",
+    ]  # fmt: skip
+    check = subprocess.Popen(
+        command, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert check.stdout is not None
+    check.stdout.close()
+    _, err = check.communicate(timeout=30)
+
+    assert check.returncode == 141
+    assert err.decode() == ""

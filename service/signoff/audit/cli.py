@@ -193,6 +193,8 @@ def run_export(args: argparse.Namespace) -> int:
                     total += export(client, keys, out, since=args.since, until=args.until)
         except redis.RedisError as exc:
             return _fail("export", f"cannot read the audit log: {type(exc).__name__}: {exc}")
+        except BrokenPipeError:
+            raise  # the reader left (`| head`): the command's caller ends quietly
         except OSError as exc:
             return _fail("export", f"cannot write {args.output}: {exc.strerror}")
     print(f"signoff audit export: {total} records", file=sys.stderr)

@@ -18,6 +18,7 @@ import grpc
 from signoff.client.approvals import Approval, ApprovalState, format_duration
 from signoff.client.client import SignoffClient
 from signoff.client.errors import InvalidInput, ProtocolError, SignoffRpcError
+from signoff.client.pipes import quiet_on_closed_stdout
 from signoff.client.tls import add_tls_arguments, tls_from_args
 from signoff.client.types import operator_name
 
@@ -98,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     finally:
         _ARGV.reset(reset)
-    return run_approvals(args)
+    return quiet_on_closed_stdout(lambda: run_approvals(args))
 
 
 def add_approvals_arguments(

@@ -13,6 +13,7 @@ import grpc
 from signoff.client.approvals_cli import add_approvals_arguments, run_approvals
 from signoff.client.client import SignoffClient
 from signoff.client.errors import InvalidInput, ProtocolError, SignoffRpcError
+from signoff.client.pipes import quiet_on_closed_stdout
 from signoff.client.tls import add_tls_arguments, tls_from_args
 from signoff.client.types import (
     CheckItem,
@@ -70,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:
         # argparse exits on --help (0) and on usage errors (2); return instead of exiting.
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
-    return run_check(args)
+    return quiet_on_closed_stdout(lambda: run_check(args))
 
 
 def add_check_arguments(parser: argparse.ArgumentParser) -> None:
