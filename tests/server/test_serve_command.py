@@ -550,3 +550,28 @@ def test_a_bundle_refused_as_a_whole_is_named_without_a_made_up_position(
     assert refused.returncode == 2
     assert f"\n  {tarball}: signature does not verify" in refused.stderr
     assert ":0:0" not in refused.stderr
+
+
+def test_the_start_up_log_says_whether_approvers_tokens_are_verified(tmp_path: Path) -> None:
+    from signoff.devtokens import create_dev_keys
+
+    serve = ("--rules", str(RULES), "--address", "127.0.0.1:0")
+    with _serve(*serve) as served:
+        _, _, off = _stop(served)
+    jwks = create_dev_keys(tmp_path / "idp")
+    verified = {
+        "SIGNOFF_JWKS": str(jwks),
+        "SIGNOFF_JWT_ISSUER": "signoff-dev",
+        "SIGNOFF_JWT_AUDIENCE": "signoff",
+    }
+    with _serve(*serve, env=verified) as served:
+        _, _, on = _stop(served)
+
+    assert (
+        "signoff.server: approver authentication: off (SIGNOFF_JWKS is unset): approval and "
+        "policy admin calls answer UNAUTHENTICATED"
+    ) in off
+    assert (
+        f"signoff.server: approver authentication: JWT verification on: keys from {str(jwks)!r}, "
+        "issuer 'signoff-dev', audience 'signoff'"
+    ) in on

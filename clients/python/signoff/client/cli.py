@@ -12,6 +12,7 @@ import grpc
 
 from signoff.client.approvals_cli import add_approvals_arguments, run_approvals
 from signoff.client.client import SignoffClient
+from signoff.client.cliopts import ADDRESS_HELP, default_address
 from signoff.client.errors import InvalidInput, ProtocolError, SignoffRpcError
 from signoff.client.pipes import quiet_on_closed_stdout
 from signoff.client.tls import add_tls_arguments, tls_from_args
@@ -77,9 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def add_check_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `check` options to `parser`, so another CLI can mount the same subcommand."""
     where = parser.add_argument_group("service")
-    where.add_argument(
-        "--addr", default="127.0.0.1:50051", help="service address (default: %(default)s)"
-    )
+    where.add_argument("--addr", default=default_address(), help=ADDRESS_HELP)
     where.add_argument(
         "--timeout", type=float, default=5.0, help="seconds to wait (default: %(default)s)"
     )
