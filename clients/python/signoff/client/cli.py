@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
+from google.protobuf import duration_pb2
 
 from signoff.client.approvals_cli import add_approvals_arguments, run_approvals
 from signoff.client.client import SignoffClient
@@ -293,6 +294,20 @@ def _describe_mask(entry: signoff_pb2.FieldMask) -> str:
     return text
 
 
+def duration_text(duration: duration_pb2.Duration) -> str:
+    """A duration exactly, as policies write one: "4h", "15m", "1h30m", "90s" or "1.5s".
+
+    Not approvals.format_duration, which rounds down for relative times ("in 3h59m").
+    """
+    seconds, nanos = duration.seconds, duration.nanos
+    if nanos or seconds < 0:
+        return duration.ToJsonString()  # sub-second (or nonsense) values: exactly as given
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [(hours, "h"), (minutes, "m"), (secs, "s")]
+    return "".join(f"{n}{unit}" for n, unit in parts if n) or "0s"
+
+
 def _describe_approval(approval: signoff_pb2.ApprovalRequirement) -> list[str]:
     lines = [f"quorum {approval.quorum}"]
     # Every counted approver must satisfy every set; within a set, any role or group will do.
@@ -300,8 +315,8 @@ def _describe_approval(approval: signoff_pb2.ApprovalRequirement) -> list[str]:
         options = [f"role {role}" for role in approvers.roles]
         options += [f"group {group}" for group in approvers.groups]
         lines.append(f"each approver needs: {' or '.join(options)}")
-    lines.append(f"pending ttl {approval.pending_ttl.ToJsonString()}")
-    lines.append(f"grant ttl {approval.grant_ttl.ToJsonString()}")
+    lines.append(f"pending ttl {duration_text(approval.pending_ttl)}")
+    lines.append(f"grant ttl {duration_text(approval.grant_ttl)}")
     if approval.rule_ids:
         lines.append(f"rules {', '.join(approval.rule_ids)}")
     return lines
