@@ -30,11 +30,11 @@ from signoff.engine.model import (
     Verdict,
 )
 from signoff.policy.loader import load_bundle
-from signoff.replay import Missing, add_replay_arguments, cel_reads, replay
+from signoff.replay import MalformedRecord, Missing, add_replay_arguments, cel_reads, replay
 from signoff.server import app
 from signoff.v1 import signoff_pb2 as pb
 from signoff.v1 import signoff_pb2_grpc as pb_grpc
-from signoff.views import AuditSelection, Views
+from signoff.views import AuditSelection, Views, masking_doc
 from tests.conftest import WriteRules, fixed_clock
 
 KEY = b"replay-test-service-secret-0123456789abcdef"
@@ -229,6 +229,7 @@ def record_for(
         "reasons": list(decision.reasons),
         "approval_id": "",
         "masked_fields": [m.path for m in decision.masking_plan],
+        "masking": masking_doc(decision.masking_plan),
         "trace_id": "0" * 32,
         "request": VIEWS.audit_view(request, decision),
         "at": at,
@@ -394,6 +395,7 @@ def test_examples_show_ids_and_rules_never_values(
         "old_matched_rules": ["data/allow-analysts"],
         "masked_added": [],
         "masked_removed": [],
+        "masked_changed": [],
         "invalid_field": "",
     }
     for value in (*SECRET_VALUES, "[REDACTED]", "hello", "s3://"):
@@ -854,3 +856,107 @@ def test_replay_reads_standard_input_and_decides_on_the_backend_asked_for(
     assert cli(*argv, "--max-changes", "6") == 0
     doc = json.loads(capsys.readouterr().out)
     assert {k: v["decision_ids"] for k, v in doc["transitions"].items()} == EXPECTED_CHANGES
+
+
+# --- masking operators and their options -------------------------------------------------
+
+CARDS_SCHEMA = """
+schema:
+  payload: {card: string}
+"""
+CARDS = """
+policies:
+  - id: cards
+    resources: [table]
+    actions: [export]
+    rules:
+      - {id: allow-all, effect: allow}
+      - id: mask-pan
+        effect: mask
+        mask: [{tags: [pci], operator: OPERATOR}]
+"""
+REDACT = "redact"
+# As strong as redact by path, yet leaves 12 of a 16-digit card number readable.
+WEAKER = "partial, keep_last: 12"
+CARD_EXPORT = Request(
+    Principal("alice@acme.io", PrincipalKind.HUMAN, ("analyst",)),
+    "export",
+    Resource("table", "crm.cards", {}, (FieldRef("customers.*.card_number", ("pci",)),)),
+    Context(environment="prod"),
+    {},
+)
+
+
+def cards(write_rules: WriteRules, operator: str) -> Path:
+    return write_rules(schema=CARDS_SCHEMA, policies=CARDS.replace("OPERATOR", operator))
+
+
+def test_weakening_a_masking_operator_on_the_same_path_is_a_change(
+    write_rules: WriteRules,
+    tmp_path: Path,
+    redis_prefix: tuple[str, str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from signoff.cli import main as signoff_main
+
+    url, prefix = redis_prefix
+    audit = AuditLog(url, audit_key(KEY), prefix=prefix)
+    running = app.start(
+        Engine(load_bundle(cards(write_rules, REDACT)), clock=fixed_clock(DAY)),
+        "127.0.0.1:0",
+        hash_key_id=VIEWS.hash_key_id,
+        audit=audit,
+        views=VIEWS,
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            pb_grpc.DecisionServiceStub(channel).Check(to_proto(CARD_EXPORT), timeout=10)
+        assert audit.flush(10)
+    finally:
+        running.stop(grace=None)
+        audit.close(timeout=5)
+    export = tmp_path / "export.jsonl"
+    argv = ["audit", "export", "--redis-url", url, "--redis-prefix", prefix, "-o", str(export)]
+    assert signoff_main(argv) == 0
+    capsys.readouterr()
+    weaker = cards(write_rules, WEAKER)
+
+    code = cli("--rules", str(weaker), "--decisions", str(export), "--json")
+    doc = json.loads(capsys.readouterr().out)
+    cli("--rules", str(weaker), "--decisions", str(export))
+    text = capsys.readouterr().out
+
+    assert code == 1
+    assert (doc["replayed"], doc["changed"]) == (1, 1)
+    [example] = doc["examples"]["MASK -> MASK"]
+    assert example["masked_changed"] == [
+        {
+            "path": "customers.*.card_number",
+            "old": "redact",
+            "new": "partial(first 0, last 12)",
+        }
+    ]
+    assert "masked differently customers.*.card_number redact -> partial(first 0, last 12)" in text
+    assert cli("--rules", str(cards(write_rules, REDACT)), "--decisions", str(export)) == 0
+
+
+def test_records_from_before_masking_operators_still_replay_by_path(
+    write_rules: WriteRules,
+) -> None:
+    engine = Engine(load_bundle(cards(write_rules, REDACT)), clock=fixed_clock(DAY))
+    old = record_for(engine, "d-card", CARD_EXPORT)
+    del old["masking"]
+
+    report = replay([old], load_bundle(cards(write_rules, WEAKER)))
+
+    # Such a record cannot tell redact from partial: the same paths count as unchanged.
+    assert (report.replayed, report.unchanged, report.changed) == (1, 1, 0)
+
+
+def test_a_malformed_masking_entry_is_named(write_rules: WriteRules) -> None:
+    engine = Engine(load_bundle(cards(write_rules, REDACT)), clock=fixed_clock(DAY))
+    bad = record_for(engine, "d-card", CARD_EXPORT)
+    bad["masking"][0]["keep_last"] = "12"
+
+    with pytest.raises(MalformedRecord, match=r"masking\[0\] keep_first and keep_last"):
+        replay([bad], load_bundle(cards(write_rules, REDACT)))

@@ -1,4 +1,5 @@
-"""The `signoff` command: serve, check, test, lint, replay, approvals, audit, notify, bundle."""
+"""The `signoff` command: serve, check, test, lint, replay, approvals, policy, audit, notify,
+bundle."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -20,7 +22,7 @@ from signoff.observability import Telemetry
 
 if TYPE_CHECKING:
     from signoff.approvals.store import ApprovalStore
-    from signoff.identity import CallerAuthenticator
+    from signoff.identity import CallerAuthenticator, IdentityConfig
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -38,7 +40,8 @@ def _serve(args: argparse.Namespace) -> int:
             from signoff.supervisor import supervise
 
             return supervise(args, cfg.processes)
-        identity = authenticator_for(from_env(os.environ))
+        identity_config = from_env(os.environ)
+        identity = authenticator_for(identity_config)
         telemetry = Telemetry.from_env(os.environ, prometheus_address=cfg.metrics_address or None)
     except ConfigError as exc:
         print(f"signoff: bad configuration: {exc}", file=sys.stderr)
@@ -47,10 +50,33 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"signoff: cannot serve metrics on {cfg.metrics_address}: {exc}", file=sys.stderr)
         return 1
     telemetry.install_global()
+    logging.getLogger("signoff.server").info(
+        "approver authentication: %s", approver_authentication(identity_config)
+    )
     try:
         return _serve_with(cfg, identity, telemetry)
     finally:
         telemetry.shutdown()
+
+
+def approver_authentication(config: IdentityConfig | None) -> str:
+    """Whether approvers' (and administrators') JWTs are verified, and against what: the
+    start-up log says so, since without it every approval call answers UNAUTHENTICATED."""
+    if config is None:
+        return (
+            "off (SIGNOFF_JWKS is unset): approval and policy admin calls answer "
+            "UNAUTHENTICATED; REQUIRE_APPROVAL decisions cannot be signed off"
+        )
+    keys = config.jwks
+    if config.is_remote:
+        # The URL without any credentials or query it may carry.
+        url = urllib.parse.urlsplit(keys)
+        keys = f"{url.scheme}://{url.hostname}{f':{url.port}' if url.port else ''}{url.path}"
+    # repr escapes what the environment might hold, so it cannot forge log lines.
+    return (
+        f"JWT verification on: keys from {keys!r}, issuer {config.issuer!r}, "
+        f"audience {config.audience!r}"
+    )
 
 
 def _serve_with(
@@ -237,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     from signoff.audit.cli import add_audit_arguments
     from signoff.client.approvals_cli import add_approvals_arguments
     from signoff.client.cli import add_check_arguments
+    from signoff.client.policy_cli import add_policy_arguments
     from signoff.devcerts import add_dev_certs_arguments
     from signoff.devtokens import add_dev_arguments
     from signoff.policy.lint import add_lint_arguments
@@ -257,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     test.set_defaults(run=_test)
     add_lint_arguments(sub)
     add_approvals_arguments(sub)
+    add_policy_arguments(sub)
     add_audit_arguments(sub)
     add_replay_arguments(sub)
     add_bundle_arguments(sub)
@@ -269,8 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from signoff.client.pipes import quiet_on_closed_stdout
+
     args = build_parser().parse_args(argv)
-    code: int = args.run(args)
+    code: int = quiet_on_closed_stdout(lambda: int(args.run(args)))
     return code
 
 

@@ -20,9 +20,14 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:{self.column}"
         rule = f" [{self.rule_id}]" if self.rule_id else ""
-        return f"{where}{rule}: {self.message}"
+        return f"{located(self.file, self.line, self.column)}{rule}: {self.message}"
+
+
+def located(file: str, line: int, column: int) -> str:
+    """`file:line:col`, or just `file` for line 0: a problem with the file (or signed bundle)
+    as a whole, such as a bad signature, has no position to point at."""
+    return f"{file}:{line}:{column}" if line > 0 else file
 
 
 class PolicyError(SignoffError):

@@ -28,6 +28,7 @@ from signoff.engine.model import (
     Verdict,
 )
 from signoff.errors import InvalidRequest, PolicyError, SignoffError
+from signoff.views import masking_doc
 
 OK, OVER_BUDGET, FAILED = 0, 1, 2
 DEFAULT_EXAMPLES = 3
@@ -201,6 +202,15 @@ class Missing:
     why: str  # a key of WHY
 
 
+MaskSpec = tuple[str, int, int]
+
+
+def describe_mask(spec: MaskSpec) -> str:
+    """An operator with its options as the reports show it: `redact`, `partial(first 0, last 4)`."""
+    op, first, last = spec
+    return f"{op}(first {first}, last {last})" if op == "partial" else op
+
+
 @dataclass(frozen=True)
 class _Recorded:
     """A decision record, checked: what it says about the request, and the policy's verdict."""
@@ -209,6 +219,9 @@ class _Recorded:
     verdict: Verdict  # the policy's own, not the enforced one
     matched_rules: tuple[str, ...]
     masked: frozenset[str]
+    # Path -> (operator, keep_first, keep_last); None for records from before `masking`,
+    # which keep the masked paths only.
+    masking: dict[str, MaskSpec] | None
     at: dt.datetime
     principal: Principal  # with the kept attribute values only
     action: str
@@ -258,6 +271,20 @@ def _time(value: Any, index: int) -> dt.datetime:
     return when.astimezone(dt.UTC)
 
 
+def _masking(value: Any, index: int) -> dict[str, MaskSpec]:
+    out: dict[str, MaskSpec] = {}
+    _need(isinstance(value, list), index, "masking is not a list")
+    for n, item in enumerate(value):
+        where = f"masking[{n}]"
+        m = _obj(item, index, where)
+        first, last = m.get("keep_first", 0), m.get("keep_last", 0)
+        ok = all(isinstance(v, int) and not isinstance(v, bool) for v in (first, last))
+        _need(ok, index, f"{where} keep_first and keep_last are not whole numbers")
+        path = _str(m.get("path"), index, f"{where}.path")
+        out[path] = (_str(m.get("operator"), index, f"{where}.operator"), first, last)
+    return out
+
+
 def _policy_verdict(record: Mapping[str, Any], index: int) -> Verdict:
     if "policy_verdict" in record:
         return _verdict(record["policy_verdict"], index, "policy_verdict")
@@ -298,6 +325,7 @@ def _recorded(record: Mapping[str, Any], index: int) -> _Recorded:
         verdict=_policy_verdict(record, index),
         matched_rules=_strs(record.get("matched_rules", []), index, "matched_rules"),
         masked=frozenset(_strs(record.get("masked_fields", []), index, "masked_fields")),
+        masking=_masking(record["masking"], index) if "masking" in record else None,
         at=_time(record.get("at"), index),
         principal=Principal(
             id=_str(p.get("id"), index, "request.principal.id"),
@@ -382,6 +410,8 @@ class Change:
     old_matched: tuple[str, ...]
     masked_added: tuple[str, ...] = ()  # field paths, when the new outcome is MASK
     masked_removed: tuple[str, ...] = ()
+    # (path, old operator, new operator) for paths masked before and after, but differently.
+    masked_changed: tuple[tuple[str, str, str], ...] = ()
     invalid_field: str = ""  # the field the new schema rejects, for INVALID_REQUEST
 
     @property
@@ -400,6 +430,9 @@ class Change:
             "old_matched_rules": list(self.old_matched),
             "masked_added": list(self.masked_added),
             "masked_removed": list(self.masked_removed),
+            "masked_changed": [
+                {"path": path, "old": old, "new": new} for path, old, new in self.masked_changed
+            ],
             "invalid_field": self.invalid_field,
         }
 
@@ -533,11 +566,19 @@ def replay(
             continue
         report.replayed += 1
         old, mask = rec.verdict.name, Verdict.MASK.name
-        # The record keeps only the masked paths, so a MASK is compared by those.
-        if new == old and (new != mask or plan == rec.masked):
+        # A MASK is compared by its operators and their options too; records from before
+        # `masking` keep only the masked paths, so those are compared by path alone.
+        before = rec.masked if old == mask else frozenset()
+        differ: tuple[tuple[str, str, str], ...] = ()
+        if new == mask and old == mask and rec.masking is not None:
+            differ = tuple(
+                (path, describe_mask(rec.masking[path]), describe_mask(plan[path]))
+                for path in sorted(before & plan.keys())
+                if path in rec.masking and rec.masking[path] != plan[path]
+            )
+        if new == old and (new != mask or (plan.keys() == rec.masked and not differ)):
             report.unchanged += 1
             continue
-        before = rec.masked if old == mask else frozenset()
         report.add_change(
             Change(
                 decision_id=rec.decision_id,
@@ -550,8 +591,9 @@ def replay(
                 new=new,
                 decided_by=decided_by,
                 old_matched=rec.matched_rules,
-                masked_added=tuple(sorted(plan - before)) if new == mask else (),
-                masked_removed=tuple(sorted(before - plan)) if new == mask else (),
+                masked_added=tuple(sorted(plan.keys() - before)) if new == mask else (),
+                masked_removed=tuple(sorted(before - plan.keys())) if new == mask else (),
+                masked_changed=differ,
                 invalid_field=invalid,
             )
         )
@@ -560,23 +602,27 @@ def replay(
 
 def _new_outcome(
     replayer: _Replayer, rec: _Recorded, report: Report
-) -> tuple[str, tuple[str, ...], frozenset[str], str]:
-    """(new outcome, deciding rules, masked paths, rejected field); outcome "" when the record
-    is not replayable (then counted in `report`)."""
+) -> tuple[str, tuple[str, ...], dict[str, MaskSpec], str]:
+    """(new outcome, deciding rules, masking plan by path, rejected field); outcome "" when
+    the record is not replayable (then counted in `report`)."""
     invalid = replayer.undeclared(rec)
     if invalid:
-        return INVALID, (), frozenset(), invalid
+        return INVALID, (), {}, invalid
     missing = _missing(replayer.reads(rec.resource.kind, rec.action), rec)
     if missing:
         report.add_unreplayable(rec.decision_id, missing)
-        return "", (), frozenset(), ""
+        return "", (), {}, ""
     try:
         decision = replayer.decide(rec)
     except InvalidRequest as exc:
-        return INVALID, (), frozenset(), exc.field
+        return INVALID, (), {}, exc.field
     explanation = decision.explanation
     decided_by = explanation.decided_by if explanation is not None else decision.matched_rules
-    plan = frozenset(m.path for m in decision.masking_plan)
+    # The same form as the record's `masking` (views.masking_doc), so the two compare.
+    plan = {
+        m["path"]: (m["operator"], m["keep_first"], m["keep_last"])
+        for m in masking_doc(decision.masking_plan)
+    }
     return decision.verdict.name, decided_by, plan, ""
 
 
@@ -891,4 +937,7 @@ def _example(c: Change) -> str:
         text += f"; now masked {', '.join(_safe(p) for p in c.masked_added)}"
     if c.masked_removed:
         text += f"; no longer masked {', '.join(_safe(p) for p in c.masked_removed)}"
+    if c.masked_changed:
+        shown = (f"{_safe(p)} {old} -> {new}" for p, old, new in c.masked_changed)
+        text += f"; masked differently {', '.join(shown)}"
     return text

@@ -47,6 +47,20 @@ def plan_proto(plan: Sequence[FieldMask], hash_key_id: str) -> pb.MaskingPlan:
     return out
 
 
+def masking_doc(plan: Sequence[FieldMask]) -> list[dict[str, Any]]:
+    """A masking plan as reviewers and audit records keep it: each path with its operator and
+    options, so a later replay can tell `redact` from `partial` on the same path."""
+    return [
+        {
+            "path": m.path,
+            "operator": m.op.name.lower(),
+            "keep_first": m.keep_first,
+            "keep_last": m.keep_last,
+        }
+        for m in plan
+    ]
+
+
 def mask_op_proto(name: str) -> pb.MaskOperator.ValueType:
     """The API operator for a plan entry stored by name ("redact", ...)."""
     op = MaskOp.__members__.get(name.upper())
@@ -157,15 +171,7 @@ class Views:
             "environment": request.context.environment,
             "reasons": list(decision.reasons),
             "matched_rules": list(decision.matched_rules),
-            "masking_plan": [
-                {
-                    "path": m.path,
-                    "operator": m.op.name.lower(),
-                    "keep_first": m.keep_first,
-                    "keep_last": m.keep_last,
-                }
-                for m in decision.masking_plan
-            ],
+            "masking_plan": masking_doc(decision.masking_plan),
         }
 
     def summary(

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,6 +119,20 @@ def test_verify_config_errors_exit_2(
     assert message in capsys.readouterr().err
 
 
+def test_verify_with_redis_down_says_so_not_that_the_key_is_missing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No key configured: verify would look for the development secret in Redis.
+    monkeypatch.delenv("SIGNOFF_HASH_KEY", raising=False)
+    monkeypatch.delenv("SIGNOFF_HASH_KEY_FILE", raising=False)
+
+    assert run(["audit", "verify", "--redis-url", "redis://127.0.0.1:1/0"]) == 2
+
+    err = capsys.readouterr().err
+    assert "signoff audit verify: cannot reach Redis to read the audit log: ConnectionError" in err
+    assert "no key" not in err
+
+
 @pytest.mark.usefixtures("env")
 def test_export_writes_json_lines_filtered_by_time(
     make_log: MakeLog, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -148,3 +165,21 @@ def test_export_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "cannot write" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         run(["audit", "export", "--since", "yesterday"])
+
+
+@pytest.mark.usefixtures("env")
+def test_export_into_a_pipe_its_reader_closed_ends_quietly(make_log: MakeLog) -> None:
+    log = make_log()
+    write(log, 300)
+    command = [sys.executable, "-m", "signoff.cli", "audit", "export"]
+    # As `signoff audit export | head -1` once head has read its line: the pipe is closed
+    # before the export writes, so every write fails.
+    export = subprocess.Popen(
+        command, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert export.stdout is not None
+    export.stdout.close()
+    _, err = export.communicate(timeout=30)
+
+    assert export.returncode == 141  # as a shell reports a command ended by SIGPIPE
+    assert err.decode() == ""

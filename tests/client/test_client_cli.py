@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
+import subprocess
+import sys
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2
 
 from signoff.client import Field
-from signoff.client.cli import add_check_arguments, main, parse_assignment, parse_field, run_check
+from signoff.client.cli import (
+    add_check_arguments,
+    duration_text,
+    main,
+    parse_assignment,
+    parse_field,
+    run_check,
+)
 from signoff.v1 import signoff_pb2 as pb
 
 if TYPE_CHECKING:
@@ -132,7 +143,7 @@ def test_readable_output_shows_verdict_reasons_rules_plan_approval_and_ids(
         "approval:",
         "  quorum 2",
         "  each approver needs: role dba or group sec",
-        "  pending ttl 3600s",
+        "  pending ttl 1h",
         "  grant ttl 0s",
         "decision:  d-1",
         "revision:  rev-9",
@@ -207,3 +218,41 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
 def test_leading_check_word_is_accepted(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "--help"]) == 0
     assert "--principal" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("entry", ["signoff.cli", "signoff.client.cli"])
+def test_check_into_a_pipe_its_reader_closed_ends_quietly(signoff_address: str, entry: str) -> None:
+    # `signoff check ... | head -1` where head has gone before the verdict is printed.
+    command = [
+        sys.executable, "-c", f"import sys; from {entry} import main; sys.exit(main())",
+        "check", "--addr", signoff_address, "--principal", "alice@acme.io", "--role", "analyst",
+        "--attr", "tenant=acme", "--action", "read", "--resource-kind", "customer_table",
+        "--resource-attr", "tenant=acme",
+    ]  # fmt: skip
+    check = subprocess.Popen(
+        command, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert check.stdout is not None
+    check.stdout.close()
+    _, err = check.communicate(timeout=30)
+
+    assert check.returncode == 141
+    assert err.decode() == ""
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos", "text"),
+    [
+        (14400, 0, "4h"),
+        (900, 0, "15m"),
+        (5400, 0, "1h30m"),
+        (3725, 0, "1h2m5s"),
+        (90, 0, "1m30s"),
+        (45, 0, "45s"),
+        (0, 0, "0s"),
+        (172800, 0, "48h"),
+        (1, 500_000_000, "1.500s"),
+    ],
+)
+def test_ttls_are_shown_exactly_as_policies_write_them(seconds: int, nanos: int, text: str) -> None:
+    assert duration_text(duration_pb2.Duration(seconds=seconds, nanos=nanos)) == text

@@ -573,3 +573,15 @@ def test_json_output(write_rules: WriteRules, capsys: pytest.CaptureFixture[str]
             "message": "variable V.spare is used by no rule and no other variable",
         }
     ]
+
+
+def test_a_problem_with_no_position_prints_the_file_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+
+    code, out = run_cli([str(empty)], capsys)
+
+    assert code == 1
+    assert out.startswith(f"{empty}: error: no policy files (*.yaml) found (load-error)\n")

@@ -157,7 +157,14 @@ def sign_at(
     rules: Path = RULES,
     expires_in: dt.timedelta | None = None,
 ) -> Path:
-    sign_bundle(rules, private_key, out, signed_at=signed_at, expires_in=expires_in)
+    sign_bundle(
+        rules,
+        private_key,
+        out,
+        signed_at=signed_at,
+        expires_in=expires_in,
+        clock=FakeClock(signed_at),
+    )
     return out
 
 
@@ -215,11 +222,12 @@ def test_sign_returns_the_revision_the_loader_computes(
 def test_signing_twice_with_the_same_source_date_epoch_gives_identical_bytes(
     tmp_path: Path, keys: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    month = dt.timedelta(days=30)
     monkeypatch.setenv("SOURCE_DATE_EPOCH", str(T0))
-    sign_bundle(RULES, keys[0], tmp_path / "one.tar.gz", expires_in=dt.timedelta(days=30))
-    sign_bundle(RULES, keys[0], tmp_path / "two.tar.gz", expires_in=dt.timedelta(days=30))
+    sign_bundle(RULES, keys[0], tmp_path / "one.tar.gz", expires_in=month, clock=FakeClock(T0))
+    sign_bundle(RULES, keys[0], tmp_path / "two.tar.gz", expires_in=month, clock=FakeClock(T0))
     monkeypatch.setenv("SOURCE_DATE_EPOCH", str(T0 + 1))
-    sign_bundle(RULES, keys[0], tmp_path / "later.tar.gz", expires_in=dt.timedelta(days=30))
+    sign_bundle(RULES, keys[0], tmp_path / "later.tar.gz", expires_in=month, clock=FakeClock(T0))
 
     assert (tmp_path / "one.tar.gz").read_bytes() == (tmp_path / "two.tar.gz").read_bytes()
     # The time is in the bytes: only SOURCE_DATE_EPOCH made the first two equal.
@@ -1053,11 +1061,7 @@ def test_cli_verify_exits_1_for_an_expired_bundle(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1000000000")  # 2001
-    out = tmp_path / "b.tar.gz"
-    sign = ["bundle", "sign", "--rules", str(RULES), "--key", str(keys[0]), "--out", str(out)]
-    assert run([*sign, "--expires-in", "1d"]) == 0
-    capsys.readouterr()
+    out = sign_at(tmp_path / "b.tar.gz", keys[0], 1_000_000_000, expires_in=dt.timedelta(days=1))
 
     assert run(["bundle", "verify", "--bundle", str(out), "--public-key", str(keys[1])]) == 1
 
@@ -1159,3 +1163,56 @@ def test_cli_verify_exits_2_for_usage_errors(
         run(["bundle", "verify", "--bundle", str(signed)])
     assert exited.value.code == 2
     assert "--public-key" in capsys.readouterr().err
+
+
+def test_cli_sign_refuses_a_bundle_that_would_already_be_expired(
+    tmp_path: Path,
+    keys: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1000000000")  # 2001, e.g. an old commit's time
+    out = tmp_path / "b.tar.gz"
+    sign = ["bundle", "sign", "--rules", str(RULES), "--key", str(keys[0]), "--out", str(out)]
+
+    assert run([*sign, "--expires-in", "1d"]) == 2
+
+    err = capsys.readouterr().err
+    assert "refusing to sign a bundle that is already expired" in err
+    assert "signed at 2001-09-09T01:46:40Z (SOURCE_DATE_EPOCH or the clock)" in err
+    assert "valid until 2001-09-10T01:46:40Z" in err
+    assert not out.exists()
+    assert run(sign) == 0  # without an expiry, an old signing time is fine
+
+
+def test_cli_sign_refuses_a_bundle_dated_beyond_the_clock_skew(
+    tmp_path: Path,
+    keys: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(int(time.time()) + DAY))
+    out = tmp_path / "b.tar.gz"
+    sign = ["bundle", "sign", "--rules", str(RULES), "--key", str(keys[0]), "--out", str(out)]
+
+    assert run(sign) == 2
+
+    err = capsys.readouterr().err
+    assert "refusing to sign a bundle dated in the future" in err
+    assert f"(verifiers allow {MAX_CLOCK_SKEW_SECONDS})" in err
+    assert not out.exists()
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(int(time.time()) + MAX_CLOCK_SKEW_SECONDS // 2))
+    assert run(sign) == 0
+
+
+def test_a_bundle_expiring_later_signed_within_the_skew_is_written(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    out = tmp_path / "b.tar.gz"
+    clock = FakeClock(T0)
+
+    sign_bundle(
+        RULES, keys[0], out, signed_at=T0 - DAY, expires_in=dt.timedelta(days=2), clock=clock
+    )
+
+    assert load_signed_bundle(out, keys[1], clock=clock).revision == load_bundle(RULES).revision

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -236,3 +237,40 @@ def test_a_vanished_rules_directory_is_a_refused_load_not_a_dead_watcher(rules: 
         shutil.copytree(RULES, rules)
         status, _ = running.reloader.reload()
         assert not status.failed
+
+
+def test_the_watcher_reloads_a_same_size_edit_that_keeps_the_modification_time(
+    rules: Path,
+) -> None:
+    with reloading_server(rules) as running:
+        reloader = running.reloader
+        assert reloader is not None
+        before = _revision(running.port)
+        first_look = reloader.status.attempted_at
+        stop = threading.Event()
+        watcher = threading.Thread(
+            target=reloader.watch, args=(stop,), kwargs={"interval": 0.05, "quiet": 0.1}
+        )
+        watcher.start()
+        try:
+            deadline = time.monotonic() + 10
+            # The watcher's first look reloads once; the edit must come after it.
+            while reloader.status.attempted_at == first_look and time.monotonic() < deadline:
+                time.sleep(0.02)
+            target = rules / "customer_data.yaml"
+            stat = target.stat()
+            text = target.read_text()
+            edited = text.replace("effect: allow", "effect: deny ", 1)
+            assert edited != text
+            assert len(edited) == len(text)
+            target.write_text(edited)
+            # As `cp -p` or `rsync -t` leave it: same size, same modification time.
+            os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+            assert target.stat().st_size == stat.st_size
+            while reloader.status.revision == before and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert not reloader.status.failed
+            assert _revision(running.port) == reloader.status.revision != before
+        finally:
+            stop.set()
+            watcher.join()

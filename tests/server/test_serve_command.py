@@ -535,3 +535,43 @@ def test_plaintext_beyond_loopback_is_refused_unless_chosen() -> None:
     ) as served:
         assert _health(served.port) == health_pb2.HealthCheckResponse.SERVING
         assert _stop(served)[0] == 0
+
+
+def test_a_bundle_refused_as_a_whole_is_named_without_a_made_up_position(
+    tmp_path: Path,
+) -> None:
+    private, _ = generate_keys(tmp_path / "keys")
+    _, other = generate_keys(tmp_path / "other")
+    tarball = tmp_path / "rules.tar.gz"
+    sign_bundle(RULES, private, tarball)
+
+    refused = _run("--rules", str(tarball), "--bundle-public-key", str(other))
+
+    assert refused.returncode == 2
+    assert f"\n  {tarball}: signature does not verify" in refused.stderr
+    assert ":0:0" not in refused.stderr
+
+
+def test_the_start_up_log_says_whether_approvers_tokens_are_verified(tmp_path: Path) -> None:
+    from signoff.devtokens import create_dev_keys
+
+    serve = ("--rules", str(RULES), "--address", "127.0.0.1:0")
+    with _serve(*serve) as served:
+        _, _, off = _stop(served)
+    jwks = create_dev_keys(tmp_path / "idp")
+    verified = {
+        "SIGNOFF_JWKS": str(jwks),
+        "SIGNOFF_JWT_ISSUER": "signoff-dev",
+        "SIGNOFF_JWT_AUDIENCE": "signoff",
+    }
+    with _serve(*serve, env=verified) as served:
+        _, _, on = _stop(served)
+
+    assert (
+        "signoff.server: approver authentication: off (SIGNOFF_JWKS is unset): approval and "
+        "policy admin calls answer UNAUTHENTICATED"
+    ) in off
+    assert (
+        f"signoff.server: approver authentication: JWT verification on: keys from {str(jwks)!r}, "
+        "issuer 'signoff-dev', audience 'signoff'"
+    ) in on

@@ -110,11 +110,9 @@ def _fail(command: str, message: str) -> int:
 
 
 def _dev_secret(client: redis.Redis, prefix: str) -> bytes | None:
-    """The development secret a service without SIGNOFF_HASH_KEY keeps in Redis (read only)."""
-    try:
-        value = client.get(f"{prefix}{DEV_SECRET_REDIS_KEY}")
-    except redis.RedisError:
-        return None
+    """The development secret a service without SIGNOFF_HASH_KEY keeps in Redis (read only).
+    Raises redis.RedisError when Redis cannot be asked: that is not a missing key."""
+    value = client.get(f"{prefix}{DEV_SECRET_REDIS_KEY}")
     if value is None:
         return None
     text = value.decode() if isinstance(value, bytes) else str(value)
@@ -137,7 +135,13 @@ def run_verify(args: argparse.Namespace) -> int:
         return _fail("verify", f"bad REDIS_URL: {exc}")
     with contextlib.closing(client):
         if secret is None:
-            secret = _dev_secret(client, args.redis_prefix)
+            try:
+                secret = _dev_secret(client, args.redis_prefix)
+            except redis.RedisError as exc:
+                return _fail(
+                    "verify",
+                    f"cannot reach Redis to read the audit log: {type(exc).__name__}: {exc}",
+                )
         if secret is None:
             return _fail(
                 "verify",
@@ -189,6 +193,8 @@ def run_export(args: argparse.Namespace) -> int:
                     total += export(client, keys, out, since=args.since, until=args.until)
         except redis.RedisError as exc:
             return _fail("export", f"cannot read the audit log: {type(exc).__name__}: {exc}")
+        except BrokenPipeError:
+            raise  # the reader left (`| head`): the command's caller ends quietly
         except OSError as exc:
             return _fail("export", f"cannot write {args.output}: {exc.strerror}")
     print(f"signoff audit export: {total} records", file=sys.stderr)

@@ -20,7 +20,7 @@ import lark
 from signoff.engine import cel
 from signoff.engine.compiled import Glob
 from signoff.engine.schema import SECTIONS, TYPES, AttributeSchema
-from signoff.errors import PolicyError, Problem
+from signoff.errors import PolicyError, Problem, located
 from signoff.policy import expand, source
 from signoff.policy.loader import load_bundle, policy_files
 
@@ -96,7 +96,7 @@ class Finding:
 
     def __str__(self) -> str:
         rule = f" [{self.rule_id}]" if self.rule_id else ""
-        where = f"{self.file}:{self.line}:{self.column}"
+        where = located(self.file, self.line, self.column)
         return f"{where}{rule}: {self.severity}: {self.message} ({self.code})"
 
     def as_json(self) -> dict[str, Any]:

@@ -384,13 +384,16 @@ def sign_bundle(
     limits: Limits = DEFAULT_LIMITS,
     signed_at: int | None = None,
     expires_in: dt.timedelta | None = None,
+    clock: Clock = time.time,
 ) -> str:
     """Load `rules_dir` (refusing, with the loader's problems, a bundle that does not load),
     sign what was loaded and write it to `out` as a signed tarball. Returns the revision.
 
     The manifest records `signed_at` (default: `signing_time()`) and, with `expires_in`, the
     time after which no verifier serves the bundle. The same directory, key and times always
-    give the same bytes (with the same zlib).
+    give the same bytes (with the same zlib). A bundle no verifier would serve by `clock`
+    (already expired, or signed further ahead than the clock skew allowed) is refused with a
+    ConfigError instead of written.
     """
     key = load_private_key(private_key_pem)
     when = signing_time() if signed_at is None else signed_at
@@ -404,6 +407,7 @@ def sign_bundle(
                 f"expiry {expires_in} after {iso_utc(when)} must be at least a second and end "
                 "by the year 9999"
             )
+    _servable_when_signed(when, expires_at, clock())
     root = Path(rules_dir)
     contents = _read_rules(root, limits)
     # Load a private copy of the bytes read, not the directory: what is signed is exactly what
@@ -424,6 +428,24 @@ def sign_bundle(
     members += [(FILES + rel, data) for rel, data in sorted(contents.items())]
     _write_tarball(Path(out), members)
     return bundle.revision
+
+
+def _servable_when_signed(signed_at: int, expires_at: int | None, now: float) -> None:
+    """Refuse to write what every verifier would refuse now (see `_check_time`): usually a
+    SOURCE_DATE_EPOCH from an old commit with a short expiry, or one from a wrong clock."""
+    signed = f"signed at {iso_utc(signed_at)}"
+    if expires_at is not None and expires_at <= now:
+        raise ConfigError(
+            f"refusing to sign a bundle that is already expired: {signed} ({SOURCE_DATE_EPOCH} "
+            f"or the clock), valid until {iso_utc(expires_at)}, and it is now "
+            f"{iso_utc(int(now))}; give a longer --expires-in or a later signing time"
+        )
+    if signed_at > now + MAX_CLOCK_SKEW_SECONDS:
+        raise ConfigError(
+            f"refusing to sign a bundle dated in the future: {signed} ({SOURCE_DATE_EPOCH} or "
+            f"the clock), {signed_at - int(now)} seconds ahead of now (verifiers allow "
+            f"{MAX_CLOCK_SKEW_SECONDS})"
+        )
 
 
 def _read_rules(root: Path, limits: Limits) -> dict[str, bytes]:
@@ -1104,8 +1126,7 @@ def _say(command: str, message: str) -> None:
 def _refused(command: str, exc: PolicyError) -> int:
     _say(command, "refused:")
     for p in exc.problems:
-        # Problems about the tarball as a whole have no position worth printing.
-        print(f"  {p.file}: {p.message}" if p.line == 0 else f"  {p}", file=sys.stderr)
+        print(f"  {p}", file=sys.stderr)
     return REFUSED
 
 

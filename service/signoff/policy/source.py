@@ -119,9 +119,7 @@ def _construct(node: yaml.Node, path: Path_, nodes: dict[Path_, yaml.Node]) -> A
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = _scalar_value(key_node)
-            if not isinstance(key, str):
-                raise YamlSyntaxError(_pos(key_node), "mapping keys must be strings")
+            key = _key(key_node)
             if key in out:
                 raise YamlSyntaxError(_pos(key_node), f"duplicate key {key!r}")
             nodes[("<key>", *path, key)] = key_node
@@ -140,6 +138,24 @@ _RESOLVER = yaml.SafeLoader("")
 
 
 _STR_TAG = "tag:yaml.org,2002:str"
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+
+
+def _key(node: yaml.Node) -> str:
+    """A mapping key, always a name. YAML 1.1 reads a plain `on`, `off`, `yes`, `no`, `y` or
+    `n` as a boolean; as a key that is never what a policy means (`off:` as an attribute
+    name), so such a key is taken as written."""
+    if isinstance(node, yaml.ScalarNode) and node.tag == _BOOL_TAG and node.style is None:
+        return str(node.value)
+    key = _scalar_value(node)
+    if not isinstance(key, str):
+        kind = type(key).__name__ if key is not None else "null"
+        raise YamlSyntaxError(
+            _pos(node),
+            f"mapping key {node.value!r} reads as a YAML {kind}, not a name: quote it "
+            f'("{node.value}":) to use it as one',
+        )
+    return key
 
 
 def _scalar_value(node: yaml.Node) -> Any:
@@ -175,12 +191,34 @@ def _slow_data(text: str, nodes: dict[Path_, yaml.Node]) -> Any:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        pos = Position(mark.line + 1, mark.column + 1) if mark else Position(1, 1)
-        raise YamlSyntaxError(pos, f"invalid YAML: {exc.problem or exc}") from None
+        raise YamlSyntaxError(*_located(exc)) from None
     except yaml.YAMLError as exc:
         raise YamlSyntaxError(Position(1, 1), f"invalid YAML: {exc}") from None
     return None if root is None else _construct(root, (), nodes)
+
+
+# Openings PyYAML names as the context of an error found later, while looking for their end.
+_UNCLOSED = {
+    "while parsing a flow sequence": "'[' is never closed",
+    "while parsing a flow mapping": "'{' is never closed",
+    "while scanning a quoted scalar": "the quoted string is never closed",
+}
+
+
+def _located(exc: yaml.MarkedYAMLError) -> tuple[Position, str]:
+    """Where to point for a YAML error, and what to say.
+
+    PyYAML marks where it gave up; for an unclosed `[`, `{` or quote that is on some later
+    line, where the mistake is not. Then the opening is reported, and where parsing stopped.
+    """
+    problem, context = exc.problem_mark, exc.context_mark
+    message = f"invalid YAML: {exc.problem or exc}"
+    opening = _UNCLOSED.get(exc.context or "")
+    if opening and problem and context and problem.line > context.line:
+        found = f"{exc.problem} at line {problem.line + 1}, column {problem.column + 1}"
+        return Position(context.line + 1, context.column + 1), f"invalid YAML: {opening} ({found})"
+    mark = problem or context
+    return (Position(mark.line + 1, mark.column + 1) if mark else Position(1, 1)), message
 
 
 class _Slow:
@@ -246,8 +284,11 @@ class _Builder:
             flow = flow or bool(node.flow_style)
             out: dict[str, Any] = {}
             for key_node, value_node in node.value:
-                key = self.build(key_node, flow)
-                if not isinstance(key, str) or key in out:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    raise _Decline
+                self.build(key_node, flow)  # declines what the reference parser words
+                key = _key(key_node)
+                if key in out:
                     raise _Decline
                 out[key] = self.build(value_node, flow)
             return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import threading
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from signoff.server.service import DecisionService
 log = logging.getLogger("signoff.policy")
 # The health-check service name that reports whether the latest bundle loaded.
 POLICY_HEALTH = "signoff.policy"
-Fingerprint = tuple[tuple[str, int, int], ...]
+Fingerprint = tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -133,8 +134,12 @@ class PolicyReloader:
         self._wake.set()
 
     def fingerprint(self) -> Fingerprint:
-        """Name, size and modification time of every policy file (or of the signed bundle):
-        cheap to take every second."""
+        """Name and content hash of every policy file (or of the signed bundle).
+
+        The content decides, not size and modification time: an edit of the same length
+        whose tool keeps the mtime (rsync -t, `cp -p`, a restored backup) changes neither.
+        For the bundled rules a look (listing and hashing) takes under a millisecond.
+        """
         try:
             files = [self._rules] if self._rules.is_file() else policy_files(self._rules)
         except OSError:
@@ -142,15 +147,23 @@ class PolicyReloader:
         out = []
         for path in files:
             try:
-                st = path.stat()
+                with path.open("rb") as handle:
+                    digest = hashlib.file_digest(handle, "sha256").hexdigest()
             except OSError:
                 continue
-            out.append((str(path), st.st_size, st.st_mtime_ns))
+            out.append((str(path), digest))
         return tuple(out)
 
     def watch(self, stop: threading.Event, *, interval: float = 1.0, quiet: float = 0.5) -> None:
         """Until `stop`: reload when asked, and when the files changed and then stayed still
-        for `quiet` seconds (an editor's save can take several writes)."""
+        for `quiet` seconds (an editor's save can take several writes).
+
+        Polling, not watchfiles: file events do not arrive on network file systems and many
+        container volume mounts (a Kubernetes ConfigMap swaps a symlink; watchfiles must be
+        told to poll there anyway), SIGHUP and the admin RPC already wake this loop, and the
+        content hash has to be taken on every event regardless, so events would save little
+        and add a native dependency to the server.
+        """
         while not stop.is_set():
             asked = self._wake.wait(interval)
             if stop.is_set():

@@ -21,7 +21,7 @@ from signoff.server import convert
 from signoff.server.status import grpc_code_value, guarded, status_for
 from signoff.v1 import signoff_pb2 as pb
 from signoff.v1 import signoff_pb2_grpc as pb_grpc
-from signoff.views import Views
+from signoff.views import Views, masking_doc
 
 log = logging.getLogger("signoff.decisions")
 
@@ -144,6 +144,7 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
                     "reasons": list(decision.reasons),
                     "approval_id": approval_id,
                     "masked_fields": [m.path for m in decision.masking_plan],
+                    "masking": masking_doc(decision.masking_plan),
                     "trace_id": trace_id,
                     **({"caller": caller} if caller else {}),
                     "request": self._audit_view(decided, decision),

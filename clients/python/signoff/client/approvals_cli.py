@@ -17,7 +17,9 @@ import grpc
 
 from signoff.client.approvals import Approval, ApprovalState, format_duration
 from signoff.client.client import SignoffClient
+from signoff.client.cliopts import ADDRESS_HELP, default_address
 from signoff.client.errors import InvalidInput, ProtocolError, SignoffRpcError
+from signoff.client.pipes import quiet_on_closed_stdout
 from signoff.client.tls import add_tls_arguments, tls_from_args
 from signoff.client.types import operator_name
 
@@ -31,11 +33,15 @@ __all__ = [
     "EXIT_UNAUTHENTICATED",
     "EXIT_UNAVAILABLE",
     "EXIT_USAGE",
+    "UsageError",
     "add_approvals_arguments",
+    "add_connection_options",
     "configure_approvals_parser",
     "main",
     "render_approval",
+    "report_rpc_error",
     "run_approvals",
+    "token_from_args",
 ]
 
 EXIT_OK = 0
@@ -66,7 +72,7 @@ _REFUSED = frozenset({"PERMISSION_DENIED", "FAILED_PRECONDITION"})
 _ARGV: contextvars.ContextVar[Sequence[str] | None] = contextvars.ContextVar("argv", default=None)
 
 
-class _UsageError(Exception):
+class UsageError(Exception):
     """A problem with the command line or its files, reported with exit code 2."""
 
 
@@ -98,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     finally:
         _ARGV.reset(reset)
-    return run_approvals(args)
+    return quiet_on_closed_stdout(lambda: run_approvals(args))
 
 
 def add_approvals_arguments(
@@ -117,7 +123,7 @@ def add_approvals_arguments(
 
 def configure_approvals_parser(parser: argparse.ArgumentParser) -> None:
     """Add the approvals subcommands and options to `parser` and set `run=run_approvals`."""
-    _add_connection_options(parser, suppress=False)
+    add_connection_options(parser, suppress=False)
     commands = parser.add_subparsers(
         dest="approvals_command", metavar="COMMAND", required=True, parser_class=_Parser
     )
@@ -159,7 +165,7 @@ def configure_approvals_parser(parser: argparse.ArgumentParser) -> None:
             help="seconds to wait for the service (default: %(default)s)",
         )
     for sub in (listing, show, approve, reject, cancel, watch):
-        _add_connection_options(sub, suppress=True)
+        add_connection_options(sub, suppress=True)
     parser.set_defaults(run=run_approvals)
 
 
@@ -170,8 +176,8 @@ def run_approvals(args: argparse.Namespace, *, channel: grpc.Channel | None = No
     """
     command = _COMMANDS[args.approvals_command]
     try:
-        token = _token(args)
-    except _UsageError as err:
+        token = token_from_args(args)
+    except UsageError as err:
         _say(str(err))
         return EXIT_USAGE
     if token is None:
@@ -196,7 +202,7 @@ def run_approvals(args: argparse.Namespace, *, channel: grpc.Channel | None = No
         _say(str(err))
         return EXIT_USAGE
     except SignoffRpcError as err:
-        return _failed(err, args.addr)
+        return report_rpc_error(err, args.addr)
     except ProtocolError as err:
         _say(f"{args.addr}: {err}")
         return EXIT_UNAVAILABLE
@@ -331,16 +337,16 @@ _COMMANDS: Mapping[str, Callable[[SignoffClient, argparse.Namespace], int]] = {
 }
 
 
-def _add_connection_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+def add_connection_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """--addr, the token options, --json and TLS, for a command acting with a credential."""
+
     # Given both before and after the subcommand; below it they default to SUPPRESS so that
     # an option given above is not overwritten by the subcommand's default.
     def default(value: Any) -> Any:
         return argparse.SUPPRESS if suppress else value
 
     group = parser.add_argument_group("service and credential")
-    group.add_argument(
-        "--addr", default=default("127.0.0.1:50051"), help="service address (default: %(default)s)"
-    )
+    group.add_argument("--addr", default=default(default_address()), help=ADDRESS_HELP)
     group.add_argument("--token", default=default(None), metavar="JWT", help=_BEARER_HELP)
     group.add_argument(
         "--token-file",
@@ -355,13 +361,15 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, suppress: bool) 
     add_tls_arguments(group)
 
 
-def _token(args: argparse.Namespace) -> str | None:
+def token_from_args(args: argparse.Namespace) -> str | None:
+    """The bearer token from --token, --token-file or $SIGNOFF_TOKEN; None when none is given.
+    Raises UsageError for both flags at once, or an empty or unreadable one."""
     if args.token is not None and args.token_file is not None:
-        raise _UsageError("give --token or --token-file, not both")
+        raise UsageError("give --token or --token-file, not both")
     if args.token is not None:
         token = args.token.strip()
         if not token:
-            raise _UsageError("--token is empty")
+            raise UsageError("--token is empty")
         return str(token)
     if args.token_file is not None:
         path: Path = args.token_file
@@ -370,28 +378,29 @@ def _token(args: argparse.Namespace) -> str | None:
         except (OSError, UnicodeDecodeError) as err:
             # The reason only: a decode error would otherwise quote bytes of the file.
             why = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
-            raise _UsageError(f"cannot read token file {path}: {why}") from None
+            raise UsageError(f"cannot read token file {path}: {why}") from None
         if not token:
-            raise _UsageError(f"token file {path} is empty")
+            raise UsageError(f"token file {path} is empty")
         return token
     return os.environ.get(BEARER_VARIABLE, "").strip() or None
 
 
-def _failed(err: SignoffRpcError, addr: str) -> int:
+def report_rpc_error(err: SignoffRpcError, addr: str, prog: str = _PROG) -> int:
+    """Say what a failed call means to the user of command `prog`; its exit code."""
     details = err.details or err.code
     if err.code == "UNAUTHENTICATED":
-        _say(f"not authenticated: {details}")
+        _say(f"not authenticated: {details}", prog)
         return EXIT_UNAUTHENTICATED
     if err.code in _REFUSED:
-        _say(f"refused: {details}")
+        _say(f"refused: {details}", prog)
         return EXIT_REFUSED
     if err.code == "NOT_FOUND":
-        _say(f"not found: {details}")
+        _say(f"not found: {details}", prog)
         return EXIT_NOT_FOUND
     if err.code == "INVALID_ARGUMENT":
-        _say(details)
+        _say(details, prog)
         return EXIT_USAGE
-    _say(f"{addr}: {err}")
+    _say(f"{addr}: {err}", prog)
     return EXIT_UNAVAILABLE
 
 
@@ -453,8 +462,8 @@ def _label(label: str, value: str) -> str:
     return f"{label + ':':<{_LABEL}}{value}"
 
 
-def _say(message: str) -> None:
-    print(f"{_PROG}: {message}", file=sys.stderr)
+def _say(message: str, prog: str = _PROG) -> None:
+    print(f"{prog}: {message}", file=sys.stderr)
 
 
 def _redact(message: str, argv: Sequence[str]) -> str:

@@ -9,10 +9,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
+from google.protobuf import duration_pb2
 
 from signoff.client.approvals_cli import add_approvals_arguments, run_approvals
 from signoff.client.client import SignoffClient
+from signoff.client.cliopts import ADDRESS_HELP, default_address
 from signoff.client.errors import InvalidInput, ProtocolError, SignoffRpcError
+from signoff.client.pipes import quiet_on_closed_stdout
 from signoff.client.tls import add_tls_arguments, tls_from_args
 from signoff.client.types import (
     CheckItem,
@@ -70,15 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:
         # argparse exits on --help (0) and on usage errors (2); return instead of exiting.
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
-    return run_check(args)
+    return quiet_on_closed_stdout(lambda: run_check(args))
 
 
 def add_check_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `check` options to `parser`, so another CLI can mount the same subcommand."""
     where = parser.add_argument_group("service")
-    where.add_argument(
-        "--addr", default="127.0.0.1:50051", help="service address (default: %(default)s)"
-    )
+    where.add_argument("--addr", default=default_address(), help=ADDRESS_HELP)
     where.add_argument(
         "--timeout", type=float, default=5.0, help="seconds to wait (default: %(default)s)"
     )
@@ -293,6 +294,20 @@ def _describe_mask(entry: signoff_pb2.FieldMask) -> str:
     return text
 
 
+def duration_text(duration: duration_pb2.Duration) -> str:
+    """A duration exactly, as policies write one: "4h", "15m", "1h30m", "90s" or "1.5s".
+
+    Not approvals.format_duration, which rounds down for relative times ("in 3h59m").
+    """
+    seconds, nanos = duration.seconds, duration.nanos
+    if nanos or seconds < 0:
+        return duration.ToJsonString()  # sub-second (or nonsense) values: exactly as given
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [(hours, "h"), (minutes, "m"), (secs, "s")]
+    return "".join(f"{n}{unit}" for n, unit in parts if n) or "0s"
+
+
 def _describe_approval(approval: signoff_pb2.ApprovalRequirement) -> list[str]:
     lines = [f"quorum {approval.quorum}"]
     # Every counted approver must satisfy every set; within a set, any role or group will do.
@@ -300,8 +315,8 @@ def _describe_approval(approval: signoff_pb2.ApprovalRequirement) -> list[str]:
         options = [f"role {role}" for role in approvers.roles]
         options += [f"group {group}" for group in approvers.groups]
         lines.append(f"each approver needs: {' or '.join(options)}")
-    lines.append(f"pending ttl {approval.pending_ttl.ToJsonString()}")
-    lines.append(f"grant ttl {approval.grant_ttl.ToJsonString()}")
+    lines.append(f"pending ttl {duration_text(approval.pending_ttl)}")
+    lines.append(f"grant ttl {duration_text(approval.grant_ttl)}")
     if approval.rule_ids:
         lines.append(f"rules {', '.join(approval.rule_ids)}")
     return lines

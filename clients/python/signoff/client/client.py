@@ -13,7 +13,14 @@ from signoff.client.approvals import Approval, ApprovalState
 from signoff.client.errors import InvalidInput, ProtocolError, SignoffRpcError
 from signoff.client.tls import TLS, is_loopback
 from signoff.client.types import CheckItem, Context, Decision, ItemFailure, Principal, Resource
-from signoff.v1 import approvals_pb2, approvals_pb2_grpc, signoff_pb2, signoff_pb2_grpc
+from signoff.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    approvals_pb2,
+    approvals_pb2_grpc,
+    signoff_pb2,
+    signoff_pb2_grpc,
+)
 
 __all__ = ["SignoffClient"]
 
@@ -76,6 +83,7 @@ class SignoffClient:
             self._channel = grpc.insecure_channel(target)
         self._stub = signoff_pb2_grpc.DecisionServiceStub(self._channel)
         self._approvals = approvals_pb2_grpc.ApprovalServiceStub(self._channel)
+        self._admin = admin_pb2_grpc.PolicyAdminServiceStub(self._channel)
 
     def __repr__(self) -> str:
         token = "set" if self._token else "none"
@@ -261,6 +269,18 @@ class SignoffClient:
         finally:
             # Closes the stream when the caller leaves the loop early; a no-op once it ended.
             stream.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves it untyped
+
+    def reload_policies(self, *, timeout: float | None = None) -> admin_pb2.ReloadPoliciesResponse:
+        """Have the service load its bundle now (needs a token with the signoff_admin role)."""
+        request = admin_pb2.ReloadPoliciesRequest()
+        call = self._admin.ReloadPolicies
+        return self._call("ReloadPolicies", call, request, timeout, self._metadata())
+
+    def policy_status(self, *, timeout: float | None = None) -> admin_pb2.PolicyStatus:
+        """The bundle serving and how the latest load went (needs the signoff_admin role)."""
+        request = admin_pb2.GetPolicyStatusRequest()
+        call = self._admin.GetPolicyStatus
+        return self._call("GetPolicyStatus", call, request, timeout, self._metadata()).status
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         if self._token is None:
