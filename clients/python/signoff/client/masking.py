@@ -8,12 +8,12 @@ import hmac
 import json
 import math
 import re
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from signoff.client.errors import MaskingError
+from signoff.client.partial import partial_text
 from signoff.v1 import signoff_pb2
 
 __all__ = [
@@ -209,18 +209,10 @@ def _email(value: Any) -> str:
 
 def _partial(value: Any, keep_first: int, keep_last: int) -> str:
     text = value if isinstance(value, str) else canonical_form(value).decode("utf-8")
-    positions = [i for i, char in enumerate(text) if _maskable(char)]
-    if keep_first + keep_last >= len(positions):
-        hidden = set(positions)
-    else:
-        hidden = set(positions[keep_first : len(positions) - keep_last])
-    return "".join("*" if i in hidden else char for i, char in enumerate(text))
-
-
-def _maskable(char: str) -> bool:
-    # Letters, marks and numbers: marks count because in many scripts (e.g. Devanagari vowel
-    # signs) they carry part of the content; everything else is a separator and stays.
-    return unicodedata.category(char)[0] in "LMN"
+    masked = partial_text(text, keep_first, keep_last)
+    # Every hidden character changes ("*" is a separator), so only text without content would
+    # come back as it was, and a masked value must never equal the raw one.
+    return REDACTED if masked == text and text else masked
 
 
 def _json(value: Any) -> str:
