@@ -40,6 +40,7 @@ _STRICTNESS: dict[int, int] = {
     signoff_pb2.MASK_OPERATOR_REDACT: 4,
     signoff_pb2.MASK_OPERATOR_NULLIFY: 5,
 }
+_RELEASING = frozenset({signoff_pb2.VERDICT_ALLOW, signoff_pb2.VERDICT_MASK})
 _IMMUTABLE_LEAVES = (str, int, float, bool, bytes, type(None))
 
 # A concrete position in a record: dict keys and list indices from the root down.
@@ -70,12 +71,14 @@ def apply_mask(
     lists. `plan` is a MaskingPlan, or a CheckResponse whose masking_plan is used. `keys` maps a
     key id (see `key_id`) to the HMAC key used by HASH entries naming it.
 
-    Raises MaskingError, before touching anything, when the plan has an unusable entry: an empty
+    Raises MaskingError when `plan` is a CheckResponse whose verdict is not ALLOW or MASK, and,
+    before touching anything, when the plan has an unusable entry: an empty
     path or path segment, an unspecified or unknown operator, or a HASH entry whose key id is
     not in `keys`. Raises MaskingError when a value to hash cannot be put in canonical form.
     See docs/masking.md for the exact semantics.
     """
     if isinstance(plan, signoff_pb2.CheckResponse):
+        require_release(plan.verdict, plan.decision_id)
         plan = plan.masking_plan
     elif not isinstance(plan, signoff_pb2.MaskingPlan):
         raise TypeError(f"plan must be a MaskingPlan or a CheckResponse, not {type(plan).__name__}")
@@ -97,6 +100,25 @@ def apply_mask(
             parent = parent[step]
         parent[location[-1]] = _transform(targets[location], parent[location[-1]])
     return result
+
+
+def require_release(verdict: int, decision_id: str) -> None:
+    """Raise MaskingError unless `verdict` (a proto Verdict number) lets data go: ALLOW or MASK.
+
+    A denied request, or one still waiting for sign-off, has no data to release; masking it
+    anyway would hand the caller a record it must not send, with nothing to say so.
+    """
+    if verdict not in _RELEASING:
+        name = (
+            signoff_pb2.Verdict.Name(signoff_pb2.Verdict.ValueType(verdict)).removeprefix(
+                "VERDICT_"
+            )
+            if verdict in signoff_pb2.Verdict.values()
+            else str(verdict)
+        )
+        raise MaskingError(
+            f"decision {decision_id!r} is {name}: its data may not be released, masked or not"
+        )
 
 
 def key_id(key: bytes) -> str:
