@@ -84,10 +84,9 @@ def _serve_with(
     identity: CallerAuthenticator,
     telemetry: Telemetry,
 ) -> int:
-    from signoff.approvals.digest import digest_key
     from signoff.approvals.flow import ApprovalFlow
     from signoff.approvals.store import ApprovalStore
-    from signoff.audit import ApprovalEventAuditor, AuditConfig, AuditLog, audit_key
+    from signoff.audit import ApprovalEventAuditor, AuditConfig, AuditLog
     from signoff.client.masking import key_id
     from signoff.engine.compiled import Bundle
     from signoff.engine.evaluator import Engine
@@ -123,29 +122,33 @@ def _serve_with(
     store = ApprovalStore(
         cfg.redis_url, prefix=cfg.redis_prefix, max_pending_per_requester=cfg.max_pending_approvals
     )
-    secret = cfg.hash_key or _dev_secret(store)
-    if secret is None:
-        print(
-            "signoff: no SIGNOFF_HASH_KEY and Redis is unreachable, so there is no secret shared "
-            "with other processes; set SIGNOFF_HASH_KEY or start Redis",
-            file=sys.stderr,
-        )
-        return 1
+    root = cfg.keys.root
+    if root is None and cfg.keys.needs_root():
+        root = _dev_secret(store)
+        if root is None:
+            print(
+                "signoff: no SIGNOFF_HASH_KEY and Redis is unreachable, so there is no secret "
+                "shared with other processes; set SIGNOFF_HASH_KEY or start Redis",
+                file=sys.stderr,
+            )
+            return 1
+    # Each purpose its own key: the masking key goes into pipelines, the others never leave.
+    keys = cfg.keys.resolve(root)
     views = Views(
-        hash_key=secret,
-        hash_key_id=key_id(secret),
+        hash_key=keys.masking,
+        hash_key_id=key_id(keys.masking),
         audit=AuditSelection.parse(cfg.audit_attributes, cfg.audit_payload_keys),
     )
     audit = auditor = None
     if cfg.audit:
         audit = AuditLog(
             cfg.redis_url,
-            audit_key(secret),
+            keys.audit,
             prefix=cfg.redis_prefix,
             config=AuditConfig(max_records=cfg.audit_max_records),
         )
         auditor = ApprovalEventAuditor(audit, redis_url=cfg.redis_url, prefix=cfg.redis_prefix)
-    flow = ApprovalFlow(store, digest_key=digest_key(secret), views=views)
+    flow = ApprovalFlow(store, digest_key=keys.digest, views=views)
     # Handlers go in before the ready line: a supervisor may stop us the moment it sees it.
     stop = threading.Event()
 
@@ -266,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     from signoff.client.policy_cli import add_policy_arguments
     from signoff.devcerts import add_dev_certs_arguments
     from signoff.devtokens import add_dev_arguments
+    from signoff.keys import add_keys_arguments
     from signoff.policy.lint import add_lint_arguments
     from signoff.policy.signed import add_bundle_arguments
     from signoff.policytest import add_test_arguments
@@ -293,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     notify.set_defaults(run=run_notify)
     add_dev_arguments(sub)
     add_dev_certs_arguments(sub)
+    add_keys_arguments(sub)
     return parser
 
 

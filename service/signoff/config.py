@@ -13,10 +13,10 @@ from signoff.approvals.store import DEFAULT_MAX_PENDING_PER_REQUESTER
 from signoff.client.tls import is_loopback
 from signoff.engine.cel import BACKENDS, DEFAULT_BACKEND
 from signoff.errors import ConfigError
+from signoff.keys import KeySources, load
 from signoff.server.tls import TLSFiles
 
 log = logging.getLogger("signoff.config")
-MIN_HASH_KEY_BYTES = 32
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -27,7 +27,7 @@ class Config:
     backend: str
     workers: int
     max_batch_items: int
-    hash_key: bytes | None  # None: not configured (development fallback applies)
+    keys: KeySources  # without a root, purposes not set on their own use the dev fallback
     log_level: str
     redis_url: str
     redis_prefix: str
@@ -154,9 +154,23 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--hash-key-file",
         env="SIGNOFF_HASH_KEY_FILE",
         default="",
-        help="file holding the HMAC key for the hash mask (SIGNOFF_HASH_KEY_FILE); "
-        "SIGNOFF_HASH_KEY may hold the key itself. Never put it in policy files.",
+        help="file holding the root secret (SIGNOFF_HASH_KEY_FILE); SIGNOFF_HASH_KEY may hold "
+        "it instead. The masking, audit and digest keys are derived from it (HKDF); it never "
+        "leaves the service. Never put it in policy files.",
     )
+    for purpose, use in (
+        ("masking", "the HASH mask; pipelines get it with `signoff keys masking`"),
+        ("audit", "the audit hash chain"),
+        ("digest", "approval digests"),
+    ):
+        name = f"SIGNOFF_{purpose.upper()}_KEY"
+        option(
+            f"--{purpose}-key-file",
+            env=f"{name}_FILE",
+            default="",
+            help=f"file holding the key for {use}, as hex ({name}_FILE; or the hex in {name}); "
+            "set, it replaces the key derived from the root, so it rotates on its own",
+        )
     option(
         "--redis-url",
         env="REDIS_URL",
@@ -213,23 +227,6 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def hash_key(key_file: str) -> bytes | None:
-    """The service secret (hash-mask key, and the root of the approval digest key), from a
-    file or SIGNOFF_HASH_KEY; None when neither is set."""
-    if key_file:
-        try:
-            key = Path(key_file).read_bytes().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read hash key file {key_file}: {exc.strerror}") from None
-    else:
-        key = os.environ.get("SIGNOFF_HASH_KEY", "").encode()
-    if not key:
-        return None
-    if len(key) < MIN_HASH_KEY_BYTES:
-        raise ConfigError(f"hash key must be at least {MIN_HASH_KEY_BYTES} bytes")
-    return key
-
-
 def validate_plain(args: argparse.Namespace) -> None:
     """Check values argparse cannot: `choices` are not applied to defaults from the env."""
     if args.cel_backend not in BACKENDS:
@@ -278,7 +275,10 @@ def from_args(args: argparse.Namespace) -> Config:
         backend=args.cel_backend,
         workers=args.workers,
         max_batch_items=args.max_batch_items,
-        hash_key=hash_key(args.hash_key_file),
+        keys=load(
+            args.hash_key_file,
+            {p: getattr(args, f"{p}_key_file", "") for p in ("masking", "audit", "digest")},
+        ),
         log_level=args.log_level,
         redis_url=args.redis_url,
         redis_prefix=args.redis_prefix,

@@ -155,7 +155,8 @@ class Views:
         return plan_proto(decision.masking_plan, self.hash_key_id)
 
     def masked_payload(self, request: Request, decision: Decision) -> Any:
-        return apply_mask(request.payload, self.plan(decision), keys=self._keys)
+        # Lenient: the plan addresses the resource's data; the payload may hold some of it.
+        return apply_mask(request.payload, self.plan(decision), keys=self._keys, lenient=True)
 
     def reviewer_view(self, request: Request, decision: Decision) -> dict[str, Any]:
         """The request as approvers see it: ids, names and the masked payload, no attributes."""
@@ -201,7 +202,9 @@ class Views:
         # Plan paths start at a top-level key, so masking just the kept keys gives the same
         # values as masking everything first, without copying what is then thrown away.
         kept = {k: v for k, v in sorted(request.payload.items()) if k in sel.payload_keys}
-        payload = apply_mask(kept, self.plan(decision), keys=self._keys) if kept else {}
+        payload = (
+            apply_mask(kept, self.plan(decision), keys=self._keys, lenient=True) if kept else {}
+        )
         return {
             "principal": {
                 "id": request.principal.id,

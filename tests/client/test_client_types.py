@@ -223,7 +223,10 @@ def test_verdict_values_are_the_proto_numbers() -> None:
 
 
 def test_decision_mask_applies_its_plan() -> None:
-    decision = Decision.from_proto(full_response())
+    # A MASK verdict: masking data of a decision that does not allow it is refused.
+    response = full_response()
+    response.verdict = pb.VERDICT_MASK
+    decision = Decision.from_proto(response)
     record = {"customers": [{"email": "a@x.io", "id": 1}]}
     assert decision.mask(record) == {"customers": [{"email": "***@x.io", "id": 1}]}
 

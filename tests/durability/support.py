@@ -170,7 +170,9 @@ class RedisServer:
         return "(no log)"
 
 
-def service_environment(jwks: Path, hash_key: str | None) -> dict[str, str]:
+def service_environment(
+    jwks: Path, hash_key: str | None, extra: dict[str, str] | None = None
+) -> dict[str, str]:
     """This process's environment without SIGNOFF_* or REDIS_URL, plus the dev identity provider."""
     env = {
         k: v
@@ -186,6 +188,7 @@ def service_environment(jwks: Path, hash_key: str | None) -> dict[str, str]:
     )
     if hash_key is not None:
         env["SIGNOFF_HASH_KEY"] = hash_key
+    env.update(extra or {})
     return env
 
 
@@ -239,8 +242,11 @@ class Services:
         name: str = "",
         hash_key: str | None = HASH_KEY,
         prefix: str = "signoff:",
+        env: dict[str, str] | None = None,
     ) -> Service:
-        return self.start_many(redis_url, 1, names=[name], hash_key=hash_key, prefix=prefix)[0]
+        return self.start_many(
+            redis_url, 1, names=[name], hash_key=hash_key, prefix=prefix, env=env
+        )[0]
 
     def start_many(
         self,
@@ -250,6 +256,7 @@ class Services:
         names: list[str] | None = None,
         hash_key: str | None = HASH_KEY,
         prefix: str = "signoff:",
+        env: dict[str, str] | None = None,
     ) -> list[Service]:
         """Launch `count` processes at once, then wait for each one's listening line."""
         labels = names or [""] * count
@@ -273,7 +280,7 @@ class Services:
                         "--redis-prefix",
                         prefix,
                     ],
-                    env=service_environment(self.jwks, hash_key),
+                    env=service_environment(self.jwks, hash_key, env),
                     stdout=subprocess.PIPE,
                     stderr=err,
                     text=True,

@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from signoff.client.masking import key_id
 from signoff.devcerts import create_dev_certs
 from signoff.engine.evaluator import Engine
+from signoff.keys import derive
 from signoff.policy.signed import generate_keys, sign_bundle
 from signoff.server import app
 from signoff.v1 import signoff_pb2 as pb
@@ -300,7 +301,8 @@ def test_signoff_environment_variables_configure_the_server(tmp_path: Path) -> N
     hash_key_ids = [
         e.key_id for e in masked.masking_plan.fields if e.operator == pb.MASK_OPERATOR_HASH
     ]
-    assert hash_key_ids == [key_id(KEY)]
+    # The masking key is derived from the root secret, never the root itself.
+    assert hash_key_ids == [key_id(derive(KEY, "masking"))]
     assert len(at_limit.results) == 2
     assert over.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert code == 0

@@ -8,6 +8,7 @@ from typing import Any
 
 from signoff.client.masking import canonical_form
 from signoff.engine.model import ApprovalRequirement, Request
+from signoff.keys import derive
 
 DIGEST_VERSION = 3
 
@@ -72,6 +73,7 @@ def request_digest(
     return hmac.new(key, canonical, hashlib.sha256).hexdigest()
 
 
-def digest_key(secret: bytes) -> bytes:
-    """A key for digests derived from the service secret, distinct from the hash-mask key."""
-    return hmac.new(secret, b"signoff approval digest v1", hashlib.sha256).digest()
+def digest_key(root: bytes) -> bytes:
+    """The digest key derived from the root secret (see signoff.keys); the masking key
+    pipelines hold cannot reproduce a digest."""
+    return derive(root, "digest")

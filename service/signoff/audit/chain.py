@@ -10,17 +10,19 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Final
 
+from signoff.keys import derive
+
 GENESIS: Final = "0" * 64
 STREAMS: Final = ("decisions", "approvals")
-KEY_CONTEXT: Final = b"signoff audit chain v1"
 # Added to every stored record by the log or by export; a caller's record must not use them.
 RESERVED: Final = frozenset({"seq", "prev", "hash", "entry_id", "stream"})
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-def audit_key(secret: bytes) -> bytes:
-    """The chain key, derived from the service secret so only holders of it can extend a chain."""
-    return hmac.new(secret, KEY_CONTEXT, hashlib.sha256).digest()
+def audit_key(root: bytes) -> bytes:
+    """The chain key derived from the root secret (see signoff.keys): only holders of the root
+    or of this key can extend a chain; the masking key pipelines hold cannot."""
+    return derive(root, "audit")
 
 
 _ENCODER = json.JSONEncoder(

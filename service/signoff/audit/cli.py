@@ -14,9 +14,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from signoff import config as config_mod
-from signoff.approvals.store import DEV_SECRET_REDIS_KEY
-from signoff.audit.chain import STREAMS, Hasher, StreamKeys, audit_key
+from signoff import keys as keys_mod
+from signoff.audit.chain import STREAMS, Hasher, StreamKeys
 from signoff.audit.verify import export, verify
 from signoff.errors import ConfigError
 
@@ -40,12 +39,7 @@ def add_audit_arguments(subparsers: argparse._SubParsersAction[argparse.Argument
         "configuration error or Redis unreachable.",
     )
     _common(check)
-    check.add_argument(
-        "--hash-key-file",
-        default=os.environ.get("SIGNOFF_HASH_KEY_FILE", ""),
-        help="file holding the service secret (SIGNOFF_HASH_KEY_FILE); SIGNOFF_HASH_KEY may "
-        "hold it instead. The chain key is derived from it as the service does.",
-    )
+    keys_mod.add_key_file_arguments(check, "audit")
     check.set_defaults(run=run_verify)
     out = sub.add_parser(
         "export",
@@ -109,23 +103,10 @@ def _fail(command: str, message: str) -> int:
     return FAILED
 
 
-def _dev_secret(client: redis.Redis, prefix: str) -> bytes | None:
-    """The development secret a service without SIGNOFF_HASH_KEY keeps in Redis (read only).
-    Raises redis.RedisError when Redis cannot be asked: that is not a missing key."""
-    value = client.get(f"{prefix}{DEV_SECRET_REDIS_KEY}")
-    if value is None:
-        return None
-    text = value.decode() if isinstance(value, bytes) else str(value)
-    try:
-        return bytes.fromhex(text)
-    except ValueError:
-        return None
-
-
 def run_verify(args: argparse.Namespace) -> int:
     """`signoff audit verify`: 0 when every chain is intact, 1 on tampering, 2 otherwise."""
     try:
-        secret = config_mod.hash_key(args.hash_key_file)
+        sources = keys_mod.load(args.hash_key_file, {"audit": args.audit_key_file})
     except ConfigError as exc:
         return _fail("verify", str(exc))
     code = OK
@@ -134,21 +115,23 @@ def run_verify(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail("verify", f"bad REDIS_URL: {exc}")
     with contextlib.closing(client):
-        if secret is None:
+        root = sources.root
+        if root is None and sources.needs_root("audit"):
             try:
-                secret = _dev_secret(client, args.redis_prefix)
+                root = keys_mod.read_dev_secret(client, args.redis_prefix)
             except redis.RedisError as exc:
                 return _fail(
                     "verify",
                     f"cannot reach Redis to read the audit log: {type(exc).__name__}: {exc}",
                 )
-        if secret is None:
+        if root is None and sources.needs_root("audit"):
             return _fail(
                 "verify",
-                "no key: set SIGNOFF_HASH_KEY or --hash-key-file to the service secret the "
-                "signoff service uses (the chain key is derived from it)",
+                "no key: set SIGNOFF_HASH_KEY or --hash-key-file to the root secret the "
+                "signoff service uses (the chain key is derived from it), or SIGNOFF_AUDIT_KEY "
+                "when the service sets its audit key on its own",
             )
-        hasher = Hasher(audit_key(secret))
+        hasher = Hasher(sources.key("audit", root))
         for keys in _streams(args):
             try:
                 result = verify(client, hasher, keys)

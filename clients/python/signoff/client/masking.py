@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import hashlib
 import hmac
 import json
 import math
 import re
-import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from signoff.client.errors import MaskingError
+from signoff.client.partial import partial_text
 from signoff.v1 import signoff_pb2
 
 __all__ = [
@@ -40,7 +40,12 @@ _STRICTNESS: dict[int, int] = {
     signoff_pb2.MASK_OPERATOR_REDACT: 4,
     signoff_pb2.MASK_OPERATOR_NULLIFY: 5,
 }
-_IMMUTABLE_LEAVES = (str, int, float, bool, bytes, type(None))
+_RELEASING = frozenset({signoff_pb2.VERDICT_ALLOW, signoff_pb2.VERDICT_MASK})
+# The record's data model: JSON. bool is an int, so it is covered.
+_SCALARS = (str, int, float, type(None))
+# Deep enough for any record a policy can describe, and far from Python's recursion limit, so
+# a deep or looping record fails as MaskingError rather than RecursionError.
+MAX_DEPTH = 256
 
 # A concrete position in a record: dict keys and list indices from the root down.
 _Location: TypeAlias = tuple[Any, ...]
@@ -52,6 +57,7 @@ class _Rule:
 
     segments: tuple[str, ...]
     operator: int
+    where: str
     keep_first: int = 0
     keep_last: int = 0
     key: bytes = b""
@@ -62,31 +68,39 @@ def apply_mask(
     plan: signoff_pb2.MaskingPlan | signoff_pb2.CheckResponse,
     *,
     keys: Mapping[str, bytes] | None = None,
+    lenient: bool = False,
 ) -> Any:
     """Return a masked deep copy of `record`; `record` itself is never modified.
 
-    `record` is JSON-like: dicts (any Mapping), lists (or tuples), strings, numbers, booleans and
-    None, nested freely; a list at the top is treated as rows. The copy is made of plain dicts and
-    lists. `plan` is a MaskingPlan, or a CheckResponse whose masking_plan is used. `keys` maps a
-    key id (see `key_id`) to the HMAC key used by HASH entries naming it.
+    `record` is JSON-like: objects (any Mapping with str keys, a namedtuple or a dataclass
+    instance), arrays (list or tuple), str, int, float, bool and None, nested freely up to
+    MAX_DEPTH; a list at the top is treated as rows. Anything else is refused. The copy is made
+    of plain dicts and lists. `plan` is a MaskingPlan, or a CheckResponse whose masking_plan is
+    used. `keys` maps a key id (see `key_id`) to the HMAC key used by HASH entries naming it.
 
-    Raises MaskingError, before touching anything, when the plan has an unusable entry: an empty
+    A path the record cannot address (a name on an array, a segment on a string, number or
+    boolean, or an entry that selects nothing because a member or index is missing) raises
+    MaskingError naming the path; with `lenient=True` such an entry masks nothing instead.
+
+    Raises MaskingError when `plan` is a CheckResponse whose verdict is not ALLOW or MASK, and,
+    before touching anything, when the plan has an unusable entry: an empty
     path or path segment, an unspecified or unknown operator, or a HASH entry whose key id is
     not in `keys`. Raises MaskingError when a value to hash cannot be put in canonical form.
     See docs/masking.md for the exact semantics.
     """
     if isinstance(plan, signoff_pb2.CheckResponse):
+        require_release(plan.verdict, plan.decision_id)
         plan = plan.masking_plan
     elif not isinstance(plan, signoff_pb2.MaskingPlan):
         raise TypeError(f"plan must be a MaskingPlan or a CheckResponse, not {type(plan).__name__}")
     rules = [_rule(index, entry, keys) for index, entry in enumerate(plan.fields)]
-    result = _copy(record)
+    result = _copy(record, 0, set())
     targets: dict[_Location, _Rule] = {}
     for rule in rules:
         segments = rule.segments
         if isinstance(result, list) and segments[0] != _WILDCARD:
             segments = (_WILDCARD, *segments)
-        for location in _resolve(result, segments):
+        for location in _resolve(result, segments, rule.where, strict=not lenient):
             current = targets.get(location)
             targets[location] = rule if current is None else _stricter(current, rule)
     # Deepest first: a value is masked before any ancestor, so an ancestor's operator only ever
@@ -97,6 +111,25 @@ def apply_mask(
             parent = parent[step]
         parent[location[-1]] = _transform(targets[location], parent[location[-1]])
     return result
+
+
+def require_release(verdict: int, decision_id: str) -> None:
+    """Raise MaskingError unless `verdict` (a proto Verdict number) lets data go: ALLOW or MASK.
+
+    A denied request, or one still waiting for sign-off, has no data to release; masking it
+    anyway would hand the caller a record it must not send, with nothing to say so.
+    """
+    if verdict not in _RELEASING:
+        name = (
+            signoff_pb2.Verdict.Name(signoff_pb2.Verdict.ValueType(verdict)).removeprefix(
+                "VERDICT_"
+            )
+            if verdict in signoff_pb2.Verdict.values()
+            else str(verdict)
+        )
+        raise MaskingError(
+            f"decision {decision_id!r} is {name}: its data may not be released, masked or not"
+        )
 
 
 def key_id(key: bytes) -> str:
@@ -127,7 +160,7 @@ def _rule(index: int, entry: signoff_pb2.FieldMask, keys: Mapping[str, bytes] | 
         name = signoff_pb2.MaskOperator.Name(entry.operator) if operator == 0 else str(operator)
         raise MaskingError(f"{where}: unsupported mask operator {name}")
     if operator == signoff_pb2.MASK_OPERATOR_PARTIAL:
-        return _Rule(segments, operator, entry.keep_first, entry.keep_last)
+        return _Rule(segments, operator, where, entry.keep_first, entry.keep_last)
     if operator == signoff_pb2.MASK_OPERATOR_HASH:
         key = (keys or {}).get(entry.key_id)
         if key is None:
@@ -137,8 +170,8 @@ def _rule(index: int, entry: signoff_pb2.FieldMask, keys: Mapping[str, bytes] | 
         if not hmac.compare_digest(key_id(key), entry.key_id):
             # A wrong key would still produce pseudonyms, just ones that never join.
             raise MaskingError(f"{where}: the key given for id {entry.key_id!r} has another id")
-        return _Rule(segments, operator, key=key)
-    return _Rule(segments, operator)
+        return _Rule(segments, operator, where, key=key)
+    return _Rule(segments, operator, where)
 
 
 def _stricter(current: _Rule, new: _Rule) -> _Rule:
@@ -148,6 +181,7 @@ def _stricter(current: _Rule, new: _Rule) -> _Rule:
         return _Rule(
             current.segments,
             current.operator,
+            current.where,
             min(current.keep_first, new.keep_first),
             min(current.keep_last, new.keep_last),
         )
@@ -155,20 +189,58 @@ def _stricter(current: _Rule, new: _Rule) -> _Rule:
     return current
 
 
-def _copy(value: Any) -> Any:
+def _copy(value: Any, depth: int, open_: set[int]) -> Any:
     # Not copy.deepcopy: it keeps shared sub-objects shared, and masking one occurrence must not
-    # change another that sits at an unmasked path.
-    if isinstance(value, Mapping):
-        return {key: _copy(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_copy(item) for item in value]
-    if isinstance(value, _IMMUTABLE_LEAVES):
+    # change another that sits at an unmasked path. Messages name types and depths only: keys
+    # and values are record data.
+    if isinstance(value, _SCALARS):
         return value
-    return copy.deepcopy(value)
+    if depth >= MAX_DEPTH:
+        raise MaskingError(f"record is nested deeper than {MAX_DEPTH} levels")
+    if id(value) in open_:
+        raise MaskingError(f"record contains itself (at depth {depth})")
+    open_.add(id(value))
+    try:
+        if isinstance(value, list) or (isinstance(value, tuple) and not _is_namedtuple(value)):
+            return [_copy(item, depth + 1, open_) for item in value]
+        members = _members(value, depth)
+        copied: dict[str, Any] = {}
+        for key, item in members:
+            if not isinstance(key, str):
+                raise MaskingError(
+                    f"record has an object key of type {type(key).__name__} (at depth {depth}): "
+                    "object keys must be strings"
+                )
+            copied[key] = _copy(item, depth + 1, open_)
+        return copied
+    finally:
+        open_.discard(id(value))
 
 
-def _resolve(root: Any, segments: tuple[str, ...]) -> list[_Location]:
+def _is_namedtuple(value: Any) -> bool:
+    return isinstance(value, tuple) and isinstance(getattr(value, "_fields", None), tuple)
+
+
+def _members(value: Any, depth: int) -> Iterable[tuple[Any, Any]]:
+    """The members of a value read as an object; MaskingError for a type that is no record."""
+    if isinstance(value, Mapping):
+        return value.items()
+    if _is_namedtuple(value):
+        # Read by field name, so paths written for the row's fields find them.
+        return zip(value._fields, value, strict=True)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return ((f.name, getattr(value, f.name)) for f in dataclasses.fields(value))
+    # A deque, a set, bytes, a date or any other object: passing it through could carry a
+    # value a path was meant to mask, and reading its attributes would be a guess.
+    raise MaskingError(
+        f"cannot mask a value of type {type(value).__name__} (at depth {depth}): records are "
+        "made of mappings, namedtuples, dataclasses, lists, tuples, str, int, float, bool and None"
+    )
+
+
+def _resolve(root: Any, segments: tuple[str, ...], where: str, *, strict: bool) -> list[_Location]:
     found: list[tuple[_Location, Any]] = [((), root)]
+    missing = False
     for segment in segments:
         deeper: list[tuple[_Location, Any]] = []
         for location, node in found:
@@ -177,13 +249,37 @@ def _resolve(root: Any, segments: tuple[str, ...]) -> list[_Location]:
                     deeper.extend(((*location, key), item) for key, item in node.items())
                 elif segment in node:
                     deeper.append(((*location, segment), node[segment]))
+                else:
+                    missing = True
             elif isinstance(node, list):
                 if segment == _WILDCARD:
                     deeper.extend(((*location, i), item) for i, item in enumerate(node))
-                elif _INDEX.fullmatch(segment) and int(segment) < len(node):
+                elif not _INDEX.fullmatch(segment):
+                    if strict:
+                        raise MaskingError(
+                            f"{where}: segment {segment!r} meets an array, which only '*' or an "
+                            "index can address"
+                        )
+                elif int(segment) < len(node):
                     deeper.append(((*location, int(segment)), node[int(segment)]))
+                else:
+                    missing = True
+            elif node is not None and strict:
+                raise MaskingError(
+                    f"{where}: segment {segment!r} meets a {_kind(node)}, which has no members"
+                )
         found = deeper
+    if strict and missing and not found:
+        raise MaskingError(
+            f"{where}: selects nothing in this record (a member or index is missing)"
+        )
     return [location for location, _ in found]
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, str):
+        return "string"
+    return "boolean" if isinstance(value, bool) else "number"
 
 
 def _transform(rule: _Rule, value: Any) -> Any:
@@ -209,18 +305,10 @@ def _email(value: Any) -> str:
 
 def _partial(value: Any, keep_first: int, keep_last: int) -> str:
     text = value if isinstance(value, str) else canonical_form(value).decode("utf-8")
-    positions = [i for i, char in enumerate(text) if _maskable(char)]
-    if keep_first + keep_last >= len(positions):
-        hidden = set(positions)
-    else:
-        hidden = set(positions[keep_first : len(positions) - keep_last])
-    return "".join("*" if i in hidden else char for i, char in enumerate(text))
-
-
-def _maskable(char: str) -> bool:
-    # Letters, marks and numbers: marks count because in many scripts (e.g. Devanagari vowel
-    # signs) they carry part of the content; everything else is a separator and stays.
-    return unicodedata.category(char)[0] in "LMN"
+    masked = partial_text(text, keep_first, keep_last)
+    # Every hidden character changes ("*" is a separator), so only text without content would
+    # come back as it was, and a masked value must never equal the raw one.
+    return REDACTED if masked == text and text else masked
 
 
 def _json(value: Any) -> str:
@@ -233,7 +321,13 @@ def _json(value: Any) -> str:
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, int):
-        return str(int(value))
+        try:
+            return str(int(value))
+        except ValueError:
+            # Past sys.get_int_max_str_digits(): say so without the digits.
+            raise MaskingError(
+                f"cannot hash an integer of {value.bit_length()} bits: too many digits"
+            ) from None
     if isinstance(value, float):
         return _number(value)
     if isinstance(value, Mapping):

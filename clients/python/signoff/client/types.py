@@ -12,7 +12,7 @@ import grpc
 from google.protobuf import struct_pb2
 
 from signoff.client.errors import InvalidInput, ProtocolError
-from signoff.client.masking import apply_mask
+from signoff.client.masking import apply_mask, require_release
 from signoff.v1 import signoff_pb2
 
 __all__ = [
@@ -179,9 +179,15 @@ class Decision:
         """Whether the action may go ahead now (with the masking plan applied when MASK)."""
         return self.verdict in (Verdict.ALLOW, Verdict.MASK)
 
-    def mask(self, record: Any, keys: Mapping[str, bytes] | None = None) -> Any:
-        """Return a masked copy of `record` per this decision's plan; see `apply_mask`."""
-        return apply_mask(record, self.masking_plan, keys=keys)
+    def mask(
+        self, record: Any, keys: Mapping[str, bytes] | None = None, *, lenient: bool = False
+    ) -> Any:
+        """Return a masked copy of `record` per this decision's plan; see `apply_mask`.
+
+        Raises MaskingError unless the verdict is ALLOW or MASK.
+        """
+        require_release(self.verdict.value, self.decision_id)
+        return apply_mask(record, self.masking_plan, keys=keys, lenient=lenient)
 
     @classmethod
     def from_proto(cls, response: signoff_pb2.CheckResponse) -> Decision:
