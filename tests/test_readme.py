@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from signoff.client.masking import key_id
+from signoff.keys import derive
 from tests.conftest import REPO, RULES
 from tests.server.harness import REDIS_URL, drop_prefix
 
@@ -30,7 +31,7 @@ PLACEHOLDERS = {
     "<decision id>": r"[0-9a-f-]{36}",
     "<revision>": r"[0-9a-f]{64}",
     "<approval id>": r"apr_\S+",
-    "<key id>": re.escape(key_id(HASH_KEY.encode())),
+    "<key id>": re.escape(key_id(derive(HASH_KEY.encode(), "masking"))),
 }
 EXIT_CODE = re.compile(r"^\(exit code (\d+)\)$")
 # The commands whose printed lines the README shows under them.
