@@ -373,3 +373,72 @@ PROBES = [
 def test_the_backends_agree_on_json_values(a: Any, b: Any, probe: str) -> None:
     answers = both(probe, {"a": a, "b": b})
     assert answers["cel-expr"] == answers["cel-python"], (probe, a, b, answers)
+
+
+def test_a_duration_literal_finer_than_a_microsecond_is_refused(write_rules: WriteRules) -> None:
+    rules = write_rules(
+        p="""
+        policies:
+          - id: p
+            resources: [doc]
+            actions: [read]
+            rules:
+              - {id: r, effect: allow, when: "now - context.time < duration('1.0000005s')"}
+        """,
+    )
+    with pytest.raises(PolicyError) as raised:
+        load_bundle(rules)
+    (problem,) = raised.value.problems
+    assert problem.message.startswith("duration literal finer than a microsecond")
+
+
+@pytest.mark.parametrize(
+    ("request_with_nul", "where"),
+    [
+        (
+            Request(Principal("bob\x00evil", PrincipalKind.HUMAN), "read", Resource("doc")),
+            "principal.id",
+        ),
+        (
+            Request(Principal("bob", PrincipalKind.HUMAN, ("a\x00",)), "read", Resource("doc")),
+            "principal.roles[0]",
+        ),
+        (
+            Request(Principal("bob", PrincipalKind.HUMAN), "read", Resource("doc", "x\x00")),
+            "resource.id",
+        ),
+        (
+            Request(
+                Principal("bob", PrincipalKind.HUMAN),
+                "read",
+                Resource("doc", "x", {"owner": "bob\x00x"}),
+            ),
+            "resource.attributes.owner",
+        ),
+        (
+            Request(
+                Principal("bob", PrincipalKind.HUMAN),
+                "read",
+                Resource("doc", "x", {"info": {"k\x00": 1}}),
+            ),
+            "resource.attributes.info",
+        ),
+    ],
+)
+def test_nul_in_request_text_is_refused_naming_the_field(
+    write_rules: WriteRules, backend: str, request_with_nul: Request, where: str
+) -> None:
+    # cel-expr's runtime ends a string at NUL: "bob\0evil" == 'bob' would hold there.
+    rules = write_rules(
+        schema="schema:\n  resource: {owner: string, info: dyn}\n",
+        p="""
+        policies:
+          - id: p
+            resources: [doc]
+            actions: [read]
+            rules: [{id: owner, effect: allow, when: "principal.id == 'bob'"}]
+        """,
+    )
+    with pytest.raises(InvalidRequest) as raised:
+        Engine(load_bundle(rules, backend=backend)).decide(request_with_nul)
+    assert raised.value.field == where

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+from decimal import Decimal
 import logging
 import re
 import threading
@@ -180,17 +181,18 @@ class Checker:
             expr = self._env.compile(text)
         except RuntimeError as exc:
             raise CelCompileError(_issues(str(exc))) from None
-        precise = _SUB_MICROSECOND.search(text)
+        precise = _finer_than_a_microsecond(text)
         if precise is not None:
-            line = text.count("\n", 0, precise.start()) + 1
-            column = precise.start() - (text.rfind("\n", 0, precise.start()) + 1) + 1
+            offset, kind = precise
+            line = text.count("\n", 0, offset) + 1
+            column = offset - (text.rfind("\n", 0, offset) + 1) + 1
             raise CelCompileError(
                 [
                     CelIssue(
                         line,
                         column,
-                        "timestamp literal finer than a microsecond: request times are kept "
-                        "to the microsecond, so it could never compare equal",
+                        f"{kind} literal finer than a microsecond: signoff keeps times to the "
+                        "microsecond (and cel-python can hold nothing finer)",
                     )
                 ]
             )
@@ -207,6 +209,25 @@ class Checker:
 _SUB_MICROSECOND = re.compile(
     r"""(?<![\w.])timestamp\s*\(\s*(['"])[0-9T:+\-Zz ]*\.\d{6}0*[1-9]\d*[^'"]*\1\s*\)"""
 )
+_DURATION_LITERAL = re.compile(r"""(?<![\w.])duration\s*\(\s*(['"])([^'"]*)\1\s*\)""")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_NANOS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9}
+_NANOS["h"] = 60 * _NANOS["m"]
+
+
+def _finer_than_a_microsecond(text: str) -> tuple[int, str] | None:
+    """Where a timestamp or duration literal holds a non-zero part below a microsecond."""
+    found = _SUB_MICROSECOND.search(text)
+    if found is not None:
+        return found.start(), "timestamp"
+    for literal in _DURATION_LITERAL.finditer(text):
+        nanos = sum(
+            Decimal(number) * _NANOS[unit]
+            for number, unit in _DURATION_PART.findall(literal[2])
+        )
+        if nanos % 1000:
+            return literal.start(), "duration"
+    return None
 
 
 # `now`, and what is called on it with its arguments. A leading dot (`.now`) names the same

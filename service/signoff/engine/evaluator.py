@@ -23,7 +23,7 @@ from signoff.engine.model import (
     ShadowOutcome,
     Verdict,
 )
-from signoff.engine.schema import convert_section
+from signoff.engine.schema import convert_section, text
 from signoff.identities import is_blank_identity
 
 NO_MATCH = "no_matching_rule"
@@ -128,6 +128,7 @@ class Engine:
         InvalidRequest on undeclared or mistyped data."""
         schema = self.bundle.schema
         p, r, c = request.principal, request.resource, request.context
+        _plain_text(request)
         context: dict[str, Any] = {
             "environment": c.environment,
             "source_ip": c.source_ip,
@@ -361,6 +362,26 @@ class Engine:
 def _holds_static(wanted: frozenset[str], held: frozenset[str]) -> bool:
     """A listed role is held, or `*` is listed and the principal holds any role at all."""
     return bool(wanted & held) or (ANY_ROLE in wanted and bool(held))
+
+
+def _plain_text(request: Request) -> None:
+    """Refuse NUL in the request's own strings (attributes are checked by the schema)."""
+    p, r, c = request.principal, request.resource, request.context
+    named = [
+        ("principal.id", p.id),
+        ("action", request.action),
+        ("resource.kind", r.kind),
+        ("resource.id", r.id),
+        ("context.environment", c.environment),
+        ("context.source_ip", c.source_ip),
+    ]
+    named += [(f"principal.roles[{i}]", role) for i, role in enumerate(p.roles)]
+    for i, f in enumerate(r.fields):
+        named.append((f"resource.fields[{i}].path", f.path))
+        named += [(f"resource.fields[{i}].tags", t) for t in f.tags]
+    for where, value in named:
+        if "\0" in value:
+            text(value, where)
 
 
 def _decided_by(decision: Decision, trace: list[RuleTrace]) -> tuple[str, ...]:

@@ -95,6 +95,14 @@ def _finite(value: int | float, where: str) -> float:
 def _string(value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise InvalidRequest(where, "expected a string")
+    return text(value, where)
+
+
+def text(value: str, where: str) -> str:
+    """`value`, refused if it holds NUL: cel-expr's runtime ends a string at NUL, so
+    `principal.id == 'bob'` would hold for "bob\\0anything" there and not on cel-python."""
+    if "\0" in value:
+        raise InvalidRequest(where, "NUL characters are not allowed in text")
     return value
 
 
@@ -130,7 +138,9 @@ def _duration(value: Any, where: str) -> dt.timedelta:
 def _json(value: Any, where: str, depth: int = 0) -> Any:
     if depth > MAX_JSON_DEPTH:
         raise InvalidRequest(where, f"value nested deeper than {MAX_JSON_DEPTH} levels")
-    if value is None or isinstance(value, bool | str):
+    if isinstance(value, str):
+        return text(value, where)
+    if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int | float):
         # CEL's JSON mapping: every JSON number is a double, so `used / quota > 1.0` divides
@@ -139,7 +149,7 @@ def _json(value: Any, where: str, depth: int = 0) -> Any:
     if isinstance(value, list | tuple):
         return [_json(v, where, depth + 1) for v in value]
     if isinstance(value, dict):
-        return {str(k): _json(v, where, depth + 1) for k, v in value.items()}
+        return {text(str(k), where): _json(v, where, depth + 1) for k, v in value.items()}
     raise InvalidRequest(where, f"unsupported value of type {type(value).__name__}")
 
 
@@ -168,6 +178,9 @@ def convert(type_name: str, value: Any, where: str) -> Any:
         # Its keys are caller data like its values: an error names the attribute only.
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             raise InvalidRequest(where, "expected an object of strings")
+        for k, v in value.items():
+            text(str(k), where)
+            text(v, where)
         return {str(k): v for k, v in value.items()}
     if type_name == "dyn":
         return _json(value, where)
