@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from decimal import Decimal
 import logging
 import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Protocol
 
 from cel_expr_python import cel
@@ -222,8 +222,7 @@ def _finer_than_a_microsecond(text: str) -> tuple[int, str] | None:
         return found.start(), "timestamp"
     for literal in _DURATION_LITERAL.finditer(text):
         nanos = sum(
-            Decimal(number) * _NANOS[unit]
-            for number, unit in _DURATION_PART.findall(literal[2])
+            Decimal(number) * _NANOS[unit] for number, unit in _DURATION_PART.findall(literal[2])
         )
         if nanos % 1000:
             return literal.start(), "duration"
