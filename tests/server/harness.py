@@ -116,6 +116,19 @@ def struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
     return out
 
 
+def nested(levels: int) -> dict[str, Any]:
+    """`levels` objects, each the only value of the one around it: {"d": {"d": ... {"v": 1}}}."""
+    inner: dict[str, Any] = {"v": 1}
+    for _ in range(levels - 1):
+        inner = {"d": inner}
+    return inner
+
+
+def deep_path(levels: int) -> str:
+    """The path, below a Struct, of the innermost object of `nested(levels)` put under "deep"."""
+    return ".deep" + ".d" * (levels - 1)
+
+
 def principal(
     pid: str, kind: pb.PrincipalKind.ValueType, roles: Sequence[str], **attributes: Any
 ) -> pb.Principal:

@@ -23,6 +23,8 @@ from tests.server.harness import (
     TIMEOUT,
     allowed_read,
     channel_to,
+    deep_path,
+    nested,
     prod_grant,
     rpc_error,
     serving,
@@ -31,19 +33,6 @@ from tests.server.harness import (
 INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT
 IVAN = Principal("ivan@acme.io", "human", ("iam_admin",), {"tenant": "acme"})
 DB_ADMIN = Resource("iam_role", "roles/db-admin", {"tenant": "acme"})
-
-
-def nested(levels: int) -> dict[str, Any]:
-    """`levels` objects, each the only value of the one around it: {"d": {"d": ... {"v": 1}}}."""
-    inner: dict[str, Any] = {"v": 1}
-    for _ in range(levels - 1):
-        inner = {"d": inner}
-    return inner
-
-
-def deep_path(levels: int) -> str:
-    """The path, below a Struct, of the innermost object of `nested(levels)` put under "deep"."""
-    return ".deep" + ".d" * (levels - 1)
 
 
 def test_nested_builds_what_the_limit_counts() -> None:

@@ -21,6 +21,7 @@ from signoff.observability import Telemetry
 from signoff.server import convert
 from signoff.server.admin import PolicyAdminService
 from signoff.server.approvals import ApprovalService
+from signoff.server.parsing import RequestParsing
 from signoff.server.reload import POLICY_HEALTH, LoadStatus, PolicyReloader
 from signoff.server.service import DecisionService
 from signoff.server.tls import ServerTLS
@@ -37,6 +38,10 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
 APPROVAL_SERVICE_NAME = apb.DESCRIPTOR.services_by_name["ApprovalService"].full_name
 ADMIN_SERVICE_NAME = adb.DESCRIPTOR.services_by_name["PolicyAdminService"].full_name
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def _uncounted(method: str) -> None:
+    pass
 
 
 @dataclass(frozen=True)
@@ -90,7 +95,13 @@ def start(
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ]
-    interceptors = [telemetry.server_interceptor()] if telemetry is not None else []
+    interceptors: list[grpc.ServerInterceptor] = []  # type: ignore[type-arg]
+    if telemetry is not None:
+        interceptors.append(telemetry.server_interceptor())
+    # Last, as it requires: the tracing span then covers a refused request too.
+    interceptors.append(
+        RequestParsing(telemetry.record_malformed_request if telemetry is not None else _uncounted)
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers),
         options=options,
