@@ -27,6 +27,12 @@ class Limits:
     max_fields: int = 2000
     max_tags_per_field: int = 64
     max_struct_bytes: int = 256 * 1024
+    # Largest request message the server reads; a larger one is refused (RESOURCE_EXHAUSTED)
+    # from its length prefix, before its body is read.
+    max_message_bytes: int = 1024 * 1024
+    # RPCs admitted at once, running or waiting for a worker; beyond: RESOURCE_EXHAUSTED.
+    # 0: no limit.
+    max_concurrent_rpcs: int = 256
 
 
 # How deep objects and lists may nest in any Struct a request carries, counting the Struct
