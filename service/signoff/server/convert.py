@@ -39,8 +39,8 @@ class Limits:
 # itself as 1. Protobuf parsers refuse messages nested past 100 levels, and each JSON object
 # level costs 3 message levels (Struct, map entry, Value; a list costs 2). The deepest place
 # request data comes back is a payload in ListApprovals/WatchApproval responses, 3 messages
-# down: 32 object levels there already break every approver's client. 20 levels (at most
-# 3 + 3 * 20 = 63 message levels) leaves room for the API to nest further.
+# down: 33 object levels there (3 + 3 x 33 > 100) break every approver's client. 20 levels
+# (at most 3 + 3 x 20 = 63 message levels) leave room for the API to nest further.
 MAX_STRUCT_DEPTH = 20
 _TOO_DEEP = f"nested deeper than {MAX_STRUCT_DEPTH} levels of objects and lists"
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
