@@ -165,9 +165,14 @@ def to_request(msg: pb.CheckRequest, limits: Limits) -> model.Request:
         where = f"resource.fields[{i}]"
         if len(f.tags) > limits.max_tags_per_field:
             raise InvalidRequest(f"{where}.tags", f"more than {limits.max_tags_per_field} tags")
+        path = _text(f.path, f"{where}.path", limits, required=True)
+        # A tagged path can come back in the masking plan, which callers and the reviewers'
+        # view must be able to apply: the plan's paths have no empty segment (docs/masking.md).
+        if "" in path.split("."):
+            raise InvalidRequest(f"{where}.path", "has an empty segment ('a..b', '.a', 'a.')")
         fields.append(
             model.FieldRef(
-                path=_text(f.path, f"{where}.path", limits, required=True),
+                path=path,
                 tags=tuple(_text(t, f"{where}.tags", limits, required=True) for t in f.tags),
             )
         )
