@@ -215,7 +215,7 @@ def _mutate_message(rng: random.Random, request: pb.CheckRequest) -> None:
         request.context.time.nanos = rng.choice([0, 999_999_999, -1, 1_000_000_000])
     elif choice == 10:
         request.resource.fields.add(
-            path=rng.choice(["customers.*.email", "", "a" * 600, "x.y"]),
+            path=rng.choice(["customers.*.email", "customers..email", "", "a" * 600, "x.y"]),
             tags=rng.sample(TAGS, rng.randint(0, 2)),
         )
     else:
