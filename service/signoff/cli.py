@@ -166,7 +166,11 @@ def _serve_with(
             workers=cfg.workers,
             share_port=cfg.share_port,
             decision_cache=cfg.decision_cache,
-            limits=convert.Limits(max_batch_items=cfg.max_batch_items),
+            limits=convert.Limits(
+                max_batch_items=cfg.max_batch_items,
+                max_message_bytes=cfg.max_message_bytes,
+                max_concurrent_rpcs=cfg.max_concurrent_rpcs,
+            ),
             approvals=flow,
             approval_service=ApprovalService(
                 store, identity, max_watchers=cfg.workers // 2, telemetry=telemetry

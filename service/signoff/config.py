@@ -14,10 +14,14 @@ from signoff.client.tls import is_loopback
 from signoff.engine.cel import BACKENDS, DEFAULT_BACKEND
 from signoff.errors import ConfigError
 from signoff.keys import KeySources, load
+from signoff.server.convert import Limits
 from signoff.server.tls import TLSFiles
 
 log = logging.getLogger("signoff.config")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# A request too small to carry a decent check, or one past protobuf's 2 GiB, is a mistake.
+MIN_MESSAGE_BYTES = 4096
+MAX_MESSAGE_BYTES = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,8 @@ class Config:
     tls: TLSFiles | None = None  # None: plaintext (loopback, or --allow-plaintext)
     share_port: bool = False  # set for the processes of `--processes N`, never by hand
     max_pending_approvals: int = DEFAULT_MAX_PENDING_PER_REQUESTER
+    max_message_bytes: int = Limits.max_message_bytes
+    max_concurrent_rpcs: int = Limits.max_concurrent_rpcs
 
 
 # Filled by add_serve_arguments: the variable each serve option reads, by its dest.
@@ -140,6 +146,23 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         env="SIGNOFF_MAX_BATCH_ITEMS",
         default="1000",
         help="largest CheckBatch accepted (SIGNOFF_MAX_BATCH_ITEMS; default 1000)",
+    )
+    option(
+        "--max-message-bytes",
+        type=int,
+        env="SIGNOFF_MAX_MESSAGE_BYTES",
+        default=str(Limits.max_message_bytes),
+        help="largest request message read, in bytes; a larger one is refused with "
+        "RESOURCE_EXHAUSTED before its body is read (SIGNOFF_MAX_MESSAGE_BYTES; default "
+        "1048576, 1 MiB)",
+    )
+    option(
+        "--max-concurrent-rpcs",
+        type=int,
+        env="SIGNOFF_MAX_CONCURRENT_RPCS",
+        default=str(Limits.max_concurrent_rpcs),
+        help="calls admitted at once per process, running or waiting for a worker; more are "
+        "refused with RESOURCE_EXHAUSTED; 0: no limit (SIGNOFF_MAX_CONCURRENT_RPCS; default 256)",
     )
     option(
         "--max-pending-approvals",
@@ -255,6 +278,12 @@ def from_args(args: argparse.Namespace) -> Config:
         raise ConfigError("--decision-cache must not be negative")
     if args.max_pending_approvals < 0:
         raise ConfigError("--max-pending-approvals must not be negative")
+    if not MIN_MESSAGE_BYTES <= args.max_message_bytes <= MAX_MESSAGE_BYTES:
+        raise ConfigError(
+            f"--max-message-bytes must be between {MIN_MESSAGE_BYTES} and {MAX_MESSAGE_BYTES}"
+        )
+    if args.max_concurrent_rpcs < 0:
+        raise ConfigError("--max-concurrent-rpcs must not be negative")
     if not args.bundle_public_key and Path(args.rules).is_file():
         raise ConfigError("--rules is a file; a signed bundle needs --bundle-public-key")
     if args.processes > 1 and args.metrics_address:
@@ -293,6 +322,8 @@ def from_args(args: argparse.Namespace) -> Config:
         share_port=os.environ.get(SHARE_PORT_ENV) == "1",
         tls=tls,
         max_pending_approvals=args.max_pending_approvals,
+        max_message_bytes=args.max_message_bytes,
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
     )
 
 

@@ -5,10 +5,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
+import selectors
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +46,9 @@ NIGHT = "2026-03-02T23:30:00Z"
 # No call in these tests should ever take this long; a hang fails instead of blocking the run.
 TIMEOUT = 10.0
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+# How long `signoff serve` may take to start (or to exit when it refuses to).
+STARTUP_SECONDS = 20.0
+LISTENING = re.compile(r"^signoff listening on (?P<host>\S+):(?P<port>\d+) ")
 
 HUMAN = pb.PRINCIPAL_KIND_HUMAN
 AGENT = pb.PRINCIPAL_KIND_AGENT
@@ -88,6 +96,64 @@ def serving(
         drop_prefix(store.redis, prefix)
 
 
+def serve_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "signoff.cli", "serve", *args]
+
+
+def serve_environment(prefix: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without any SIGNOFF_* variable, keys under `prefix`, plus
+    `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNOFF_")}
+    env["SIGNOFF_REDIS_PREFIX"] = prefix
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class Served:
+    process: subprocess.Popen[str]
+    host: str
+    port: int
+
+
+@contextmanager
+def serve_process(
+    *args: str, prefix: str, env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> Iterator[Served]:
+    """Start `signoff serve`, wait for its listening line; the process is killed if still alive.
+    Its Redis keys go under `prefix`, which the caller drops."""
+    process = subprocess.Popen(
+        serve_command(*args),
+        env=serve_environment(prefix, env),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = first_line(process)
+        match = LISTENING.match(line)
+        if match is None:
+            process.kill()
+            _, err = process.communicate(timeout=STARTUP_SECONDS)
+            pytest.fail(f"no listening line (got {line!r}); stderr:\n{err}")
+        yield Served(process, match["host"], int(match["port"]))
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=STARTUP_SECONDS)
+
+
+def first_line(process: subprocess.Popen[str]) -> str:
+    """The process's first line of output, or "" if none comes within STARTUP_SECONDS."""
+    assert process.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout=STARTUP_SECONDS):
+            return ""
+    return process.stdout.readline()
+
+
 def drop_prefix(client: redis.Redis, prefix: str) -> None:
     """Delete every key under `prefix` (tests share the machine's Redis)."""
     with contextlib.suppress(redis.RedisError):
@@ -114,6 +180,19 @@ def struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
     out = struct_pb2.Struct()
     out.update(values)
     return out
+
+
+def nested(levels: int) -> dict[str, Any]:
+    """`levels` objects, each the only value of the one around it: {"d": {"d": ... {"v": 1}}}."""
+    inner: dict[str, Any] = {"v": 1}
+    for _ in range(levels - 1):
+        inner = {"d": inner}
+    return inner
+
+
+def deep_path(levels: int) -> str:
+    """The path, below a Struct, of the innermost object of `nested(levels)` put under "deep"."""
+    return ".deep" + ".d" * (levels - 1)
 
 
 def principal(

@@ -7,6 +7,7 @@ import io
 import json
 import uuid
 
+import grpc
 import redis
 from google.protobuf import struct_pb2
 
@@ -29,6 +30,7 @@ from tests.server.harness import (
     bundled,
     channel_to,
     drop_prefix,
+    rpc_error,
 )
 
 
@@ -65,7 +67,9 @@ def test_a_batch_keeps_its_bundle_when_a_reload_lands_mid_batch_with_no_cache() 
         running.stop(grace=None)
 
 
-def test_a_decision_whose_audit_view_is_not_json_still_leaves_a_record() -> None:
+def test_a_non_json_number_kept_for_audit_is_refused_before_any_record() -> None:
+    # NaN used to reach the audit writer (which records a placeholder for what it cannot
+    # encode, see tests/audit); the edge now refuses it, so records only ever hold JSON.
     prefix = f"signoff:test:records:{uuid.uuid4().hex}:"
     audit = AuditLog(REDIS_URL, audit_key(KEY), prefix=prefix, config=AuditConfig(batch_ms=5.0))
     views = Views(hash_key=KEY, hash_key_id=KEY_ID, audit=AuditSelection.parse([], ["note"]))
@@ -81,15 +85,16 @@ def test_a_decision_whose_audit_view_is_not_json_still_leaves_a_record() -> None
     request.payload.fields["note"].CopyFrom(struct_pb2.Value(number_value=float("nan")))
     try:
         with channel_to(running.port) as channel:
-            response = pb_grpc.DecisionServiceStub(channel).Check(request, timeout=TIMEOUT)
+            stub = pb_grpc.DecisionServiceStub(channel)
+            error = rpc_error(lambda: stub.Check(request, timeout=TIMEOUT))
+            stub.Check(allowed_read(), timeout=TIMEOUT)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (error.details() or "").startswith("invalid request: payload.note: ")
         assert audit.flush(10.0)
         out = io.StringIO()
         audit.export("decisions", None, None, out)
         records = [json.loads(line) for line in out.getvalue().splitlines()]
-        assert len(records) == 1
-        assert records[0]["type"] == "audit.unserializable"
-        assert records[0]["original_type"] == "decision"
-        assert response.decision_id
+        assert [r["type"] for r in records] == ["decision"]
     finally:
         running.stop(grace=None)
         audit.close(timeout=1.0)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import selectors
 import shutil
 import signal
 import subprocess
@@ -13,8 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import grpc
@@ -33,27 +31,26 @@ from signoff.v1 import signoff_pb2_grpc as pb_grpc
 from tests.conftest import RULES, WriteRules
 from tests.server.harness import (
     KEY,
+    LISTENING,
     REDIS_URL,
+    STARTUP_SECONDS,
     TIMEOUT,
+    Served,
     allowed_read,
     bundled,
     channel_to,
     drop_prefix,
     masked_export,
     rpc_error,
+    serve_command,
+    serve_environment,
+    serve_process,
     serving,
 )
 
-STARTUP_SECONDS = 20.0
-LISTENING = re.compile(r"^signoff listening on (?P<host>\S+):(?P<port>\d+) ")
 PROBLEM = re.compile(
     r"^\s+(?P<file>\S+?):(?P<line>\d+):(?P<col>\d+)(?: \[(?P<rule>[^\]]+)\])?: .+$"
 )
-
-
-def _command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "signoff.cli", "serve", *args]
-
 
 # The servers share the machine's Redis: they keep their keys (approvals, audit chain, dev
 # secret) under a prefix of this module's own, dropped when the module is done.
@@ -67,11 +64,7 @@ def _drop_redis_keys() -> Iterator[None]:
 
 
 def _environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """This process's environment without any SIGNOFF_* variable, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNOFF_")}
-    env["SIGNOFF_REDIS_PREFIX"] = PREFIX
-    env.update(extra or {})
-    return env
+    return serve_environment(PREFIX, extra)
 
 
 def _run(
@@ -79,7 +72,7 @@ def _run(
 ) -> subprocess.CompletedProcess[str]:
     """Run `signoff serve` expecting it to exit by itself (it is killed after a timeout)."""
     return subprocess.run(
-        _command(*args),
+        serve_command(*args),
         env=_environment(env),
         cwd=cwd,
         capture_output=True,
@@ -89,47 +82,10 @@ def _run(
     )
 
 
-@dataclass
-class Served:
-    process: subprocess.Popen[str]
-    host: str
-    port: int
-
-
-@contextmanager
 def _serve(
     *args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None
-) -> Iterator[Served]:
-    """Start `signoff serve`, wait for its listening line; the process is killed if still alive."""
-    process = subprocess.Popen(
-        _command(*args),
-        env=_environment(env),
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = _first_line(process)
-        match = LISTENING.match(line)
-        if match is None:
-            process.kill()
-            _, err = process.communicate(timeout=STARTUP_SECONDS)
-            pytest.fail(f"no listening line (got {line!r}); stderr:\n{err}")
-        yield Served(process, match["host"], int(match["port"]))
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate(timeout=STARTUP_SECONDS)
-
-
-def _first_line(process: subprocess.Popen[str]) -> str:
-    assert process.stdout is not None
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        if not selector.select(timeout=STARTUP_SECONDS):
-            return ""
-    return process.stdout.readline()
+) -> AbstractContextManager[Served]:
+    return serve_process(*args, prefix=PREFIX, env=env, cwd=cwd)
 
 
 def _health(port: int, service: str = "signoff.v1.DecisionService") -> int:
@@ -328,6 +284,9 @@ def test_command_line_flags_override_environment_variables(tmp_path: Path) -> No
         ("SIGNOFF_CEL_BACKEND", "bogus"),
         ("SIGNOFF_WORKERS", "0"),
         ("SIGNOFF_HASH_KEY", "too-short"),
+        ("SIGNOFF_MAX_MESSAGE_BYTES", "100"),
+        ("SIGNOFF_MAX_MESSAGE_BYTES", "big"),
+        ("SIGNOFF_MAX_CONCURRENT_RPCS", "-1"),
         ("SIGNOFF_HASH_KEY_FILE", "/nonexistent/signoff.key"),
     ],
 )

@@ -16,6 +16,7 @@ from tests.server.harness import (
     channel_to,
     check_request,
     customers,
+    export_bot,
     rpc_error,
     serving,
     struct,
@@ -58,6 +59,11 @@ def _resource_kind(request: pb.CheckRequest) -> None:
 
 def _empty_field_path(request: pb.CheckRequest) -> None:
     request.resource.fields.add(path="", tags=["pii.email"])
+
+
+def _empty_path_segment(request: pb.CheckRequest) -> None:
+    # Tagged, so it lands in the masking plan, whose paths must not have empty segments.
+    request.resource.fields.add(path="customers..email", tags=["pii.email"])
 
 
 def _too_many_fields(request: pb.CheckRequest) -> None:
@@ -120,6 +126,7 @@ BAD_INPUTS: list[tuple[str, Callable[[pb.CheckRequest], None], str]] = [
     ("missing resource", _without("resource"), "resource"),
     ("empty resource kind", _resource_kind, "resource.kind"),
     ("empty field path", _empty_field_path, "resource.fields[4].path"),
+    ("empty field path segment", _empty_path_segment, "resource.fields[4].path"),
     ("too many fields", _too_many_fields, "resource.fields"),
     (
         "undeclared principal attribute",
@@ -170,6 +177,26 @@ def test_bad_batch_item_is_an_item_error_naming_the_field(
     error = response.results[1].error
     assert (error.code, error.field) == (INVALID_ARGUMENT.value[0], field)
     assert error.message.startswith(f"invalid request: {field}: ")
+
+
+@pytest.mark.parametrize("path", ["customers...id", ".email", "customers.*.", "a..b"])
+def test_field_path_with_an_empty_segment_in_a_check_needing_approval_is_invalid_argument(
+    night_stub: pb_grpc.DecisionServiceStub, path: str
+) -> None:
+    # By night the export bot needs approval: the masking plan is applied to the payload for
+    # reviewers, where such a path used to fail as INTERNAL.
+    request = check_request(export_bot(), "export", customers())
+    request.resource.fields.add(path=path, tags=["pii.customer_id"])
+
+    error = rpc_error(lambda: night_stub.Check(request, timeout=TIMEOUT))
+    batch = night_stub.CheckBatch(pb.CheckBatchRequest(items=[request]), timeout=TIMEOUT)
+
+    assert error.code() == INVALID_ARGUMENT
+    assert (error.details() or "").startswith("invalid request: resource.fields[4].path: ")
+    assert (batch.results[0].error.code, batch.results[0].error.field) == (
+        INVALID_ARGUMENT.value[0],
+        "resource.fields[4].path",
+    )
 
 
 def test_empty_request_is_invalid_argument_not_unknown(stub: pb_grpc.DecisionServiceStub) -> None:

@@ -221,6 +221,11 @@ class Telemetry:
             unit="{load}",
             description="Policy bundle loads, by result.",
         )
+        self._malformed = meter.create_counter(
+            "signoff.rpc.malformed_requests",
+            unit="{request}",
+            description="Requests refused because their bytes are not a valid message, by method.",
+        )
         meter.create_observable_gauge(
             "signoff.approvals.pending",
             callbacks=[self._observe_pending],
@@ -387,6 +392,12 @@ class Telemetry:
         """Count a policy bundle load as ok or failed."""
         with self.shield("record policy load"):
             self._policy_loads.add(1, {"result": _label(result, POLICY_LOAD_RESULTS)})
+
+    def record_malformed_request(self, method: str) -> None:
+        """Count a request whose bytes did not parse; `method` is the RPC's full method name
+        (only methods the server implements, so a bounded set)."""
+        with self.shield("record malformed request"):
+            self._malformed.add(1, {"rpc.method": method})
 
     def observe_pending(self, callback: Callable[[], int | None]) -> None:
         """Report the number of pending approvals from `callback` whenever metrics are read.

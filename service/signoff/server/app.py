@@ -21,6 +21,7 @@ from signoff.observability import Telemetry
 from signoff.server import convert
 from signoff.server.admin import PolicyAdminService
 from signoff.server.approvals import ApprovalService
+from signoff.server.parsing import RequestParsing
 from signoff.server.reload import POLICY_HEALTH, LoadStatus, PolicyReloader
 from signoff.server.service import DecisionService
 from signoff.server.tls import ServerTLS
@@ -36,7 +37,12 @@ log = logging.getLogger("signoff.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
 APPROVAL_SERVICE_NAME = apb.DESCRIPTOR.services_by_name["ApprovalService"].full_name
 ADMIN_SERVICE_NAME = adb.DESCRIPTOR.services_by_name["PolicyAdminService"].full_name
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# Responses are built here and bounded by pages and batch sizes; only requests need a tight cap.
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+
+
+def _uncounted(method: str) -> None:
+    pass
 
 
 @dataclass(frozen=True)
@@ -83,18 +89,31 @@ def start(
     """Start serving on `address` ("host:port"; port 0 picks a free one), over TLS when `tls`
     is given. `share_port` lets the processes of `signoff serve --processes N` listen on one
     port."""
+    limits = limits or convert.Limits()
     options = [
         # Unless sharing is meant, a second server on the same port must fail loudly, not
         # silently take part of the traffic.
         ("grpc.so_reuseport", 1 if share_port else 0),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", limits.max_message_bytes),
+        ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
+        # Without BDP probing, HTTP/2 flow-control windows stay at their initial 64 KiB: a call
+        # waiting for a worker holds at most that much of its request, instead of all of it.
+        # Requests in flight are then bounded by workers x max_message_bytes, plus
+        # max_concurrent_rpcs x 64 KiB for those waiting (8 MiB + 16 MiB by default).
+        ("grpc.http2.bdp_probe", 0),
     ]
-    interceptors = [telemetry.server_interceptor()] if telemetry is not None else []
+    interceptors: list[grpc.ServerInterceptor] = []  # type: ignore[type-arg]
+    if telemetry is not None:
+        interceptors.append(telemetry.server_interceptor())
+    # Last, as it requires: the tracing span then covers a refused request too.
+    interceptors.append(
+        RequestParsing(telemetry.record_malformed_request if telemetry is not None else _uncounted)
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers),
         options=options,
         interceptors=interceptors,
+        maximum_concurrent_rpcs=limits.max_concurrent_rpcs or None,
     )
     decisions = DecisionService(
         engine,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +27,23 @@ class Limits:
     max_fields: int = 2000
     max_tags_per_field: int = 64
     max_struct_bytes: int = 256 * 1024
+    # Largest request message the server reads; a larger one is refused (RESOURCE_EXHAUSTED)
+    # from its length prefix, before its body is read.
+    max_message_bytes: int = 1024 * 1024
+    # RPCs admitted at once, running or waiting for a worker; beyond: RESOURCE_EXHAUSTED.
+    # 0: no limit.
+    max_concurrent_rpcs: int = 256
 
+
+# How deep objects and lists may nest in any Struct a request carries, counting the Struct
+# itself as 1. Protobuf parsers refuse messages nested past 100 levels, and each JSON object
+# level costs 3 message levels (Struct, map entry, Value; a list costs 2). The deepest place
+# request data comes back is a payload in ListApprovals/WatchApproval responses, 3 messages
+# down: 33 object levels there (3 + 3 x 33 > 100) break every approver's client. 20 levels
+# (at most 3 + 3 x 20 = 63 message levels) leave room for the API to nest further.
+MAX_STRUCT_DEPTH = 20
+_TOO_DEEP = f"nested deeper than {MAX_STRUCT_DEPTH} levels of objects and lists"
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 _KINDS = {
     pb.PRINCIPAL_KIND_HUMAN: model.PrincipalKind.HUMAN,
@@ -39,23 +58,61 @@ _VERDICTS = {
 }
 
 
-def _value(v: struct_pb2.Value) -> Any:
+class _BadValue(Exception):
+    """Unwinds from a refused value to its struct's root, collecting the path on the way."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.steps: list[str] = []
+
+
+def _value(v: struct_pb2.Value, depth: int) -> Any:
     kind = v.WhichOneof("kind")
-    if kind == "struct_value":
-        return _struct(v.struct_value)
-    if kind == "list_value":
-        return [_value(x) for x in v.list_value.values]
     if kind == "string_value":
         return v.string_value
     if kind == "number_value":
-        return v.number_value
+        number = v.number_value
+        if not math.isfinite(number):
+            # JSON has no NaN or Infinity: the approval digest, the audit record and every
+            # JSON consumer downstream would fail on it, so the edge refuses it here.
+            raise _BadValue("not a finite number (NaN and Infinity are not JSON)")
+        return number
     if kind == "bool_value":
         return v.bool_value
+    if kind == "struct_value":
+        return _struct(v.struct_value, depth + 1)
+    if kind == "list_value":
+        if depth >= MAX_STRUCT_DEPTH:
+            raise _BadValue(_TOO_DEEP)
+        out = []
+        for i, item in enumerate(v.list_value.values):
+            try:
+                out.append(_value(item, depth + 1))
+            except _BadValue as bad:
+                bad.steps.append(f"[{i}]")
+                raise
+        return out
     return None
 
 
-def _struct(s: struct_pb2.Struct) -> dict[str, Any]:
-    return {k: _value(v) for k, v in s.fields.items()}
+def _struct(s: struct_pb2.Struct, depth: int) -> dict[str, Any]:
+    if depth > MAX_STRUCT_DEPTH:
+        raise _BadValue(_TOO_DEEP)
+    out = {}
+    for key, v in s.fields.items():
+        try:
+            out[key] = _value(v, depth)
+        except _BadValue as bad:
+            bad.steps.append(_step(key))
+            raise
+    return out
+
+
+def _step(key: str) -> str:
+    # Keys are caller data: anything but a plain name is quoted, so the path stays one line
+    # and unambiguous.
+    return f".{key}" if _PLAIN_KEY.fullmatch(key) else f"[{json.dumps(key)}]"
 
 
 def _bounded_struct(s: struct_pb2.Struct, field: str, limits: Limits) -> dict[str, Any]:
@@ -63,7 +120,10 @@ def _bounded_struct(s: struct_pb2.Struct, field: str, limits: Limits) -> dict[st
         return {}
     if s.ByteSize() > limits.max_struct_bytes:
         raise InvalidRequest(field, f"larger than {limits.max_struct_bytes} bytes")
-    return _struct(s)
+    try:
+        return _struct(s, 1)
+    except _BadValue as bad:
+        raise InvalidRequest(field + "".join(reversed(bad.steps)), bad.message) from None
 
 
 def _text(value: str, field: str, limits: Limits, *, required: bool = False) -> str:
@@ -105,9 +165,14 @@ def to_request(msg: pb.CheckRequest, limits: Limits) -> model.Request:
         where = f"resource.fields[{i}]"
         if len(f.tags) > limits.max_tags_per_field:
             raise InvalidRequest(f"{where}.tags", f"more than {limits.max_tags_per_field} tags")
+        path = _text(f.path, f"{where}.path", limits, required=True)
+        # A tagged path can come back in the masking plan, which callers and the reviewers'
+        # view must be able to apply: the plan's paths have no empty segment (docs/masking.md).
+        if "" in path.split("."):
+            raise InvalidRequest(f"{where}.path", "has an empty segment ('a..b', '.a', 'a.')")
         fields.append(
             model.FieldRef(
-                path=_text(f.path, f"{where}.path", limits, required=True),
+                path=path,
                 tags=tuple(_text(t, f"{where}.tags", limits, required=True) for t in f.tags),
             )
         )
