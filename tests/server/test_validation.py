@@ -80,7 +80,7 @@ def _undeclared_resource_attribute(request: pb.CheckRequest) -> None:
 
 
 def _undeclared_context_attribute(request: pb.CheckRequest) -> None:
-    request.context.attributes["ticket"] = "CHG-1"
+    request.context.attributes["incident"] = "INC-1"
 
 
 def _mistyped_string(request: pb.CheckRequest) -> None:
@@ -134,7 +134,7 @@ BAD_INPUTS: list[tuple[str, Callable[[pb.CheckRequest], None], str]] = [
         "principal.attributes.favourite_colour",
     ),
     ("undeclared resource attribute", _undeclared_resource_attribute, "resource.attributes.owner"),
-    ("undeclared context attribute", _undeclared_context_attribute, "context.attributes.ticket"),
+    ("undeclared context attribute", _undeclared_context_attribute, "context.attributes.incident"),
     ("number for a string attribute", _mistyped_string, "principal.attributes.tenant"),
     ("string for a bool attribute", _mistyped_bool, "principal.attributes.owner_mfa"),
     ("string for an int payload value", _mistyped_int, "payload.row_limit"),
