@@ -33,7 +33,8 @@ def test_every_local_link_and_anchor_exists(doc: Path) -> None:
             continue  # https:, mailto: ... are not checked here
         path_part, _, anchor = target.partition("#")
         linked = (doc.parent / path_part).resolve() if path_part else doc
-        missing_anchor = bool(anchor) and linked.suffix == ".md" and anchor not in anchors(linked)
-        if not linked.exists() or missing_anchor:
+        if not linked.exists() or (
+            anchor and linked.suffix == ".md" and anchor not in anchors(linked)
+        ):
             broken.append(target)
     assert not broken, f"{doc.name}: {broken}"
