@@ -19,6 +19,7 @@ from google.protobuf import struct_pb2
 
 from signoff.audit import AuditLog, audit_key
 from signoff.client.masking import key_id
+from signoff.cmd.replay import register as add_replay_arguments
 from signoff.engine.evaluator import Engine
 from signoff.engine.model import (
     Context,
@@ -30,7 +31,7 @@ from signoff.engine.model import (
     Verdict,
 )
 from signoff.policy.loader import load_bundle
-from signoff.replay import MalformedRecord, Missing, add_replay_arguments, cel_reads, replay
+from signoff.replay import MalformedRecord, Missing, cel_reads, replay
 from signoff.server import app
 from signoff.v1 import signoff_pb2 as pb
 from signoff.v1 import signoff_pb2_grpc as pb_grpc

@@ -7,11 +7,9 @@
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import ipaddress
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,47 +144,3 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     create_exclusive(tmp, data, mode)
     os.replace(tmp, path)
-
-
-def add_dev_certs_arguments(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
-) -> None:
-    certs = subparsers.add_parser(
-        "dev-certs",
-        help="write a throwaway CA and server/client TLS certificates (development only)",
-    )
-    certs.add_argument("directory", type=Path, help="where to write the PEM files")
-    certs.add_argument(
-        "--host",
-        action="append",
-        dest="hosts",
-        metavar="NAME",
-        help="a name or address the server certificate is for; repeatable "
-        f"(default: {', '.join(LOOPBACK_NAMES)})",
-    )
-    certs.add_argument(
-        "--days", type=int, default=30, help="validity in days (default: %(default)s)"
-    )
-    certs.set_defaults(run=run_dev_certs)
-
-
-def run_dev_certs(args: argparse.Namespace) -> int:
-    try:
-        if args.days < 1:
-            raise ConfigError("--days must be at least 1")
-        files = create_dev_certs(
-            args.directory,
-            hosts=tuple(args.hosts or LOOPBACK_NAMES),
-            valid_for=dt.timedelta(days=args.days),
-        )
-    except (ConfigError, OSError) as exc:
-        print(f"signoff dev-certs: {exc}", file=sys.stderr)
-        return 2
-    print(
-        "development certificates written (do not use in production):\n"
-        f"  serve:   signoff serve --tls-cert {files.server_cert} --tls-key {files.server_key}"
-        f" [--tls-client-ca {files.ca}]\n"
-        f"  clients: --tls-ca {files.ca} [--tls-cert {files.client_cert}"
-        f" --tls-key {files.client_key}]"
-    )
-    return 0

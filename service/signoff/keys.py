@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +11,6 @@ from typing import Final
 import redis
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from signoff.errors import ConfigError
 
@@ -126,23 +121,6 @@ def load(root_file: str, key_files: Mapping[str, str] | None = None) -> KeySourc
     return KeySources(root=root_secret(root_file), explicit=explicit)
 
 
-def add_key_file_arguments(parser: argparse.ArgumentParser, *purposes: str) -> None:
-    """--hash-key-file and --<purpose>-key-file, defaulting to their *_FILE variables."""
-    parser.add_argument(
-        "--hash-key-file",
-        default=os.environ.get("SIGNOFF_HASH_KEY_FILE", ""),
-        help="file holding the root secret (SIGNOFF_HASH_KEY_FILE; or the secret itself in "
-        "SIGNOFF_HASH_KEY); every purpose key not set on its own is derived from it",
-    )
-    for purpose in purposes:
-        parser.add_argument(
-            f"--{purpose}-key-file",
-            default=os.environ.get(f"{KEY_ENV[purpose]}_FILE", ""),
-            help=f"file holding the {purpose} key as hex ({KEY_ENV[purpose]}_FILE; or the hex "
-            f"in {KEY_ENV[purpose]}); set, it replaces the key derived from the root",
-        )
-
-
 def read_dev_secret(client: redis.Redis, prefix: str) -> bytes | None:
     """The development root a service without a configured one keeps in Redis (read only).
     Raises redis.RedisError when Redis cannot be asked: that is not a missing key."""
@@ -156,70 +134,3 @@ def read_dev_secret(client: redis.Redis, prefix: str) -> bytes | None:
         return bytes.fromhex(text)
     except ValueError:
         return None
-
-
-def add_keys_arguments(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register `signoff keys masking`: the one key pipelines are given."""
-    keys = subparsers.add_parser(
-        "keys",
-        help="print the masking key pipelines need for HASH masks (never the root secret)",
-        description="Print the key id and the masking key (hex) that the service configured "
-        "the same way uses for HASH masks; pipelines pass it to apply_mask. The key is "
-        "derived from the root secret, so it cannot forge audit records or approval digests.",
-    )
-    sub = keys.add_subparsers(dest="keys_command", required=True)
-    masking = sub.add_parser("masking", help="print `<key id> <key as hex>`")
-    add_key_file_arguments(masking, "masking")
-    masking.add_argument(
-        "--output",
-        "-o",
-        help="write the key (hex) to this new file, mode 0600, and print only the key id",
-    )
-    masking.add_argument(
-        "--redis-url",
-        default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-        help="where a service without a configured root keeps its development one (REDIS_URL)",
-    )
-    masking.add_argument(
-        "--redis-prefix",
-        default=os.environ.get("SIGNOFF_REDIS_PREFIX", "signoff:"),
-        help="key prefix in Redis (SIGNOFF_REDIS_PREFIX; default 'signoff:')",
-    )
-    masking.set_defaults(run=run_keys_masking)
-
-
-def run_keys_masking(args: argparse.Namespace) -> int:
-    """`signoff keys masking`: 0 printed, 2 no key or a bad configuration."""
-    from signoff.client.masking import key_id
-    from signoff.keyfiles import create_exclusive
-
-    try:
-        sources = load(args.hash_key_file, {"masking": args.masking_key_file})
-        root = None
-        if sources.needs_root("masking") and sources.root is None:
-            client = redis.Redis.from_url(
-                args.redis_url, socket_timeout=5.0, retry=Retry(NoBackoff(), 0)
-            )
-            with contextlib.closing(client):
-                root = read_dev_secret(client, args.redis_prefix)
-        key = sources.key("masking", root)
-    except redis.RedisError as exc:
-        print(
-            f"signoff keys masking: cannot reach Redis for the development root: "
-            f"{type(exc).__name__}",
-            file=sys.stderr,
-        )
-        return 2
-    except (ConfigError, ValueError) as exc:
-        print(f"signoff keys masking: {exc}", file=sys.stderr)
-        return 2
-    if args.output:
-        try:
-            create_exclusive(Path(args.output), key.hex().encode() + b"\n", 0o600)
-        except OSError as exc:
-            print(f"signoff keys masking: cannot write {args.output}: {exc}", file=sys.stderr)
-            return 2
-        print(key_id(key))
-        return 0
-    print(f"{key_id(key)} {key.hex()}")
-    return 0

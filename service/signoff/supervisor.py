@@ -9,7 +9,6 @@ forked from a process holding gRPC state, which gRPC does not survive.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import signal
@@ -18,9 +17,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from types import FrameType
-
-from signoff.config import child_environment
 
 log = logging.getLogger("signoff.supervisor")
 READY_TIMEOUT = 120.0
@@ -46,10 +44,11 @@ def _reserve(address: str) -> tuple[socket.socket, str]:
     return sock, f"{host}:{sock.getsockname()[1]}"
 
 
-def supervise(args: argparse.Namespace, processes: int) -> int:
-    """Run `processes` serving children until SIGTERM/SIGINT or until one of them exits."""
+def supervise(address: str, child_env: Mapping[str, str], processes: int) -> int:
+    """Run `processes` serving children until SIGTERM/SIGINT or until one of them exits.
+    `child_env` is each child's environment: the parent's resolved options, as variables."""
     try:
-        reservation, address = _reserve(args.address)
+        reservation, address = _reserve(address)
     except OSError as exc:
         print(f"signoff: {exc}", file=sys.stderr)
         return 1
@@ -70,7 +69,7 @@ def supervise(args: argparse.Namespace, processes: int) -> int:
     # Ignored until every child is ready: an ignored signal stays ignored across exec, so a
     # SIGHUP during start-up cannot kill a child before it installs its own handler.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    env = child_environment(args, address)
+    env = {**child_env, "SIGNOFF_ADDRESS": address}
     children += [
         subprocess.Popen(
             [sys.executable, "-m", "signoff.cli", "serve"],

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from signoff.audit import add_audit_arguments
+from signoff.cmd.audit import register as add_audit_arguments
 from tests.audit.conftest import MakeLog
 from tests.audit.support import SECRET, entries, write
 

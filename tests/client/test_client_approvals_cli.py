@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from signoff.client import Context, Field, Principal, Resource, SignoffClient, Verdict
-from signoff.client.approvals_cli import add_approvals_arguments, main
-from signoff.client.cli import add_approvals_arguments as reexported
-from signoff.client.cli import main as check_main
+from signoff.client.cmd.approvals import main, register
+from signoff.client.cmd.check import main as check_main
 from tests.client.conftest import DevIdentity
 
 IVAN = Principal("ivan@acme.io", "human", ("iam_admin",), {"tenant": "acme"})
@@ -401,14 +400,13 @@ def test_another_cli_can_mount_the_approvals_command(
 ) -> None:
     approval_id = held_grant(requester)
     parser = argparse.ArgumentParser(prog="signoff")
-    add_approvals_arguments(parser.add_subparsers(dest="command", required=True))
+    register(parser.add_subparsers(dest="command", required=True))
 
     token_file = str(token_files["sam"])
     args = parser.parse_args(
         ["approvals", "show", approval_id, "--addr", approvals_address, "--token-file", token_file]
     )
 
-    assert reexported is add_approvals_arguments
     assert args.run(args) == 0
     assert approval_id in cli.capsys.readouterr().out
 

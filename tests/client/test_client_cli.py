@@ -15,7 +15,7 @@ import pytest
 from google.protobuf import duration_pb2
 
 from signoff.client import Field
-from signoff.client.cli import (
+from signoff.client.cmd.check import (
     add_check_arguments,
     duration_text,
     main,
@@ -220,7 +220,7 @@ def test_leading_check_word_is_accepted(capsys: pytest.CaptureFixture[str]) -> N
     assert "--principal" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("entry", ["signoff.cli", "signoff.client.cli"])
+@pytest.mark.parametrize("entry", ["signoff.cli", "signoff.client.cmd.check"])
 def test_check_into_a_pipe_its_reader_closed_ends_quietly(signoff_address: str, entry: str) -> None:
     # `signoff check ... | head -1` where head has gone before the verdict is printed.
     command = [

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from signoff.cli import main
-from signoff.client.cliopts import default_address
+from signoff.client.cmd.settings import default_address
 from signoff.client.masking import key_id
 from signoff.engine.evaluator import Engine
 from signoff.policy.loader import load_bundle

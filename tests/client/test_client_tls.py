@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 
 from signoff.client import TLS, InvalidInput, SignoffClient
-from signoff.client.approvals_cli import main as approvals_main
-from signoff.client.cli import EXIT_UNAVAILABLE
-from signoff.client.cli import main as check_main
-from signoff.client.tls import (
+from signoff.client.cmd.approvals import main as approvals_main
+from signoff.client.cmd.check import EXIT_UNAVAILABLE
+from signoff.client.cmd.check import main as check_main
+from signoff.client.cmd.settings import (
     CA_VARIABLE,
     CERT_VARIABLE,
     KEY_VARIABLE,
     add_tls_arguments,
-    is_loopback,
     tls_from_args,
 )
+from signoff.client.tls import is_loopback
 from signoff.devcerts import DevCerts, create_dev_certs
 from signoff.engine.evaluator import Engine
 from signoff.server import app

@@ -30,7 +30,7 @@ from signoff.client import (
     guarded,
     key_id,
 )
-from signoff.client import cli as client_cli
+from signoff.client.cmd import check as client_cli
 from signoff.v1 import signoff_pb2 as pb
 from tests.server.harness import KEY, KEY_ID, bundled, closed_port, serving
 

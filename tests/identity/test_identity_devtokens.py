@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from signoff import devtokens
+from signoff.cmd import dev as dev_cmd
 from signoff.errors import ConfigError, Unauthenticated
 from signoff.identity import Authenticator, IdentityConfig, from_env
 
@@ -25,7 +26,7 @@ def dev_authenticator(jwks_path: Path) -> Authenticator:
 def cli() -> argparse.ArgumentParser:
     # The same shape as the lead's `signoff` parser: subcommands that set `run`.
     parser = argparse.ArgumentParser(prog="signoff")
-    devtokens.add_dev_arguments(parser.add_subparsers(dest="command", required=True))
+    dev_cmd.register(parser.add_subparsers(dest="command", required=True))
     return parser
 
 

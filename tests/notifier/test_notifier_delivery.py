@@ -14,10 +14,8 @@ import redis
 
 from signoff.approvals.notifier import (
     NotifierConfig,
-    add_notify_arguments,
-    config_from_args,
-    run_notify,
 )
+from signoff.cmd.notify import add_notify_arguments, config_from_args, run_notify
 from signoff.errors import ConfigError
 from tests.notifier.conftest import MakeNotifier
 from tests.notifier.support import (

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from signoff.cmd.lint import main, register
 from signoff.engine import cel
 from signoff.policy.lint import (
     ERROR,
@@ -21,9 +22,7 @@ from signoff.policy.lint import (
     UNUSED_VARIABLE,
     WARNING,
     Finding,
-    add_lint_arguments,
     lint,
-    main,
 )
 from tests.conftest import RULES, WriteRules
 
@@ -520,7 +519,7 @@ def test_the_bundled_rules_lint_clean() -> None:
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     parser = argparse.ArgumentParser(prog="signoff")
-    add_lint_arguments(parser.add_subparsers(dest="command", required=True))
+    register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["lint", *argv])
     code: int = args.run(args)
     return code, capsys.readouterr().out

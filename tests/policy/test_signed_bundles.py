@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from signoff.cmd import bundle as bundle_cmd
 from signoff.engine import cel
 from signoff.errors import ConfigError, PolicyError
 from signoff.policy.loader import load_bundle, policy_files
@@ -32,7 +33,6 @@ from signoff.policy.signed import (
     MAX_CLOCK_SKEW_SECONDS,
     Limits,
     SignedBundleSource,
-    add_bundle_arguments,
     generate_keys,
     load_private_key,
     load_public_key,
@@ -191,7 +191,7 @@ def refusal(tarball: Path, public_key: Path, limits: Limits | None = None) -> st
 def run(argv: list[str]) -> int:
     # The lead mounts this on `signoff`; a bare parser runs the same functions.
     parser = argparse.ArgumentParser(prog="signoff")
-    add_bundle_arguments(parser.add_subparsers(dest="command", required=True))
+    bundle_cmd.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     code: int = args.run(args)
     return code

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from signoff.cmd.test import add_test_arguments, run_test
 from signoff.engine.cel import BACKENDS
 from signoff.policy.loader import load_bundle
-from signoff.policytest import add_test_arguments, run_suites, run_test
+from signoff.policytest import run_suites
 
 RULES = Path(__file__).resolve().parents[2] / "rules"
 

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from signoff.client.cli import add_check_arguments, run_check
+from signoff.client.cmd.check import add_check_arguments, run_check
 from signoff.v1 import signoff_pb2 as pb
 from signoff.v1 import signoff_pb2_grpc as pb_grpc
 from tests.server.harness import (

@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from signoff.client import Context, Principal, Resource, SignoffClient, Verdict
-from signoff.client.approvals_cli import main as approvals_main
+from signoff.client.cmd.approvals import main as approvals_main
 from signoff.server import app
 from signoff.server.convert import MAX_STRUCT_DEPTH
 from signoff.v1 import signoff_pb2 as pb

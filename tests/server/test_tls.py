@@ -22,6 +22,7 @@ from signoff.audit import AuditConfig, AuditLog, audit_key
 from signoff.cli import build_parser
 from signoff.client import TLS, InvalidInput, SignoffClient, SignoffRpcError, Verdict
 from signoff.client.types import CheckItem, Context, Principal, Resource
+from signoff.cmd import serve
 from signoff.devcerts import DevCerts, create_dev_certs
 from signoff.engine.evaluator import Engine
 from signoff.errors import ConfigError
@@ -243,7 +244,7 @@ def test_unreadable_or_non_pem_files_are_refused_at_start(
 
 
 def parse_serve(*argv: str) -> config.Config:
-    return config.from_args(build_parser().parse_args(["serve", *argv]))
+    return serve.from_args(build_parser().parse_args(["serve", *argv]))
 
 
 def test_serving_beyond_loopback_needs_tls_or_an_explicit_plaintext_choice(

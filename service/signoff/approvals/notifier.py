@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import datetime as dt
 import http.client
 import json
@@ -11,9 +9,7 @@ import logging
 import os
 import re
 import shlex
-import signal
 import socket
-import sys
 import threading
 import time
 import urllib.error
@@ -21,19 +17,20 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import Any, Final
 
 import redis
 
-from signoff import logsetup
 from signoff.errors import ConfigError
 from signoff.safetext import plain_line
 
 log = logging.getLogger("signoff.notifier")
 
 DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
-DEFAULT_STREAM: Final = "signoff:events"
+DEFAULT_PREFIX: Final = "signoff:"
+# The store writes every transition to `<prefix>events`; a notifier reads the same key.
+EVENTS_STREAM: Final = "events"
+DEFAULT_STREAM: Final = DEFAULT_PREFIX + EVENTS_STREAM
 DEFAULT_GROUP: Final = "signoff-notifier"
 
 CREATED: Final = "approval.created"
@@ -112,7 +109,9 @@ class NotifierConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> NotifierConfig:
-        """Read REDIS_URL and the SIGNOFF_* notifier variables; empty values count as unset."""
+        """Read REDIS_URL and the SIGNOFF_* notifier variables; empty values count as unset.
+        The stream is SIGNOFF_EVENTS_STREAM, else the events stream under SIGNOFF_REDIS_PREFIX,
+        so a service and its notifier configured with one prefix meet on one stream."""
         source = os.environ if env is None else env
 
         def get(name: str) -> str | None:
@@ -120,7 +119,8 @@ class NotifierConfig:
 
         return cls(
             redis_url=get("REDIS_URL") or DEFAULT_REDIS_URL,
-            stream=get("SIGNOFF_EVENTS_STREAM") or DEFAULT_STREAM,
+            stream=get("SIGNOFF_EVENTS_STREAM")
+            or (get("SIGNOFF_REDIS_PREFIX") or DEFAULT_PREFIX) + EVENTS_STREAM,
             slack_webhook_url=get("SIGNOFF_SLACK_WEBHOOK_URL"),
             teams_webhook_url=get("SIGNOFF_TEAMS_WEBHOOK_URL"),
             approve_url_template=get("SIGNOFF_APPROVAL_URL_TEMPLATE"),
@@ -971,116 +971,3 @@ class Notifier:
                 )
                 self._group_ready = False
                 stop.wait(delay)
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------
-
-LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
-
-
-def add_notify_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the `notify` options to `parser`; unset flags fall back to the environment."""
-    parser.add_argument(
-        "--redis-url", help=f"Redis to read from (REDIS_URL; default {DEFAULT_REDIS_URL})"
-    )
-    parser.add_argument(
-        "--stream", help=f"event stream key (SIGNOFF_EVENTS_STREAM; default {DEFAULT_STREAM})"
-    )
-    parser.add_argument("--group", help=f"consumer group (default {DEFAULT_GROUP})")
-    parser.add_argument("--consumer", help="consumer name within the group (default hostname-pid)")
-    parser.add_argument(
-        "--slack-webhook-url",
-        help="Slack incoming webhook (SIGNOFF_SLACK_WEBHOOK_URL; prefer the variable: "
-        "flags are visible to other users in the process list)",
-    )
-    parser.add_argument(
-        "--teams-webhook-url",
-        help="Teams workflow webhook (SIGNOFF_TEAMS_WEBHOOK_URL; prefer the variable)",
-    )
-    parser.add_argument(
-        "--approval-url-template",
-        help="review page, e.g. https://signoff.example/approvals/{approval_id} "
-        "(SIGNOFF_APPROVAL_URL_TEMPLATE); without it messages show the CLI commands",
-    )
-    parser.add_argument("--http-timeout", type=float, help="seconds per webhook call (default 5)")
-    parser.add_argument(
-        "--max-attempts", type=int, help="tries per webhook before dropping (default 5)"
-    )
-    parser.add_argument(
-        "--no-follow-ups",
-        dest="follow_ups",
-        action="store_false",
-        default=None,
-        help="post only new requests, not approved/rejected/expired/cancelled follow-ups",
-    )
-    parser.add_argument(
-        "--log-level",
-        choices=LOG_LEVELS,
-        default=os.environ.get("SIGNOFF_LOG_LEVEL", "INFO"),
-        help="SIGNOFF_LOG_LEVEL; default INFO",
-    )
-
-
-_FLAG_FIELDS: Final = {
-    "redis_url": "redis_url",
-    "stream": "stream",
-    "group": "group",
-    "consumer": "consumer",
-    "slack_webhook_url": "slack_webhook_url",
-    "teams_webhook_url": "teams_webhook_url",
-    "approval_url_template": "approve_url_template",
-    "http_timeout": "http_timeout",
-    "max_attempts": "max_attempts",
-    "follow_ups": "follow_ups",
-}
-
-
-def config_from_args(
-    args: argparse.Namespace, env: Mapping[str, str] | None = None
-) -> NotifierConfig:
-    """The environment's configuration with every flag that was given laid over it."""
-    base = NotifierConfig.from_env(env)
-    overrides = {
-        name: getattr(args, flag)
-        for flag, name in _FLAG_FIELDS.items()
-        if getattr(args, flag, None) is not None
-    }
-    return dataclasses.replace(base, **overrides)
-
-
-def run_notify(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
-    """Run `signoff notify` until SIGTERM/SIGINT (or `stop`); returns the exit status."""
-    if args.log_level not in LOG_LEVELS:
-        print(f"signoff notify: unknown log level {args.log_level!r}", file=sys.stderr)
-        return 2
-    try:
-        config = config_from_args(args)
-        notifier = Notifier(config)
-    except ConfigError as exc:
-        print(f"signoff notify: bad configuration: {exc}", file=sys.stderr)
-        return 2
-    logsetup.configure(args.log_level)
-    if stop is None:
-        stop = threading.Event()
-
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            stop.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-    with notifier:
-        try:
-            notifier.ensure_group()
-        except redis.RedisError as exc:
-            print(f"signoff notify: cannot use Redis: {_describe(exc)}", file=sys.stderr)
-            return 1
-        hosts = ", ".join(f"{t.name} {t.host}" for t in notifier.targets)
-        print(
-            f"signoff notify consuming {config.stream} as {config.group}/{config.consumer}, "
-            f"posting to {hosts}",
-            flush=True,
-        )
-        notifier.run_forever(stop)
-    return 0

@@ -1,7 +1,6 @@
 """Tamper-evident audit log of decisions and approval transitions, kept in Redis Streams."""
 
 from signoff.audit.chain import GENESIS, STREAMS, Hasher, StreamKeys, audit_key, canonical_json
-from signoff.audit.cli import add_audit_arguments
 from signoff.audit.events import DEFAULT_GROUP, ApprovalEventAuditor, event_record
 from signoff.audit.log import Ack, AuditConfig, AuditLog
 from signoff.audit.verify import BadRecord, VerifyResult, export, verify
@@ -20,7 +19,6 @@ __all__ = [
     "Hasher",
     "StreamKeys",
     "VerifyResult",
-    "add_audit_arguments",
     "audit_key",
     "canonical_json",
     "event_record",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import functools
 import json
@@ -17,6 +16,7 @@ from typing import Any, TextIO
 import celpy
 import lark
 
+from signoff.client.cmd import exitcodes
 from signoff.engine import cel
 from signoff.engine.compiled import Glob
 from signoff.engine.schema import SECTIONS, TYPES, AttributeSchema
@@ -27,9 +27,9 @@ from signoff.policy.loader import load_bundle, policy_files
 ERROR = "error"
 WARNING = "warning"
 
-EXIT_CLEAN = 0  # no findings, or warnings only without --strict
-EXIT_FINDINGS = 1  # errors, or warnings with --strict
-EXIT_USAGE = 2  # bad arguments or no rules directory
+EXIT_CLEAN = exitcodes.OK  # no findings, or warnings only without --strict
+EXIT_FINDINGS = exitcodes.REFUSED  # errors, or warnings with --strict
+EXIT_USAGE = exitcodes.USAGE  # bad arguments or no rules directory
 
 LOAD_ERROR = "load-error"
 UNREACHABLE = "unreachable-rule"
@@ -966,47 +966,3 @@ def report(
     summary = f"{errors} error(s), {warnings} warning(s)" if findings else "no findings"
     print(f"signoff lint {rules_dir}: {summary}", file=out)
     return code
-
-
-def add_lint_arguments(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register `lint RULES [--json] [--strict]` on the `signoff` CLI; `args.run(args)`."""
-    parser = subparsers.add_parser(
-        "lint",
-        help="find problems in a policy bundle: load errors, dead rules, backend differences",
-        description="Report every load problem (errors) plus rules that can never fire, unused "
-        "variables and derived roles, and CEL whose meaning differs between the two backends "
-        "(warnings). Exit 0: no errors (and no warnings with --strict); 1: findings; "
-        "2: usage error.",
-    )
-    add_arguments(parser)
-    parser.set_defaults(run=run_lint)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "rules_dir",
-        metavar="RULES",
-        nargs="?",
-        type=Path,
-        default=Path("rules"),
-        help="policy bundle directory (default: rules)",
-    )
-    parser.add_argument("--json", action="store_true", help="print the findings as JSON")
-    parser.add_argument(
-        "--strict", action="store_true", help="exit 1 on warnings too, not only on errors"
-    )
-
-
-def run_lint(args: argparse.Namespace) -> int:
-    return report(args.rules_dir, as_json=args.json, strict=args.strict)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m signoff.policy.lint RULES ...`: the same as `signoff lint`."""
-    parser = argparse.ArgumentParser(prog="signoff lint", description="Lint a policy bundle.")
-    add_arguments(parser)
-    return run_lint(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

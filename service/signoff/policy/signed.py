@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as dt
 import gzip
@@ -14,7 +13,6 @@ import os
 import re
 import shutil
 import stat
-import sys
 import tarfile
 import tempfile
 import threading
@@ -58,7 +56,6 @@ _CHUNK = 64 * 1024
 _MAX_TRAILING_ZEROS = 64 * 1024
 _KEY_FILE_MAX = 64 * 1024
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-OK, REFUSED, USAGE = 0, 1, 2
 
 # How far ahead of this host's clock a bundle's signing time may be: the signer's clock and
 # ours are never exactly in step, but a bundle from well in the future is not one to trust.
@@ -1045,142 +1042,3 @@ def _relocated(exc: PolicyError, root: Path, shown_root: str, names: dict[str, s
     return PolicyError(
         [dataclasses.replace(p, file=fix(p.file), message=fix(p.message)) for p in exc.problems]
     )
-
-
-# --- the `signoff bundle` command -------------------------------------------------------------
-
-
-def add_bundle_arguments(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register `bundle keygen|sign|verify` on the `signoff` CLI; `args.run(args)` runs one."""
-    bundle = subparsers.add_parser(
-        "bundle",
-        help="make and check signed policy bundles",
-        description="Signed bundles carry policies from outside the container's disk: a "
-        ".tar.gz with a manifest of file hashes and an Ed25519 signature over it.",
-    )
-    sub = bundle.add_subparsers(dest="bundle_command", required=True)
-    keygen = sub.add_parser(
-        "keygen",
-        help="write a new signing key pair",
-        description=f"Write {PRIVATE_KEY_NAME} (0600; keep it with your CI secrets) and "
-        f"{PUBLIC_KEY_NAME} (give it to the service) into DIR. Existing files are never "
-        "overwritten. Exit 0: written; 2: not written.",
-    )
-    keygen.add_argument("--out", required=True, metavar="DIR", help="directory for the keys")
-    keygen.set_defaults(run=run_keygen)
-    sign = sub.add_parser(
-        "sign",
-        help="load a rules directory and write it as a signed bundle",
-        description="Load the rules directory as the service would (a bundle that does not "
-        "load is never signed), then write its policy files, a manifest and the signature. "
-        f"The manifest records the signing time: ${SOURCE_DATE_EPOCH} when set (so a rebuild "
-        "gives identical bytes), else now. Prints the revision. Exit 0: signed; 1: the rules "
-        "do not load; 2: bad key, paths or times.",
-    )
-    sign.add_argument("--rules", required=True, metavar="DIR", help="policy bundle directory")
-    sign.add_argument("--key", required=True, metavar="PRIVATE.pem", help="signing key")
-    sign.add_argument("--out", required=True, metavar="FILE.tar.gz", help="bundle to write")
-    sign.add_argument(
-        "--expires-in",
-        type=_expires_in,
-        metavar="DURATION",
-        help="refuse to serve the bundle this long after signing, e.g. 30d, 12h, 1d12h "
-        "(default: never expires)",
-    )
-    _backend_argument(sign)
-    sign.set_defaults(run=run_sign)
-    verify = sub.add_parser(
-        "verify",
-        help="check a signed bundle as the service would",
-        description="Verify the signature, the files, the limits and the signing and expiry "
-        "times, then load the policies. Exit 0: the service would serve it (prints revision, "
-        "file count, signing time and expiry); 1: refused (prints why); 2: usage error "
-        "(missing bundle file, unusable key).",
-    )
-    verify.add_argument("--bundle", required=True, metavar="FILE", help="signed bundle")
-    verify.add_argument("--public-key", required=True, metavar="PUBLIC.pem", help="trusted key")
-    _backend_argument(verify)
-    verify.set_defaults(run=run_verify)
-
-
-def _expires_in(text: str) -> dt.timedelta:
-    try:
-        return parse_expires_in(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _backend_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--cel-backend",
-        choices=cel.BACKENDS,
-        default=cel.DEFAULT_BACKEND,
-        help=f"CEL evaluator to load with (default {cel.DEFAULT_BACKEND})",
-    )
-
-
-def _say(command: str, message: str) -> None:
-    print(f"signoff bundle {command}: {message}", file=sys.stderr)
-
-
-def _refused(command: str, exc: PolicyError) -> int:
-    _say(command, "refused:")
-    for p in exc.problems:
-        print(f"  {p}", file=sys.stderr)
-    return REFUSED
-
-
-def run_keygen(args: argparse.Namespace) -> int:
-    """`signoff bundle keygen`: 0 written, 2 not (files exist, or cannot write)."""
-    try:
-        private_path, public_path = generate_keys(args.out)
-    except ConfigError as exc:
-        _say("keygen", str(exc))
-        return USAGE
-    print(f"private key: {private_path}\npublic key: {public_path}")
-    return OK
-
-
-def run_sign(args: argparse.Namespace) -> int:
-    """`signoff bundle sign`: 0 signed (prints the revision), 1 rules refused, 2 otherwise."""
-    try:
-        revision = sign_bundle(
-            args.rules, args.key, args.out, backend=args.cel_backend, expires_in=args.expires_in
-        )
-    except ConfigError as exc:
-        _say("sign", str(exc))
-        return USAGE
-    except PolicyError as exc:
-        return _refused("sign", exc)
-    except OSError as exc:
-        _say("sign", f"{exc.filename or args.out}: {exc.strerror or exc}")
-        return USAGE
-    print(revision)
-    return OK
-
-
-def run_verify(args: argparse.Namespace) -> int:
-    """`signoff bundle verify`: 0 it would be served, 1 refused, 2 usage error."""
-    if not Path(args.bundle).is_file():
-        _say("verify", f"{args.bundle}: no such file")
-        return USAGE
-    now = time.time()
-    try:
-        key = load_public_key(args.public_key)
-        bundle, manifest = _load(args.bundle, key, args.cel_backend, DEFAULT_LIMITS, now)
-    except ConfigError as exc:
-        _say("verify", str(exc))
-        return USAGE
-    except PolicyError as exc:
-        return _refused("verify", exc)
-    expires = "never expires"
-    if manifest.expires_at is not None:
-        expires = f"expires at {iso_utc(manifest.expires_at)}"
-    print(
-        f"{args.bundle}: ok, revision {bundle.revision}, {len(bundle.files)} policy files, "
-        f"signed by {key_fingerprint(key)}, signed at {iso_utc(manifest.signed_at)}, {expires}"
-    )
-    hours = _hours_left_if_soon(manifest, now)
-    if hours is not None:
-        _say("verify", f"warning: {args.bundle} expires in {hours} hours")
-    return OK

@@ -2,6 +2,6 @@
 
 import sys
 
-from signoff.policytest.cli import main
+from signoff.cmd.test import main
 
 sys.exit(main())

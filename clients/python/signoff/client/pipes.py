@@ -6,9 +6,11 @@ import os
 import sys
 from collections.abc import Callable
 
+from signoff.client.cmd import exitcodes
+
 # What a shell reports for a command ended by SIGPIPE (128 + 13), which is how `cat` or `grep`
 # end in a pipeline whose reader left; unlike 1 or 2 it cannot be read as a verdict or an error.
-EXIT_BROKEN_PIPE = 141
+EXIT_BROKEN_PIPE = exitcodes.CLOSED_PIPE
 
 
 def quiet_on_closed_stdout(run: Callable[[], int]) -> int:

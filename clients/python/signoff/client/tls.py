@@ -1,22 +1,14 @@
-"""TLS for the client: which roots to trust, an optional client certificate, and the CLI flags."""
+"""TLS for the client: which roots to trust and an optional client certificate."""
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from signoff.client.errors import InvalidInput
-
-# Read by the client commands when their flags are absent; distinct from the server's own
-# SIGNOFF_TLS_* so one environment can hold both.
-CA_VARIABLE = "SIGNOFF_CLIENT_TLS_CA"
-CERT_VARIABLE = "SIGNOFF_CLIENT_TLS_CERT"
-KEY_VARIABLE = "SIGNOFF_CLIENT_TLS_KEY"
 
 
 @dataclass(frozen=True)
@@ -90,59 +82,3 @@ def is_loopback(target: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def add_tls_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """The client commands' TLS flags; each falls back to its SIGNOFF_CLIENT_TLS_* variable."""
-    parser.add_argument(
-        "--tls",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="connect over TLS, trusting the system's roots (implied by the other --tls-* flags)",
-    )
-    parser.add_argument(
-        "--tls-ca",
-        type=Path,
-        default=argparse.SUPPRESS,
-        metavar="PEM",
-        help=f"trust these roots for the service's certificate (${CA_VARIABLE})",
-    )
-    parser.add_argument(
-        "--tls-cert",
-        type=Path,
-        default=argparse.SUPPRESS,
-        metavar="PEM",
-        help=f"client certificate, for a service requiring one (${CERT_VARIABLE})",
-    )
-    parser.add_argument(
-        "--tls-key",
-        type=Path,
-        default=argparse.SUPPRESS,
-        metavar="PEM",
-        help=f"the client certificate's private key (${KEY_VARIABLE})",
-    )
-    parser.add_argument(
-        "--tls-server-name",
-        default=argparse.SUPPRESS,
-        metavar="NAME",
-        help="verify the service's certificate for NAME instead of the target's host",
-    )
-
-
-def tls_from_args(args: argparse.Namespace) -> TLS | None:
-    """The TLS settings from `add_tls_arguments` flags and the environment; None: plaintext."""
-
-    def path(flag: str, variable: str) -> Path | None:
-        given: Path | None = getattr(args, flag, None)
-        if given is not None:
-            return given
-        value = os.environ.get(variable, "")
-        return Path(value) if value else None
-
-    ca = path("tls_ca", CA_VARIABLE)
-    cert = path("tls_cert", CERT_VARIABLE)
-    key = path("tls_key", KEY_VARIABLE)
-    server_name: str | None = getattr(args, "tls_server_name", None)
-    if not (getattr(args, "tls", False) or ca or cert or key or server_name):
-        return None
-    return TLS(ca=ca, cert=cert, key=key, server_name=server_name)

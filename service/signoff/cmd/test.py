@@ -1,4 +1,4 @@
-"""The `signoff test` command: argument definitions and the entry point the CLI mounts."""
+"""`signoff test`: run the policy suites (*_test.yaml) beside the policies."""
 
 from __future__ import annotations
 
@@ -10,6 +10,15 @@ from signoff.engine.cel import BACKENDS
 from signoff.policytest.runner import run_suites
 
 BOTH = "both"
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `test` to the `signoff` command line."""
+    test = commands.add_parser(
+        "test", help="run the policy suites (*_test.yaml) beside the policies"
+    )
+    add_test_arguments(test)
+    test.set_defaults(run=run_test)
 
 
 def add_test_arguments(parser: argparse.ArgumentParser) -> None:

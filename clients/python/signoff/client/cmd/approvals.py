@@ -17,10 +17,15 @@ import grpc
 
 from signoff.client.approvals import Approval, ApprovalState, format_duration
 from signoff.client.client import SignoffClient
-from signoff.client.cliopts import ADDRESS_HELP, default_address
+from signoff.client.cmd import exitcodes
+from signoff.client.cmd.settings import (
+    CLIENT_ADDRESS,
+    add_settings,
+    add_tls_arguments,
+    tls_from_args,
+)
 from signoff.client.errors import InvalidInput, ProtocolError, SignoffRpcError
 from signoff.client.pipes import quiet_on_closed_stdout
-from signoff.client.tls import add_tls_arguments, tls_from_args
 from signoff.client.types import operator_name
 
 __all__ = [
@@ -34,24 +39,24 @@ __all__ = [
     "EXIT_UNAVAILABLE",
     "EXIT_USAGE",
     "UsageError",
-    "add_approvals_arguments",
     "add_connection_options",
     "configure_approvals_parser",
     "main",
+    "register",
     "render_approval",
     "report_rpc_error",
     "run_approvals",
     "token_from_args",
 ]
 
-EXIT_OK = 0
-EXIT_REFUSED = 1
-EXIT_USAGE = 2
-EXIT_TIMEOUT = 3
-EXIT_NOT_FOUND = 4
-EXIT_UNAVAILABLE = 5
-EXIT_UNAUTHENTICATED = 6
-EXIT_INTERRUPTED = 130
+EXIT_OK = exitcodes.OK
+EXIT_REFUSED = exitcodes.REFUSED
+EXIT_USAGE = exitcodes.USAGE
+EXIT_TIMEOUT = exitcodes.TIMEOUT
+EXIT_NOT_FOUND = exitcodes.NOT_FOUND
+EXIT_UNAVAILABLE = exitcodes.UNAVAILABLE
+EXIT_UNAUTHENTICATED = exitcodes.UNAUTHENTICATED
+EXIT_INTERRUPTED = exitcodes.INTERRUPTED
 BEARER_VARIABLE = "SIGNOFF_TOKEN"
 
 _PROG = "signoff approvals"
@@ -107,18 +112,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return quiet_on_closed_stdout(lambda: run_approvals(args))
 
 
-def add_approvals_arguments(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
-) -> argparse.ArgumentParser:
-    """Mount `approvals` (with its subcommands) on another CLI; `args.run(args)` runs it."""
-    parser = subparsers.add_parser(
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `approvals` (with its subcommands) to a command line; `args.run(args)` runs it."""
+    parser = commands.add_parser(
         "approvals",
         help="list, show, approve, reject, cancel or watch approvals",
         description="List, inspect and decide approvals held by a signoff service.",
         epilog=_EPILOG,
     )
     configure_approvals_parser(parser)
-    return parser
 
 
 def configure_approvals_parser(parser: argparse.ArgumentParser) -> None:
@@ -172,7 +174,7 @@ def configure_approvals_parser(parser: argparse.ArgumentParser) -> None:
 def run_approvals(args: argparse.Namespace, *, channel: grpc.Channel | None = None) -> int:
     """Run a parsed `approvals` command; returns the exit code.
 
-    `channel`, when given, is used instead of opening one to `--addr` (and is left open).
+    `channel`, when given, is used instead of opening one to `--address` (and is left open).
     """
     command = _COMMANDS[args.approvals_command]
     try:
@@ -187,7 +189,7 @@ def run_approvals(args: argparse.Namespace, *, channel: grpc.Channel | None = No
     try:
         tls = None if channel is not None else tls_from_args(args)
         client = SignoffClient(
-            args.addr, timeout=rpc_timeout, channel=channel, token=token, tls=tls
+            args.address, timeout=rpc_timeout, channel=channel, token=token, tls=tls
         )
     except InvalidInput as err:
         _say(str(err))
@@ -202,9 +204,9 @@ def run_approvals(args: argparse.Namespace, *, channel: grpc.Channel | None = No
         _say(str(err))
         return EXIT_USAGE
     except SignoffRpcError as err:
-        return report_rpc_error(err, args.addr)
+        return report_rpc_error(err, args.address)
     except ProtocolError as err:
-        _say(f"{args.addr}: {err}")
+        _say(f"{args.address}: {err}")
         return EXIT_UNAVAILABLE
 
 
@@ -338,7 +340,7 @@ _COMMANDS: Mapping[str, Callable[[SignoffClient, argparse.Namespace], int]] = {
 
 
 def add_connection_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
-    """--addr, the token options, --json and TLS, for a command acting with a credential."""
+    """--address, the token options, --json and TLS, for a command acting with a credential."""
 
     # Given both before and after the subcommand; below it they default to SUPPRESS so that
     # an option given above is not overwritten by the subcommand's default.
@@ -346,7 +348,7 @@ def add_connection_options(parser: argparse.ArgumentParser, *, suppress: bool) -
         return argparse.SUPPRESS if suppress else value
 
     group = parser.add_argument_group("service and credential")
-    group.add_argument("--addr", default=default(default_address()), help=ADDRESS_HELP)
+    add_settings(group, [CLIENT_ADDRESS], suppress=suppress)
     group.add_argument("--token", default=default(None), metavar="JWT", help=_BEARER_HELP)
     group.add_argument(
         "--token-file",
@@ -358,7 +360,7 @@ def add_connection_options(parser: argparse.ArgumentParser, *, suppress: bool) -
     group.add_argument(
         "--json", action="store_true", dest="as_json", default=default(False), help="print JSON"
     )
-    add_tls_arguments(group)
+    add_tls_arguments(group, suppress=suppress)
 
 
 def token_from_args(args: argparse.Namespace) -> str | None:

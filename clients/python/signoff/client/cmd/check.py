@@ -11,12 +11,16 @@ from typing import Any
 import grpc
 from google.protobuf import duration_pb2
 
-from signoff.client.approvals_cli import add_approvals_arguments, run_approvals
 from signoff.client.client import SignoffClient
-from signoff.client.cliopts import ADDRESS_HELP, default_address
+from signoff.client.cmd import exitcodes
+from signoff.client.cmd.settings import (
+    CLIENT_ADDRESS,
+    add_settings,
+    add_tls_arguments,
+    tls_from_args,
+)
 from signoff.client.errors import InvalidInput, ProtocolError, SignoffRpcError
 from signoff.client.pipes import quiet_on_closed_stdout
-from signoff.client.tls import add_tls_arguments, tls_from_args
 from signoff.client.types import (
     CheckItem,
     Context,
@@ -33,24 +37,23 @@ __all__ = [
     "EXIT_CODES",
     "EXIT_UNAVAILABLE",
     "EXIT_USAGE",
-    "add_approvals_arguments",
     "add_check_arguments",
     "main",
     "parse_assignment",
     "parse_field",
+    "register",
     "render",
-    "run_approvals",
     "run_check",
 ]
 
 EXIT_CODES = {
-    Verdict.ALLOW: 0,
-    Verdict.DENY: 1,
-    Verdict.MASK: 3,
-    Verdict.REQUIRE_APPROVAL: 4,
+    Verdict.ALLOW: exitcodes.OK,
+    Verdict.DENY: exitcodes.REFUSED,
+    Verdict.MASK: exitcodes.MASK,
+    Verdict.REQUIRE_APPROVAL: exitcodes.REQUIRE_APPROVAL,
 }
-EXIT_USAGE = 2
-EXIT_UNAVAILABLE = 5
+EXIT_USAGE = exitcodes.USAGE
+EXIT_UNAVAILABLE = exitcodes.UNAVAILABLE
 
 _ASSIGNMENT_HELP = "an attribute; VALUE is parsed as JSON, else taken as a string; repeatable"
 
@@ -76,10 +79,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return quiet_on_closed_stdout(lambda: run_check(args))
 
 
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `check` to a command line's subcommands; `args.run(args)` runs it."""
+    check = commands.add_parser("check", help="ask a running signoff for a verdict")
+    add_check_arguments(check)
+    check.set_defaults(run=run_check)
+
+
 def add_check_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `check` options to `parser`, so another CLI can mount the same subcommand."""
     where = parser.add_argument_group("service")
-    where.add_argument("--addr", default=default_address(), help=ADDRESS_HELP)
+    add_settings(where, [CLIENT_ADDRESS])
     where.add_argument(
         "--timeout", type=float, default=5.0, help="seconds to wait (default: %(default)s)"
     )
@@ -140,12 +150,12 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
 def run_check(args: argparse.Namespace, *, channel: grpc.Channel | None = None) -> int:
     """Run `check` for arguments parsed with `add_check_arguments`; returns the exit code.
 
-    `channel`, when given, is used instead of opening one to `--addr` (and is left open).
+    `channel`, when given, is used instead of opening one to `--address` (and is left open).
     """
     try:
         item = _item(args)
         tls = None if channel is not None else tls_from_args(args)
-        client = SignoffClient(args.addr, timeout=args.timeout, channel=channel, tls=tls)
+        client = SignoffClient(args.address, timeout=args.timeout, channel=channel, tls=tls)
     except InvalidInput as err:
         print(f"signoff check: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -153,7 +163,7 @@ def run_check(args: argparse.Namespace, *, channel: grpc.Channel | None = None) 
         with client:
             decision = client.check_item(item)
     except (SignoffRpcError, ProtocolError) as err:
-        print(f"signoff check: {args.addr}: {err}", file=sys.stderr)
+        print(f"signoff check: {args.address}: {err}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     if args.as_json:
         print(json.dumps(decision.to_dict(), indent=2, ensure_ascii=False))

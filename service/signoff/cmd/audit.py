@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import os
 import sys
 from collections.abc import Iterator
 from typing import TextIO
@@ -17,14 +16,17 @@ from redis.retry import Retry
 from signoff import keys as keys_mod
 from signoff.audit.chain import STREAMS, Hasher, StreamKeys
 from signoff.audit.verify import export, verify
+from signoff.client.cmd import exitcodes
+from signoff.client.cmd.settings import add_settings
+from signoff.cmd import options
 from signoff.errors import ConfigError
 
-OK, TAMPERED, FAILED = 0, 1, 2
+OK, TAMPERED, FAILED = exitcodes.OK, exitcodes.REFUSED, exitcodes.USAGE
 
 
-def add_audit_arguments(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register `audit verify` and `audit export` on the `signoff` CLI; `args.run(args)`."""
-    audit = subparsers.add_parser(
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `audit verify` and `audit export` to the `signoff` command line."""
+    audit = commands.add_parser(
         "audit",
         help="verify or export the tamper-evident audit log",
         description="Check the audit log's hash chains in Redis, or export them as JSON lines.",
@@ -39,7 +41,7 @@ def add_audit_arguments(subparsers: argparse._SubParsersAction[argparse.Argument
         "configuration error or Redis unreachable.",
     )
     _common(check)
-    keys_mod.add_key_file_arguments(check, "audit")
+    add_settings(check, [options.HASH_KEY_FILE, options.key_file("audit")])
     check.set_defaults(run=run_verify)
     out = sub.add_parser(
         "export",
@@ -62,16 +64,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         default="all",
         help="which audit stream (default all)",
     )
-    parser.add_argument(
-        "--redis-url",
-        default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-        help="Redis holding the audit log (REDIS_URL; default redis://127.0.0.1:6379/0)",
-    )
-    parser.add_argument(
-        "--redis-prefix",
-        default=os.environ.get("SIGNOFF_REDIS_PREFIX", "signoff:"),
-        help="key prefix in Redis (SIGNOFF_REDIS_PREFIX; default 'signoff:')",
-    )
+    add_settings(parser, options.REDIS)
 
 
 def _time(text: str) -> dt.datetime:

@@ -11,7 +11,8 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from signoff.client.approvals_cli import (
+from signoff.client.client import SignoffClient
+from signoff.client.cmd.approvals import (
     BEARER_VARIABLE,
     EXIT_OK,
     EXIT_REFUSED,
@@ -23,12 +24,11 @@ from signoff.client.approvals_cli import (
     report_rpc_error,
     token_from_args,
 )
-from signoff.client.client import SignoffClient
+from signoff.client.cmd.settings import tls_from_args
 from signoff.client.errors import InvalidInput, ProtocolError, SignoffRpcError
-from signoff.client.tls import tls_from_args
 from signoff.v1 import admin_pb2
 
-__all__ = ["add_policy_arguments", "render_status", "run_policy"]
+__all__ = ["register", "render_status", "run_policy"]
 
 _PROG = "signoff policy"
 _EPILOG = (
@@ -39,9 +39,9 @@ _EPILOG = (
 )
 
 
-def add_policy_arguments(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Mount `policy reload|status` on another CLI; `args.run(args)` runs it."""
-    parser = subparsers.add_parser(
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `policy reload|status` to a command line; `args.run(args)` runs it."""
+    parser = commands.add_parser(
         "policy",
         help="reload the served policy bundle now, or show which one serves",
         description="Ask a running signoff service (PolicyAdminService) to reload its policy "
@@ -79,7 +79,7 @@ def run_policy(args: argparse.Namespace, *, channel: grpc.Channel | None = None)
             return EXIT_UNAUTHENTICATED
         tls = None if channel is not None else tls_from_args(args)
         client = SignoffClient(
-            args.addr, timeout=args.timeout, channel=channel, token=token, tls=tls
+            args.address, timeout=args.timeout, channel=channel, token=token, tls=tls
         )
     except (UsageError, InvalidInput) as err:
         print(f"{_PROG}: {err}", file=sys.stderr)
@@ -92,9 +92,9 @@ def run_policy(args: argparse.Namespace, *, channel: grpc.Channel | None = None)
             else:
                 status, changed = client.policy_status(), None
     except SignoffRpcError as err:
-        return report_rpc_error(err, args.addr, _PROG)
+        return report_rpc_error(err, args.address, _PROG)
     except ProtocolError as err:
-        print(f"{_PROG}: {args.addr}: {err}", file=sys.stderr)
+        print(f"{_PROG}: {args.address}: {err}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     if args.as_json:
         doc: dict[str, Any] = json_format.MessageToDict(

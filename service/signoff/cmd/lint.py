@@ -1,0 +1,49 @@
+"""`signoff lint`: report the problems of a policy bundle."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from signoff.policy.lint import report
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `lint RULES [--json] [--strict]` on the `signoff` CLI; `args.run(args)`."""
+    parser = commands.add_parser(
+        "lint",
+        help="find problems in a policy bundle: load errors, dead rules, backend differences",
+        description="Report every load problem (errors) plus rules that can never fire, unused "
+        "variables and derived roles, and CEL whose meaning differs between the two backends "
+        "(warnings). Exit 0: no errors (and no warnings with --strict); 1: findings; "
+        "2: usage error.",
+    )
+    add_arguments(parser)
+    parser.set_defaults(run=run_lint)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "rules_dir",
+        metavar="RULES",
+        nargs="?",
+        type=Path,
+        default=Path("rules"),
+        help="policy bundle directory (default: rules)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the findings as JSON")
+    parser.add_argument(
+        "--strict", action="store_true", help="exit 1 on warnings too, not only on errors"
+    )
+
+
+def run_lint(args: argparse.Namespace) -> int:
+    return report(args.rules_dir, as_json=args.json, strict=args.strict)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`signoff lint` on its own parser: the same options and exit codes."""
+    parser = argparse.ArgumentParser(prog="signoff lint", description="Lint a policy bundle.")
+    add_arguments(parser)
+    return run_lint(parser.parse_args(argv))
