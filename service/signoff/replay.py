@@ -23,6 +23,7 @@ from signoff.engine.model import (
     Verdict,
 )
 from signoff.errors import InvalidRequest, SignoffError
+from signoff.policy import celscan
 from signoff.views import masking_doc
 
 DEFAULT_EXAMPLES = 3
@@ -71,21 +72,7 @@ class Read:
     path: tuple[str, ...] = ()  # the attribute name, or the payload path as selected
 
 
-_TOKENS = re.compile(
-    r"""
-    (?P<space>\s+|//[^\n]*)
-    # Raw strings first: they have no escapes, so a backslash must not swallow the quote.
-    |(?P<raw>(?:[rR][bB]?|[bB][rR])(?:'''[\s\S]*?'''|\"\"\"[\s\S]*?\"\"\"|'[^'\n]*'|"[^"\n]*"))
-    |(?P<string>[bB]?(?:'''(?:\\[\s\S]|[\s\S])*?'''|\"\"\"(?:\\[\s\S]|[\s\S])*?\"\"\"
-        |'(?:\\.|[^'\\\n])*'|"(?:\\.|[^"\\\n])*"))
-    |(?P<quoted>`[^`]*`)
-    |(?P<ident>[A-Za-z_][A-Za-z0-9_]*)
-    |(?P<number>[0-9][0-9A-Za-z_.]*)
-    |(?P<punct>[\s\S])
-    """,
-    re.VERBOSE,
-)
-_ROOTS = ("principal", "resource", "context", "payload")
+_ROOTS = frozenset({"principal", "resource", "context", "payload"})
 # Members of the request sections that every record keeps, by value.
 _KEPT = {
     "principal": frozenset({"id", "kind"}),
@@ -97,73 +84,25 @@ _NEVER_RECORDED = frozenset({"context.time", "context.source_ip"})
 _MEMBERSHIP_MACROS = frozenset({"exists", "all"})
 
 
-def _tokens(source: str) -> list[tuple[str, str]]:
-    """CEL tokens without blanks and comments; string literals stay single tokens, so text
-    inside them never reads as an attribute."""
-    out: list[tuple[str, str]] = []
-    for m in _TOKENS.finditer(source):
-        kind = m.lastgroup or "punct"
-        if kind != "space":
-            out.append((kind, m.group()))
-    return out
-
-
 def cel_reads(source: str) -> frozenset[Read]:
     """Everything `source` (a condition as compiled) reads that a record may lack, found in the
     text: `has(x)` reads x's presence, which the record must know just as well as its value.
-    Errs towards reporting: a comprehension variable spelled like a section counts too."""
-    toks = _tokens(source)
+    Errs towards reporting (`miss_nothing`): a comprehension variable spelled like a section
+    counts too."""
     found: set[Read] = set()
-    for i, (kind, text) in enumerate(toks):
-        if kind != "ident" or text not in _ROOTS:
-            continue
-        if i > 1 and toks[i - 1][1] == "." and _is_operand_end(toks[i - 2]):
-            continue  # a member of something else, such as `f.payload`; `.payload` is the root
-        names, end = _selects(toks, i + 1)
-        found.update(_classify(text, names, toks, i, end))
+    for selection in celscan.selections(source, _ROOTS, miss_nothing=True):
+        found.update(_classify(selection))
     return frozenset(found)
 
 
-def _is_operand_end(tok: tuple[str, str]) -> bool:
-    kind, text = tok
-    return kind not in ("punct",) or text in (")", "]", "}")
-
-
-def _selects(toks: Sequence[tuple[str, str]], start: int) -> tuple[list[str], int]:
-    """The names selected by `.name` (or `.?name`) from `start` on, up to a method call."""
-    names: list[str] = []
-    j = start
-    while j < len(toks) and toks[j][1] == ".":
-        k = j + 1
-        if k < len(toks) and toks[k][1] == "?":
-            k += 1
-        if k >= len(toks) or toks[k][0] != "ident":
-            break
-        if k + 1 < len(toks) and toks[k + 1][1] == "(":
-            break  # a method such as `.startsWith(`: not a field
-        names.append(toks[k][1])
-        j = k + 1
-    return names, j
-
-
-def _is_method_call(toks: Sequence[tuple[str, str]], at: int, methods: frozenset[str]) -> bool:
-    return (
-        at + 2 < len(toks)
-        and toks[at][1] == "."
-        and toks[at + 1][1] in methods
-        and toks[at + 2][1] == "("
-    )
-
-
-def _classify(
-    root: str, names: list[str], toks: Sequence[tuple[str, str]], start: int, end: int
-) -> list[Read]:
+def _classify(selection: celscan.Selection) -> list[Read]:
+    root, names = selection.root, selection.names
     if root == "payload":
         if not names:
             return [Read(root, "unresolved")]
         # Selection stops at an index, a method or a quoted name: the shorter path read then
         # covers everything under it, which only errs towards "masked".
-        return [Read(".".join([root, *names]), "payload", root, tuple(names))]
+        return [Read(".".join([root, *names]), "payload", root, names)]
     if not names:
         return [Read(root, "unresolved")]
     member = f"{root}.{names[0]}"
@@ -174,10 +113,10 @@ def _classify(
             return [Read(member, "unresolved")]
         return [Read(f"{member}.{names[1]}", "attr", root, (names[1],))]
     if member == "principal.roles":
-        membership = (len(names) == 1 and start > 0 and toks[start - 1][1] == "in") and not (
-            end < len(toks) and toks[end][1] in ("[", ".")
+        membership = (
+            len(names) == 1 and selection.before == "in" and selection.after not in ("[", ".")
         )
-        if membership or (len(names) == 1 and _is_method_call(toks, end, _MEMBERSHIP_MACROS)):
+        if membership or (len(names) == 1 and selection.method in _MEMBERSHIP_MACROS):
             return []
         return [Read(member, "roles_order")]
     if names[0] in _KEPT.get(root, frozenset()):

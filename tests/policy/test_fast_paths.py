@@ -10,10 +10,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from signoff.policy import loader, source
+from signoff.policy import model, source
 from tests.conftest import RULES
 
-BUNDLED = {p.name: p.read_text(encoding="utf-8") for p in loader.policy_files(RULES)}
+BUNDLED = {p.name: p.read_text(encoding="utf-8") for p in model.policy_files(RULES)}
 # Fragments that libyaml and PyYAML's pure-Python parser are known to treat differently, or
 # that are simply easy to get wrong: tabs, odd scalars, flow and block indicators, tags.
 JUNK = [
@@ -86,7 +86,7 @@ def _quick_valid(data: Any) -> bool:
     import fastjsonschema
 
     try:
-        loader._quick_check()(data)
+        model._quick_check()(data)
     except fastjsonschema.JsonSchemaException:
         return False
     return True
@@ -126,7 +126,7 @@ def damaged_documents(draw: st.DrawFn) -> Any:
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(damaged_documents())
 def test_the_quick_schema_check_agrees_with_jsonschema(doc: Any) -> None:
-    reference_valid = jsonschema.Draft202012Validator(loader.file_schema()).is_valid(doc)
+    reference_valid = jsonschema.Draft202012Validator(model.file_schema()).is_valid(doc)
     assert _quick_valid(doc) == reference_valid
 
 

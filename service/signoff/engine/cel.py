@@ -9,19 +9,23 @@ protobuf message types built from the declared attribute schema, so a typo such 
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import logging
 import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any, Protocol
 
 from cel_expr_python import cel
 from google.protobuf import descriptor_pb2, descriptor_pool, duration_pb2, struct_pb2, timestamp_pb2
 
 from signoff.engine.schema import SECTIONS, AttributeSchema
+
+# CEL text is scanned in one module; the evaluator and the decision cache take the clock
+# analysis from here, as before.
+from signoff.policy.celscan import CLOCK_FREE as CLOCK_FREE
+from signoff.policy.celscan import clock_steady_for as clock_steady_for
+from signoff.policy.celscan import finer_than_a_microsecond, spelled_in
 
 # cel-python logs whole activations (request values) at DEBUG, and a failing function's
 # arguments at ERROR; signoff reports evaluation failures itself, by rule id only.
@@ -181,7 +185,7 @@ class Checker:
             expr = self._env.compile(text)
         except RuntimeError as exc:
             raise CelCompileError(_issues(str(exc))) from None
-        precise = _finer_than_a_microsecond(text)
+        precise = finer_than_a_microsecond(text)
         if precise is not None:
             offset, kind = precise
             line = text.count("\n", 0, offset) + 1
@@ -201,70 +205,6 @@ class Checker:
             raise CelCompileError(
                 [CelIssue(1, 1, f"condition must be a bool, but it yields {result.name().lower()}")]
             )
-
-
-# A timestamp('...') literal with non-zero digits past the sixth of its fraction. Request times
-# and cel-python's timestamps hold microseconds, cel-expr's literals nanoseconds: such a literal
-# would make the two backends disagree, so it is refused on both.
-_SUB_MICROSECOND = re.compile(
-    r"""(?<![\w.])timestamp\s*\(\s*(['"])[0-9T:+\-Zz ]*\.\d{6}0*[1-9]\d*[^'"]*\1\s*\)"""
-)
-_DURATION_LITERAL = re.compile(r"""(?<![\w.])duration\s*\(\s*(['"])([^'"]*)\1\s*\)""")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_NANOS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9}
-_NANOS["h"] = 60 * _NANOS["m"]
-
-
-def _finer_than_a_microsecond(text: str) -> tuple[int, str] | None:
-    """Where a timestamp or duration literal holds a non-zero part below a microsecond."""
-    found = _SUB_MICROSECOND.search(text)
-    if found is not None:
-        return found.start(), "timestamp"
-    for literal in _DURATION_LITERAL.finditer(text):
-        nanos = sum(
-            Decimal(number) * _NANOS[unit] for number, unit in _DURATION_PART.findall(literal[2])
-        )
-        if nanos % 1000:
-            return literal.start(), "duration"
-    return None
-
-
-# `now`, and what is called on it with its arguments. A leading dot (`.now`) names the same
-# top-level variable, and `x.now` is counted too: over-counting only costs cache entries.
-_CLOCK = re.compile(r"(?<!\w)now(?!\w)(\s*\.\s*(\w+)\s*\(([^()]*)\))?")
-# Accessors whose value cannot change within the given number of seconds of UTC time. Hours
-# and coarser hold for 15 minutes in a zone whose offset is a whole quarter hour, which every
-# named zone's is today; a literal offset is checked, and anything else gets a minute.
-_STEADY_FOR = {
-    "getHours": 900,
-    "getDayOfWeek": 900,
-    "getDate": 900,
-    "getDayOfMonth": 900,
-    "getDayOfYear": 900,
-    "getMonth": 900,
-    "getFullYear": 900,
-    "getMinutes": 60,
-    "getSeconds": 1,
-}
-_QUARTER_HOUR_ZONE = re.compile(
-    r"""\s*(?:(['"])(?:[A-Za-z_]+(?:/[A-Za-z0-9_+-]+)*|[+-]?\d{1,2}:(?:00|15|30|45))\1)?\s*"""
-)
-CLOCK_FREE = float("inf")
-
-
-@functools.lru_cache(maxsize=16384)
-def clock_steady_for(source: str) -> float:
-    """For how many seconds of time the expression's value cannot change, as far as reading
-    `now` goes: CLOCK_FREE if it never reads it, 0 if `now` is used any other way than through
-    the accessors above. Errs towards 0: a string or a comprehension variable spelled `now`
-    counts too, which only costs a missed cache entry."""
-    steady = CLOCK_FREE
-    for m in _CLOCK.finditer(source):
-        step = _STEADY_FOR.get(m[2] or "", 0)
-        if step > 60 and not _QUARTER_HOUR_ZONE.fullmatch(m[3] or ""):
-            step = 60  # a zone from a variable, or an odd offset: hours may turn any minute
-        steady = min(steady, step)
-    return steady
 
 
 def _issues(message: str) -> list[CelIssue]:
@@ -361,7 +301,7 @@ def _safe_cel_expr_error(text: str, source: str = "") -> str:
             continue
         if shape == "no such key":
             key = m[1].strip().strip('"')
-            if key and _spelled_in(key, source):
+            if key and spelled_in(key, source):
                 return f"no such key: {key}"
             return shape
         if shape == "no such overload" and m.groups() and _TYPE_SIGNATURE.match(m[1] or ""):
@@ -375,15 +315,6 @@ def _safe_cel_expr_error(text: str, source: str = "") -> str:
         if code.isupper() and code.isidentifier()
         else ("evaluation error")
     )
-
-
-def _spelled_in(key: str, source: str) -> bool:
-    """Whether `key` is written in the policy text as a field name or a string literal."""
-    if not key or len(key) > 128:
-        return False
-    if key.isidentifier() and re.search(rf"\.\s*{re.escape(key)}(?!\w)", source):
-        return True
-    return f"'{key}'" in source or f'"{key}"' in source
 
 
 class CelExprBackend:
@@ -482,7 +413,7 @@ def _safe_celpy_error(exc: BaseException, source: str = "") -> str:
     member = _CELPY_MEMBER.match(text)
     if member is not None:
         key = member[1]
-        return f"no such key: {key}" if _spelled_in(key, source) else "no such key"
+        return f"no such key: {key}" if spelled_in(key, source) else "no such key"
     if text.startswith("return error for overflow") and len(exc.args) > 1:
         cause = exc.args[1]
         if cause is not ValueError and isinstance(cause, type):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-_REF = re.compile(r"(?<![\w.])V\.([A-Za-z_][A-Za-z0-9_]*)")
+from signoff.policy.celscan import variable_references
 
 
 class UnknownVariable(Exception):
@@ -50,43 +49,6 @@ class Expansion:
         return sum(len(x) + 1 for x in lines[: line - 1]) + max(column - 1, 0)
 
 
-def _string_spans(text: str) -> list[tuple[int, int]]:
-    """Spans of CEL string and bytes literals, so references inside them are left alone."""
-    spans: list[tuple[int, int]] = []
-    i, n = 0, len(text)
-    while i < n:
-        ch = text[i]
-        if ch in "'\"":
-            raw = i > 0 and text[i - 1] in "rR"
-            quote = text[i : i + 3] if text[i : i + 3] in ("'''", '"""') else ch
-            j = i + len(quote)
-            while j < n and not text.startswith(quote, j):
-                j += 2 if (text[j] == "\\" and not raw) else 1
-            end = min(j + len(quote), n)
-            spans.append((i, end))
-            i = end
-        elif ch == "/" and text[i : i + 2] == "//":
-            j = text.find("\n", i)
-            end = n if j < 0 else j
-            spans.append((i, end))
-            i = end
-        else:
-            i += 1
-    return spans
-
-
-def references(text: str) -> list[tuple[str, int]]:
-    """Variable references (name, offset) outside string literals."""
-    if "V." not in text:
-        return []  # nothing the pattern could match: skip scanning for string literals
-    spans = _string_spans(text)
-    return [
-        (m[1], m.start())
-        for m in _REF.finditer(text)
-        if not any(a <= m.start() < b for a, b in spans)
-    ]
-
-
 def expand(text: str, lookup: Callable[[str], str | None]) -> Expansion:
     """Replace each `V.name` by `(definition)`; `lookup` returns the expanded definition."""
     out: list[str] = []
@@ -94,7 +56,7 @@ def expand(text: str, lookup: Callable[[str], str | None]) -> Expansion:
     used: set[str] = set()
     pos = 0
     cursor = 0
-    for name, offset in references(text):
+    for name, offset in variable_references(text):
         body = lookup(name)
         if body is None:
             raise UnknownVariable(name, offset)

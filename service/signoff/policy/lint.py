@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
 import math
 import re
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import celpy
 import lark
 
 from signoff.client.cmd import exitcodes
@@ -21,8 +19,8 @@ from signoff.engine import cel
 from signoff.engine.compiled import Glob
 from signoff.engine.schema import SECTIONS, TYPES, AttributeSchema
 from signoff.errors import PolicyError, Problem, located
-from signoff.policy import expand, source
-from signoff.policy.loader import load_bundle, policy_files
+from signoff.policy import celscan, expand, model, source
+from signoff.policy.loader import compile_bundle, load_bundle
 
 ERROR = "error"
 WARNING = "warning"
@@ -111,157 +109,50 @@ class Finding:
         }
 
 
-# --- the bundle as written -------------------------------------------------------------------
-
-
-@dataclass
-class _Policy:
-    src: source.SourceFile
-    path: source.Path_
-    policy_id: str
-    resources: tuple[str, ...]
-    actions: tuple[str, ...]
-    variables: dict[str, str]
-    shadow: bool
-    rules: list[_Rule] = field(default_factory=list)
-
-
-@dataclass
-class _Rule:
-    policy: _Policy
-    path: source.Path_
-    rule_id: str
-    effect: str
-    roles: tuple[str, ...]
-    when: str | None
-    shadow: bool
-
-
-@dataclass
-class _DerivedRole:
-    src: source.SourceFile
-    path: source.Path_
-    name: str
-    when: str
+# --- the bundle as written ---------------------------------------------------------------------
 
 
 @dataclass
 class _Raw:
-    """What the files say, read defensively: a broken item is skipped, never guessed at."""
+    """What the files say (`model`), with the schema merged for analysis."""
 
-    policies: list[_Policy] = field(default_factory=list)
-    derived_roles: list[_DerivedRole] = field(default_factory=list)
+    policies: list[model.PolicySpec]
+    derived_roles: list[model.DerivedRoleSpec]
     # Every role name any rule selects on, including rules too broken to analyse further.
-    selected_roles: set[str] = field(default_factory=set)
-    schema: dict[str, dict[str, str]] = field(default_factory=dict)
+    selected_roles: set[str]
+    schema: dict[str, dict[str, str]]
     # False when a file could not be read: bundle-wide "unused" claims would then be guesses.
-    complete: bool = True
+    complete: bool
 
 
-def _strings(value: Any) -> tuple[str, ...] | None:
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    return None
-
-
-def _read(root: Path) -> _Raw:
-    raw = _Raw()
+def _read(written: model.Bundle) -> _Raw:
+    schema: dict[str, dict[str, str]] = {}
     conflicts: set[tuple[str, str]] = set()
-    for path in policy_files(root):
-        try:
-            src = source.parse(str(path), path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, source.YamlSyntaxError):
-            raw.complete = False
-            continue
-        if not isinstance(src.data, dict):
-            raw.complete = False
-            continue
-        _read_schema(raw, src.data.get("schema"), conflicts)
-        for i, spec in enumerate(_list(src.data.get("derived_roles"))):
-            if isinstance(spec, dict) and isinstance(spec.get("name"), str):
-                when = spec.get("when")
-                if isinstance(when, str):
-                    raw.derived_roles.append(
-                        _DerivedRole(src, ("derived_roles", i), spec["name"], when)
-                    )
-        for i, spec in enumerate(_list(src.data.get("policies"))):
-            policy = _read_policy(raw, src, i, spec)
-            if policy is not None:
-                raw.policies.append(policy)
+    for f in written.parsed:
+        for decl in f.declarations:
+            merged = schema.setdefault(decl.section, {})
+            known = isinstance(decl.type_name, str) and decl.type_name in TYPES
+            if not known or merged.setdefault(decl.name, decl.type_name) != decl.type_name:
+                conflicts.add((decl.section, decl.name))
     for section, name in conflicts:
-        raw.schema[section].pop(name, None)  # declared twice, differently: type unknown
-    return raw
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _read_schema(raw: _Raw, schema: Any, conflicts: set[tuple[str, str]]) -> None:
-    if not isinstance(schema, dict):
-        return
-    for section in SECTIONS:
-        attrs = schema.get(section)
-        if not isinstance(attrs, dict):
-            continue
-        merged = raw.schema.setdefault(section, {})
-        for name, type_name in attrs.items():
-            known = isinstance(type_name, str) and type_name in TYPES
-            if not known or merged.setdefault(name, type_name) != type_name:
-                conflicts.add((section, name))
-
-
-def _read_policy(raw: _Raw, src: source.SourceFile, i: int, spec: Any) -> _Policy | None:
-    if not isinstance(spec, dict):
-        return None
-    for rule in _list(spec.get("rules")):
-        if isinstance(rule, dict):
-            raw.selected_roles.update(_strings(rule.get("roles")) or ())
-    pid = spec.get("id")
-    resources, actions = _strings(spec.get("resources")), _strings(spec.get("actions"))
-    variables = spec.get("variables") or {}
-    if not isinstance(pid, str) or not resources or not actions or not isinstance(variables, dict):
-        return None
-    policy = _Policy(
-        src,
-        ("policies", i),
-        pid,
-        resources,
-        actions,
-        {k: v for k, v in variables.items() if isinstance(v, str)},
-        spec.get("shadow") is True,
+        schema[section].pop(name, None)  # declared twice, differently: type unknown
+    return _Raw(
+        list(written.policies()),
+        list(written.derived_roles()),
+        written.selected_roles(),
+        schema,
+        written.complete,
     )
-    for j, rule in enumerate(_list(spec.get("rules"))):
-        if not isinstance(rule, dict):
-            continue
-        rid, effect, when = rule.get("id"), rule.get("effect"), rule.get("when")
-        roles = _strings(rule.get("roles", []))
-        if not isinstance(rid, str) or effect not in _EFFECTS or roles is None:
-            continue
-        if when is not None and not isinstance(when, str):
-            continue
-        policy.rules.append(
-            _Rule(
-                policy,
-                ("policies", i, "rules", j),
-                f"{pid}/{rid}",
-                str(effect),
-                roles,
-                when,
-                policy.shadow or rule.get("shadow") is True,
-            )
-        )
-    return policy
 
 
 def item_locations(rules_dir: str | Path) -> dict[str, tuple[str, int]]:
     """`file, line` of every rule (`policy/rule`) and derived role (`derived_role:name`)."""
-    raw = _read(Path(rules_dir))
+    written = model.read(Path(rules_dir))
     found: dict[str, tuple[str, int]] = {}
-    for policy in raw.policies:
+    for policy in written.policies():
         for rule in policy.rules:
             found.setdefault(rule.rule_id, (policy.src.name, policy.src.position(rule.path).line))
-    for role in raw.derived_roles:
+    for role in written.derived_roles():
         found.setdefault(
             f"derived_role:{role.name}", (role.src.name, role.src.position(role.path).line)
         )
@@ -271,27 +162,10 @@ def item_locations(rules_dir: str | Path) -> dict[str, tuple[str, int]]:
 # --- CEL: parse trees, constants and probes --------------------------------------------------
 
 
-def _unwrap(node: Any) -> Any:
-    while isinstance(node, lark.Tree):
-        if node.data == "paren_expr" or (node.data in _WRAPPERS and len(node.children) == 1):
-            node = node.children[0]
-        else:
-            break
-    return node
-
-
-def _span(node: Any, text: str) -> tuple[int, int, str]:
-    start, end = node.meta.start_pos, node.meta.end_pos
-    return start, end, text[start:end]
-
-
 def _mentions_roots(node: lark.Tree[Any]) -> bool:
     # Any identifier spelled like a request variable counts, even a field name: that only
     # leaves an expression unevaluated, never calls a variable expression constant.
-    return any(
-        isinstance(t, lark.Token) and t.type == "IDENT" and t.value in _ROOTS
-        for t in node.scan_values(lambda v: isinstance(v, lark.Token))
-    )
+    return celscan.mentions(node, _ROOTS)
 
 
 @dataclass(frozen=True)
@@ -316,29 +190,6 @@ def _outcome(result: bool | None) -> str:
     return "an error" if result is None else str(result).lower()
 
 
-def _keyword(token: lark.Token) -> lark.Token:
-    # cel-python's own callback makes these tokens anew, without positions; keep them.
-    if token.value in ("true", "false"):
-        return lark.Token.new_borrow_pos("BOOL_LIT", token.value, token)
-    return token
-
-
-@functools.cache
-def _parser() -> lark.Lark:
-    """cel-python's CEL grammar, parsed with every node's position in the text."""
-    grammar = (Path(celpy.__file__).parent / "cel.lark").read_text(encoding="utf-8")
-    return lark.Lark(
-        grammar,
-        parser="lalr",
-        start="expr",
-        g_regex_flags=re.M,
-        lexer_callbacks={"IDENT": _keyword},
-        propagate_positions=True,
-        maybe_placeholders=False,
-        priority="invert",
-    )
-
-
 class _Cel:
     """Evaluates small expressions on both backends, each result cached."""
 
@@ -347,11 +198,7 @@ class _Cel:
         self._results: dict[tuple[str, str], dict[str, bool | None]] = {}
 
     def parse(self, text: str) -> lark.Tree[Any] | None:
-        try:
-            tree: lark.Tree[Any] = _parser().parse(text)
-        except Exception:  # any refusal only means there is nothing to analyse here
-            return None
-        return tree
+        return celscan.parse(text)
 
     def evaluate(self, text: str, attrs: dict[str, Any] | None = None) -> dict[str, bool | None]:
         """Per backend: the bool `text` yields (None: an error), with `principal.attr` bound
@@ -379,7 +226,7 @@ class _Cel:
         return None if tree is None else self._constant(tree, text)
 
     def _constant(self, node: Any, text: str) -> bool | None:
-        node = _unwrap(node)
+        node = celscan.unwrap(node)
         if not isinstance(node, lark.Tree):
             return None
         kids = node.children
@@ -396,52 +243,10 @@ class _Cel:
             return None if inner is None else not inner
         if _mentions_roots(node):
             return None
-        results = set(self.evaluate(_span(node, text)[2]).values())
+        results = set(self.evaluate(celscan.span(node, text)[2]).values())
         if len(results) == 1 and (value := results.pop()) is not None:
             return value
         return None
-
-
-def _walk(
-    node: Any, bound: frozenset[str], visit: Callable[[lark.Tree[Any], frozenset[str]], None]
-) -> None:
-    """Visit every subtree with the comprehension variables bound around it."""
-    if not isinstance(node, lark.Tree):
-        return
-    visit(node, bound)
-    kids = node.children
-    if node.data == "member_dot_arg" and len(kids) == 3 and str(kids[1]) in _MACROS:
-        args = kids[2].children if isinstance(kids[2], lark.Tree) else []
-        name = _ident(args[0]) if args else None
-        _walk(kids[0], bound, visit)
-        for k, arg in enumerate(args):
-            _walk(arg, bound | {name} if name and k > 0 else bound, visit)
-        return
-    for kid in kids:
-        _walk(kid, bound, visit)
-
-
-def _ident(node: Any) -> str | None:
-    node = _unwrap(node)
-    if isinstance(node, lark.Tree) and node.data == "ident":
-        return str(node.children[0])
-    return None
-
-
-def _path(node: Any, bound: frozenset[str]) -> tuple[str, ...] | None:
-    """`principal.attr.x[...]` as ("principal", "attr", "x", "[]"), or None."""
-    node = _unwrap(node)
-    if not isinstance(node, lark.Tree):
-        return None
-    if node.data == "ident":
-        name = str(node.children[0])
-        return None if name in bound else (name,)
-    if node.data in ("member_dot", "member_index"):
-        base = _path(node.children[0], bound)
-        if base is None:
-            return None
-        return (*base, str(node.children[1]) if node.data == "member_dot" else "[]")
-    return None
 
 
 def _path_type(path: tuple[str, ...], schema: AttributeSchema) -> str | None:
@@ -488,15 +293,15 @@ def _number(token: str, type_name: str) -> float | int:
 
 
 def _operand(node: Any, bound: frozenset[str], text: str, schema: AttributeSchema) -> _Operand:
-    span = _span(node, text)[2].strip()
-    inner = _unwrap(node)
+    span = celscan.span(node, text)[2].strip()
+    inner = celscan.unwrap(node)
     sign = 1
     if (
         isinstance(inner, lark.Tree)
         and inner.data == "unary"
         and getattr(inner.children[0], "data", "") == "unary_neg"
     ):
-        sign, inner = -1, _unwrap(inner.children[1])
+        sign, inner = -1, celscan.unwrap(inner.children[1])
     if isinstance(inner, lark.Tree) and inner.data == "literal":
         token = inner.children[0]
         type_name = _LITERAL_TYPES.get(getattr(token, "type", ""))
@@ -510,7 +315,7 @@ def _operand(node: Any, bound: frozenset[str], text: str, schema: AttributeSchem
         if values and all(v.literal and v.type in _NUMERIC for v in values):
             return _Operand(span, "list-literal", True, [v.value for v in values])
         return _Operand(span, None, False)
-    path = _path(inner, bound) if sign == 1 else None
+    path = celscan.path_of(inner, bound) if sign == 1 else None
     return _Operand(span, _path_type(path, schema) if path else None, False)
 
 
@@ -553,7 +358,7 @@ def _backend_constructs(celx: _Cel, text: str, schema: AttributeSchema) -> list[
         op = _OPERATORS[kids[0].data]
         left = _operand(kids[0].children[0], bound, text, schema)
         right = _operand(kids[1], bound, text, schema)
-        start, _, whole = _span(node, text)
+        start, _, whole = celscan.span(node, text)
         if op in ("==", "!=") and (left.type == "null") != (right.type == "null"):
             other = right.type if left.type == "null" else left.type
             if other in _NOT_NULLABLE:
@@ -566,7 +371,7 @@ def _backend_constructs(celx: _Cel, text: str, schema: AttributeSchema) -> list[
         if message:
             found.append(_Construct(start, MIXED_NUMERIC, message))
 
-    _walk(tree, frozenset(), visit)
+    celscan.walk(tree, frozenset(), visit)
     return found
 
 
@@ -672,7 +477,7 @@ class _Linter:
         self.backend_constructs()
         return self.findings
 
-    def rule_constant(self, rule: _Rule, variables: dict[str, str | None]) -> bool | None:
+    def rule_constant(self, rule: model.RuleSpec, variables: dict[str, str | None]) -> bool | None:
         if rule.when is None:
             return True
         try:
@@ -681,9 +486,9 @@ class _Linter:
             return None
         return self.cel.constant(text)
 
-    def derived_roles(self) -> dict[str, _DerivedRole]:
+    def derived_roles(self) -> dict[str, model.DerivedRoleSpec]:
         """Derived roles whose condition is always false: nobody ever holds them."""
-        never: dict[str, _DerivedRole] = {}
+        never: dict[str, model.DerivedRoleSpec] = {}
         seen: set[str] = set()
         for role in self.raw.derived_roles:
             if role.name in seen:
@@ -701,7 +506,7 @@ class _Linter:
         return never
 
     def never_matching(
-        self, constant: dict[str, bool | None], never_held: dict[str, _DerivedRole]
+        self, constant: dict[str, bool | None], never_held: dict[str, model.DerivedRoleSpec]
     ) -> None:
         for policy in self.raw.policies:
             for rule in policy.rules:
@@ -725,7 +530,7 @@ class _Linter:
                     )
 
     def shadowed(
-        self, constant: dict[str, bool | None], never_held: dict[str, _DerivedRole]
+        self, constant: dict[str, bool | None], never_held: dict[str, model.DerivedRoleSpec]
     ) -> None:
         """Non-deny rules that an always-matching deny overrides whenever they apply."""
         # A shadow (audit-only) deny is never enforced, so it overrides nothing.
@@ -767,11 +572,13 @@ class _Linter:
     def unused_variables(self) -> None:
         for policy in self.raw.policies:
             refs = {
-                name: {n for n, _ in expand.references(body)}
+                name: {n for n, _ in celscan.variable_references(body)}
                 for name, body in policy.variables.items()
             }
             used: set[str] = set()
-            todo = [n for r in policy.rules if r.when for n, _ in expand.references(r.when)]
+            todo = [
+                n for r in policy.rules if r.when for n, _ in celscan.variable_references(r.when)
+            ]
             while todo:
                 name = todo.pop()
                 if name not in used:
@@ -870,7 +677,7 @@ def _covers(broad: Sequence[str], narrow: Sequence[str]) -> bool:
     return all(any(_pattern_covers(b, n) for b in broad) for n in narrow)
 
 
-def _overrides(deny: _Rule, rule: _Rule) -> bool:
+def _overrides(deny: model.RuleSpec, rule: model.RuleSpec) -> bool:
     """`deny` (always true once selected) applies whenever `rule` could match."""
     if deny is rule:
         return False
@@ -886,13 +693,16 @@ def _overrides(deny: _Rule, rule: _Rule) -> bool:
 # --- entry points ----------------------------------------------------------------------------
 
 
-def _load(root: Path) -> tuple[list[Finding], AttributeSchema | None]:
+def _load(root: Path, written: model.Bundle | None) -> tuple[list[Finding], AttributeSchema | None]:
     """Every load problem on either backend, and the schema when the bundle loads."""
     problems: dict[Problem, list[str]] = {}
     schema = None
     for name in cel.BACKENDS:
         try:
-            schema = load_bundle(root, backend=name).schema
+            if written is None:
+                schema = load_bundle(root, backend=name).schema
+            else:
+                schema = compile_bundle(written, backend=name).schema
         except PolicyError as exc:
             for problem in exc.problems:
                 problems.setdefault(problem, []).append(name)
@@ -916,10 +726,12 @@ def _load(root: Path) -> tuple[list[Finding], AttributeSchema | None]:
 def lint(rules_dir: str | Path) -> list[Finding]:
     """Every finding for the bundle in `rules_dir`, sorted by file and position."""
     root = Path(rules_dir)
-    findings, schema = _load(root)
-    if not root.is_dir():
+    # Parsed once: both backends compile, and the analysis reads, the same files as written.
+    written = model.read(root) if root.is_dir() else None
+    findings, schema = _load(root, written)
+    if written is None:
         return findings
-    raw = _read(root)
+    raw = _read(written)
     if schema is None:
         schema = AttributeSchema({s: dict(raw.schema.get(s, {})) for s in SECTIONS})
     findings += _Linter(raw, schema).run()

@@ -5,17 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import hashlib
-import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
-from typing import Any
-
-import fastjsonschema
-import jsonschema
 
 from signoff.engine import cel
 from signoff.engine.compiled import (
@@ -30,9 +24,11 @@ from signoff.engine.compiled import (
 from signoff.engine.model import ApprovalRequirement, ApproverSet, MaskOp, Verdict
 from signoff.engine.schema import SECTIONS, AttributeSchema, parse_duration
 from signoff.errors import PolicyError, Problem
-from signoff.policy import expand, source
+from signoff.policy import celscan, expand, model, source
 
-SUITE_SUFFIXES = ("_test.yaml", "_test.yml")
+# Where they were before the policy-as-written model; signed bundles and reloads use them.
+SUITE_SUFFIXES = model.SUITE_SUFFIXES
+policy_files = model.policy_files
 DEFAULT_PENDING_TTL = dt.timedelta(hours=1)
 DEFAULT_GRANT_TTL = dt.timedelta(minutes=15)
 _EFFECTS = {
@@ -52,35 +48,6 @@ _FRIENDLY = {
     "struct 'signoff.celtypes.Resource'": "resource",
     "struct 'signoff.celtypes.Context'": "context",
 }
-
-
-@cache
-def file_schema() -> dict[str, Any]:
-    """The JSON Schema every policy file must satisfy (also shipped for editors)."""
-    text = (Path(__file__).parent / "policy.schema.json").read_text(encoding="utf-8")
-    schema: dict[str, Any] = json.loads(text)
-    return schema
-
-
-@cache
-def _quick_check() -> Callable[[Any], Any]:
-    """Answers valid/invalid like jsonschema, many times faster: fastjsonschema compiles the
-    schema to Python. It implements draft-07, whose meaning for every keyword this schema
-    uses is the same as 2020-12's; a file it rejects goes to jsonschema for the messages."""
-    schema = {**file_schema(), "$schema": "http://json-schema.org/draft-07/schema#"}
-    check: Callable[[Any], Any] = fastjsonschema.compile(schema)
-    return check
-
-
-def policy_files(rules_dir: Path) -> list[Path]:
-    """Policy files of a bundle, in a fixed order; suites (`*_test.yaml`) are not policies."""
-    files = [
-        p
-        for pattern in ("*.yaml", "*.yml")
-        for p in rules_dir.rglob(pattern)
-        if p.is_file() and not p.name.endswith(SUITE_SUFFIXES)
-    ]
-    return sorted(files, key=lambda p: p.relative_to(rules_dir).as_posix())
 
 
 def revision_of(rules_dir: Path, contents: dict[Path, bytes]) -> str:
@@ -165,73 +132,13 @@ def _friendly(message: str) -> str:
     return message
 
 
-def _role_problems(names: list[str]) -> list[tuple[int, str]]:
+def _role_problems(names: Sequence[str]) -> list[tuple[int, str]]:
     """Role names are matched exactly; a lone `*` (any role) is the one pattern."""
     return [
         (k, f"role {name!r}: role names are matched exactly; only a lone '*' means any role")
         for k, name in enumerate(names)
         if name != ANY_ROLE and any(ch in name for ch in "*?[")
     ]
-
-
-def _rule_id_at(data: Any, path: tuple[Any, ...]) -> str:
-    """`policy/rule` (or `policy`, or a derived role name) for a path inside a file."""
-    try:
-        if len(path) >= 2 and path[0] == "policies":
-            pid = str(data["policies"][path[1]].get("id", f"#{path[1]}"))
-            if len(path) >= 4 and path[2] == "rules":
-                rid = str(data["policies"][path[1]]["rules"][path[3]].get("id", f"#{path[3]}"))
-                return f"{pid}/{rid}"
-            return pid
-        if len(path) >= 2 and path[0] == "derived_roles":
-            return f"derived_role:{data['derived_roles'][path[1]].get('name', path[1])}"
-    except (KeyError, IndexError, TypeError, AttributeError):
-        pass
-    return ""
-
-
-def _validate_structure(ctx: _Context, src: source.SourceFile) -> set[tuple[Any, ...]]:
-    """Report schema violations; return the prefixes of the items they make unusable.
-
-    Only the broken policy, derived role or schema section is skipped, so the rest of the file
-    is still compiled and its CEL problems are reported in the same run.
-    """
-    try:
-        _quick_check()(src.data)
-        return set()
-    except fastjsonschema.JsonSchemaException:
-        pass  # jsonschema below says what is wrong, and where
-    validator = jsonschema.Draft202012Validator(file_schema())
-    bad: set[tuple[Any, ...]] = set()
-    for error in sorted(validator.iter_errors(src.data), key=lambda e: list(map(str, e.path))):
-        path = tuple(error.absolute_path)
-        if len(path) >= 4 and path[0] == "policies" and path[2] == "rules":
-            bad.add(path[:4])
-        elif len(path) >= 2 and path[0] in ("policies", "derived_roles"):
-            bad.add(path[:2])
-        elif len(path) >= 3 and path[0] == "schema":
-            bad.add(path[:3])  # one bad declaration: declared as dyn so users don't cascade
-        elif path and path[0] == "schema":
-            bad.add(("schema",))
-        else:
-            bad.add(())
-        where = ".".join(str(p) for p in path) or "file"
-        ctx.add(src, path, _rule_id_at(src.data, path), f"{where}: {_schema_message(error)}")
-    return bad
-
-
-def _schema_message(error: jsonschema.ValidationError) -> str:
-    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        schema = error.schema if isinstance(error.schema, dict) else {}
-        allowed = sorted(schema.get("properties", {}))
-        if allowed:
-            return f"{error.message}; allowed keys: {', '.join(allowed)}"
-    if error.validator == "not":
-        return (
-            "this effect does not take that section "
-            "(mask only with effect mask, approval only with require_approval)"
-        )
-    return error.message
 
 
 _gc_lock = threading.Lock()
@@ -276,36 +183,15 @@ def _load_bundle(rules_dir: str | Path, backend: str) -> Bundle:
     root = Path(rules_dir)
     if not root.is_dir():
         raise PolicyError([Problem(str(root), 0, 0, "", "rules directory not found")])
-    files = policy_files(root)
-    ctx = _Context(backend=cel.backend(backend))
-    if not files:
-        raise PolicyError([Problem(str(root), 0, 0, "", "no policy files (*.yaml) found")])
-    sources: list[source.SourceFile] = []
-    contents: dict[Path, bytes] = {}
-    for path in files:
-        name = str(path)
-        try:
-            raw = contents[path] = path.read_bytes()
-            # Universal newlines, as reading in text mode gives.
-            text = raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
-            src = source.parse(name, text)
-        except OSError as exc:
-            ctx.problems.append(Problem(name, 0, 0, "", f"cannot read the file: {exc.strerror}"))
-            continue
-        except UnicodeDecodeError:
-            ctx.problems.append(Problem(name, 1, 1, "", "file is not valid UTF-8"))
-            continue
-        except source.YamlSyntaxError as exc:
-            ctx.problems.append(Problem(name, exc.position.line, exc.position.column, "", str(exc)))
-            continue
-        if src.data is None:
-            ctx.problems.append(Problem(name, 1, 1, "", "file is empty"))
-            continue
-        bad = _validate_structure(ctx, src)
-        if () not in bad:
-            src.unusable = frozenset(bad)
-            sources.append(src)
+    return compile_bundle(model.read(root), backend=backend)
 
+
+def compile_bundle(written: model.Bundle, *, backend: str = cel.DEFAULT_BACKEND) -> Bundle:
+    """Compile a bundle as written; raises PolicyError listing every problem found."""
+    if not written.files:
+        raise PolicyError([Problem(str(written.root), 0, 0, "", "no policy files (*.yaml) found")])
+    ctx = _Context(backend=cel.backend(backend), problems=list(written.problems))
+    sources = [f for f in written.parsed if f.usable]
     schema = _merge_schema(ctx, sources)
     ctx.checker = cel.Checker(schema)
     derived = _derived_roles(ctx, sources)
@@ -313,100 +199,97 @@ def _load_bundle(rules_dir: str | Path, backend: str) -> Bundle:
     if ctx.problems:
         raise PolicyError(ctx.problems)
     return Bundle(
-        revision=revision_of(root, contents),
+        revision=revision_of(written.root, written.contents),
         backend=ctx.backend,
         schema=schema,
         policies=tuple(policies),
         derived_roles=derived,
-        files=tuple(str(p) for p in files),
+        files=tuple(str(p) for p in written.files),
     )
 
 
-def _merge_schema(ctx: _Context, sources: list[source.SourceFile]) -> AttributeSchema:
+def _merge_schema(ctx: _Context, files: list[model.PolicyFile]) -> AttributeSchema:
     merged: dict[str, dict[str, str]] = {s: {} for s in SECTIONS}
     origin: dict[tuple[str, str], str] = {}
-    for src in sources:
+    for f in files:
+        src = f.src
         if ("schema",) in src.unusable:
             continue
-        for section, attrs in (src.data.get("schema") or {}).items():
-            for name, declared in attrs.items():
-                valid = ("schema", section, name) not in src.unusable
-                type_name = declared if valid else "dyn"
-                key = (section, name)
-                if name in merged[section] and merged[section][name] != type_name:
-                    ctx.add(
-                        src,
-                        ("schema", section, name),
-                        "",
-                        f"{section}.attr {name!r} declared as {type_name} here but as "
-                        f"{merged[section][name]} in {origin[key]}",
-                    )
-                    continue
-                merged[section][name] = type_name
-                origin.setdefault(key, src.name)
+        for decl in f.declarations:
+            section, name = decl.section, decl.name
+            type_name = decl.type_name if decl.path not in src.unusable else "dyn"
+            key = (section, name)
+            if name in merged[section] and merged[section][name] != type_name:
+                ctx.add(
+                    src,
+                    decl.path,
+                    "",
+                    f"{section}.attr {name!r} declared as {type_name} here but as "
+                    f"{merged[section][name]} in {origin[key]}",
+                )
+                continue
+            merged[section][name] = type_name
+            origin.setdefault(key, src.name)
     return AttributeSchema({s: dict(sorted(a.items())) for s, a in merged.items()})
 
 
-def _derived_roles(ctx: _Context, sources: list[source.SourceFile]) -> dict[str, DerivedRole]:
+def _derived_roles(ctx: _Context, files: list[model.PolicyFile]) -> dict[str, DerivedRole]:
     roles: dict[str, DerivedRole] = {}
     seen: dict[str, str] = {}
-    for src in sources:
-        for i, spec in enumerate(src.data.get("derived_roles") or []):
-            if ("derived_roles", i) in src.unusable:
+    for f in files:
+        src = f.src
+        for spec in f.derived_roles:
+            if not f.compiles(spec.path):
                 continue
-            name = spec["name"]
+            name = spec.name
             rid = f"derived_role:{name}"
             if name in seen:
                 ctx.add(
                     src,
-                    ("derived_roles", i, "name"),
+                    (*spec.path, "name"),
                     rid,
                     f"derived role {name!r} is also defined in {seen[name]}",
                 )
                 continue
             seen[name] = src.name
-            parents = spec.get("parent_roles", [])
-            for k, message in _role_problems(parents):
-                ctx.add(src, ("derived_roles", i, "parent_roles", k), rid, message)
-            program = ctx.compile(src, ("derived_roles", i, "when"), rid, spec["when"])
+            for k, message in _role_problems(spec.parent_roles):
+                ctx.add(src, (*spec.path, "parent_roles", k), rid, message)
+            program = ctx.compile(src, (*spec.path, "when"), rid, spec.when)
             if program is not None:
-                roles[name] = DerivedRole(name, frozenset(spec.get("parent_roles", [])), program)
+                roles[name] = DerivedRole(name, frozenset(spec.parent_roles), program)
     return roles
 
 
 def _policies(
-    ctx: _Context, sources: list[source.SourceFile], derived: dict[str, DerivedRole]
+    ctx: _Context, files: list[model.PolicyFile], derived: dict[str, DerivedRole]
 ) -> list[CompiledPolicy]:
     compiled: list[CompiledPolicy] = []
     seen: dict[str, str] = {}
-    for src in sources:
-        for i, spec in enumerate(src.data.get("policies") or []):
-            if ("policies", i) in src.unusable:
+    for f in files:
+        src = f.src
+        for spec in f.policies:
+            if not f.compiles(spec.path):
                 continue
-            pid = spec["id"]
-            base: source.Path_ = ("policies", i)
+            pid = spec.policy_id
+            base = spec.path
             duplicate = pid in seen
             if duplicate:
                 # Still compiled below so its own problems are reported in the same run.
                 ctx.add(src, (*base, "id"), pid, f"policy id {pid!r} is also used in {seen[pid]}")
             seen.setdefault(pid, src.name)
-            variables = _variables(ctx, src, base, pid, spec.get("variables") or {})
+            variables = _variables(ctx, src, base, pid, spec.variables)
             rules: list[CompiledRule] = []
             rule_ids: set[str] = set()
-            for j, rule in enumerate(spec["rules"]):
-                if (*base, "rules", j) in src.unusable:
+            for rule in spec.rules:
+                if rule.path in src.unusable:
                     continue
-                rule_id = f"{pid}/{rule['id']}"
-                if rule["id"] in rule_ids:
+                if rule.id in rule_ids:
                     ctx.add(
-                        src, (*base, "rules", j, "id"), rule_id, "duplicate rule id in this policy"
+                        src, (*rule.path, "id"), rule.rule_id, "duplicate rule id in this policy"
                     )
                     continue
-                rule_ids.add(rule["id"])
-                shadow = bool(spec.get("shadow") or rule.get("shadow"))
-                compiled_rule = _rule(
-                    ctx, src, (*base, "rules", j), rule_id, rule, variables, derived, shadow
-                )
+                rule_ids.add(rule.id)
+                compiled_rule = _rule(ctx, src, rule, variables, derived)
                 if compiled_rule is not None:
                     rules.append(compiled_rule)
             if duplicate:
@@ -414,8 +297,8 @@ def _policies(
             compiled.append(
                 CompiledPolicy(
                     policy_id=pid,
-                    resources=tuple(Glob.of(g) for g in spec["resources"]),
-                    actions=tuple(Glob.of(g) for g in spec["actions"]),
+                    resources=tuple(Glob.of(g) for g in spec.resources),
+                    actions=tuple(Glob.of(g) for g in spec.actions),
                     rules=tuple(sorted(rules, key=lambda r: r.sort_key)),
                 )
             )
@@ -475,7 +358,9 @@ def _variables(
             return True
         if name not in checked:
             checked[name] = False
-            if any(broken(ref) for ref, _ in expand.references(specs[name]) if ref in specs):
+            if any(
+                broken(ref) for ref, _ in celscan.variable_references(specs[name]) if ref in specs
+            ):
                 checked[name] = True
                 return True
             try:
@@ -506,58 +391,54 @@ def _variables(
 def _rule(
     ctx: _Context,
     src: source.SourceFile,
-    path: source.Path_,
-    rule_id: str,
-    spec: dict[str, Any],
+    spec: model.RuleSpec,
     variables: dict[str, str],
     derived: dict[str, DerivedRole],
-    shadow: bool,
 ) -> CompiledRule | None:
     before = len(ctx.problems)
+    rule_id = spec.rule_id
     program = None
-    if "when" in spec:
-        program = ctx.compile(src, (*path, "when"), rule_id, spec["when"], variables)
-    roles = spec.get("roles", [])
+    if spec.when is not None:
+        program = ctx.compile(src, (*spec.path, "when"), rule_id, spec.when, variables)
+    roles = spec.roles
     for k, message in _role_problems(roles):
-        ctx.add(src, (*path, "roles", k), rule_id, message)
+        ctx.add(src, (*spec.path, "roles", k), rule_id, message)
     derived_roles = tuple(sorted(r for r in roles if r in derived))
     static_roles = frozenset(r for r in roles if r not in derived)
-    effect = _EFFECTS[spec["effect"]]
-    masks = tuple(
-        _mask(ctx, src, (*path, "mask", k), rule_id, m) for k, m in enumerate(spec.get("mask", []))
-    )
+    effect = _EFFECTS[spec.effect]
+    masks = tuple(_mask(ctx, src, rule_id, m) for m in spec.masks)
     approval = None
-    if "approval" in spec:
-        approval = _approval(ctx, src, (*path, "approval"), rule_id, spec["approval"])
+    if spec.approval is not None:
+        approval = _approval(ctx, src, rule_id, spec.approval)
     if len(ctx.problems) > before:
         return None
-    reason = spec.get("reason") or ""
     return CompiledRule(
         rule_id=rule_id,
         effect=effect,
         program=program,
         static_roles=static_roles,
         derived_roles=derived_roles,
-        reason=reason,
+        reason=spec.reason,
         masks=masks,
         approval=approval,
-        shadow=shadow,
+        shadow=spec.shadow,
     )
 
 
-def _mask(
-    ctx: _Context, src: source.SourceFile, path: source.Path_, rule_id: str, spec: dict[str, Any]
-) -> MaskSpec:
-    op = _OPS[spec["operator"]]
-    keep_first = int(spec.get("keep_first", 0))
-    keep_last = int(spec.get("keep_last", 0))
-    if op is not MaskOp.PARTIAL and ("keep_first" in spec or "keep_last" in spec):
-        ctx.add(src, path, rule_id, "keep_first/keep_last apply only to the partial operator")
+def _mask(ctx: _Context, src: source.SourceFile, rule_id: str, spec: model.MaskSpec) -> MaskSpec:
+    op = _OPS[spec.operator]
+    keep_first = spec.keep_first or 0
+    keep_last = spec.keep_last or 0
+    written = spec.keep_first is not None or spec.keep_last is not None
+    if op is not MaskOp.PARTIAL and written:
+        ctx.add(src, spec.path, rule_id, "keep_first/keep_last apply only to the partial operator")
     if op is MaskOp.PARTIAL and keep_first == 0 and keep_last == 0:
-        ctx.add(src, path, rule_id, "partial needs keep_first or keep_last (otherwise use redact)")
+        ctx.add(
+            src, spec.path, rule_id, "partial needs keep_first or keep_last (otherwise use redact)"
+        )
     return MaskSpec(
-        paths=tuple(Glob.of(p) for p in spec.get("paths", [])),
-        tags=tuple(Glob.of(t) for t in spec.get("tags", [])),
+        paths=tuple(Glob.of(p) for p in spec.paths),
+        tags=tuple(Glob.of(t) for t in spec.tags),
         op=op,
         keep_first=keep_first,
         keep_last=keep_last,
@@ -565,17 +446,20 @@ def _mask(
 
 
 def _approval(
-    ctx: _Context, src: source.SourceFile, path: source.Path_, rule_id: str, spec: dict[str, Any]
+    ctx: _Context, src: source.SourceFile, rule_id: str, spec: model.ApprovalSpec
 ) -> ApprovalRequirement:
-    approvers = spec["approvers"]
-    roles = tuple(sorted(set(approvers.get("roles", []))))
-    groups = tuple(sorted(set(approvers.get("groups", []))))
+    path = spec.path
+    roles = tuple(sorted(set(spec.roles)))
+    groups = tuple(sorted(set(spec.groups)))
     if not roles and not groups:
         ctx.add(src, (*path, "approvers"), rule_id, "approvers needs at least one role or group")
     ttls = {}
-    for key, default in (("pending_ttl", DEFAULT_PENDING_TTL), ("grant_ttl", DEFAULT_GRANT_TTL)):
+    for key, written, default in (
+        ("pending_ttl", spec.pending_ttl, DEFAULT_PENDING_TTL),
+        ("grant_ttl", spec.grant_ttl, DEFAULT_GRANT_TTL),
+    ):
         try:
-            ttls[key] = parse_duration(spec[key]) if key in spec else default
+            ttls[key] = parse_duration(written) if written is not None else default
         except ValueError as exc:
             ctx.add(src, (*path, key), rule_id, str(exc))
             ttls[key] = default
@@ -584,7 +468,7 @@ def _approval(
             ctx.add(src, (*path, key), rule_id, f"{key} must be positive")
     attrs = []
     declared = ctx.checker.schema.attrs("principal") if ctx.checker else {}
-    for k, ref in enumerate(spec.get("requester_identities", [])):
+    for k, ref in enumerate(spec.requester_identities):
         name = ref.split(".", 2)[2]
         if declared.get(name) not in ("string", "list<string>"):
             ctx.add(
@@ -596,7 +480,7 @@ def _approval(
         attrs.append(name)
     return ApprovalRequirement(
         approvers=(ApproverSet(roles, groups),),
-        quorum=int(spec.get("quorum", 1)),
+        quorum=spec.quorum,
         pending_ttl=ttls["pending_ttl"],
         grant_ttl=ttls["grant_ttl"],
         rule_ids=(rule_id,),
