@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, Literal
 
+from signoff.engine import celscan
 from signoff.engine.compiled import Bundle
 from signoff.engine.evaluator import Engine
 from signoff.engine.model import (
@@ -23,7 +24,6 @@ from signoff.engine.model import (
     Verdict,
 )
 from signoff.errors import InvalidRequest, SignoffError
-from signoff.policy import celscan
 from signoff.views import masking_doc
 
 DEFAULT_EXAMPLES = 3

@@ -19,13 +19,12 @@ from typing import Any, Protocol
 from cel_expr_python import cel
 from google.protobuf import descriptor_pb2, descriptor_pool, duration_pb2, struct_pb2, timestamp_pb2
 
-from signoff.engine.schema import SECTIONS, AttributeSchema
-
 # CEL text is scanned in one module; the evaluator and the decision cache take the clock
 # analysis from here, as before.
-from signoff.policy.celscan import CLOCK_FREE as CLOCK_FREE
-from signoff.policy.celscan import clock_steady_for as clock_steady_for
-from signoff.policy.celscan import finer_than_a_microsecond, spelled_in
+from signoff.engine.celscan import CLOCK_FREE as CLOCK_FREE
+from signoff.engine.celscan import clock_steady_for as clock_steady_for
+from signoff.engine.celscan import finer_than_a_microsecond, spelled_in
+from signoff.engine.schema import SECTIONS, AttributeSchema
 
 # cel-python logs whole activations (request values) at DEBUG, and a failing function's
 # arguments at ERROR; signoff reports evaluation failures itself, by rule id only.

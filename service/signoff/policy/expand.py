@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from signoff.policy.celscan import variable_references
+from signoff.engine.celscan import variable_references
 
 
 class UnknownVariable(Exception):

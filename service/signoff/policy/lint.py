@@ -15,11 +15,11 @@ from typing import Any, TextIO
 import lark
 
 from signoff.client.cmd import exitcodes
-from signoff.engine import cel
+from signoff.engine import cel, celscan
 from signoff.engine.compiled import Glob
 from signoff.engine.schema import SECTIONS, TYPES, AttributeSchema
 from signoff.errors import PolicyError, Problem, located
-from signoff.policy import celscan, expand, model, source
+from signoff.policy import expand, model, source
 from signoff.policy.loader import compile_bundle, load_bundle
 
 ERROR = "error"

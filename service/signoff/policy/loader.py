@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from signoff.engine import cel
+from signoff.engine import cel, celscan
 from signoff.engine.compiled import (
     ANY_ROLE,
     Bundle,
@@ -24,7 +24,7 @@ from signoff.engine.compiled import (
 from signoff.engine.model import ApprovalRequirement, ApproverSet, MaskOp, Verdict
 from signoff.engine.schema import SECTIONS, AttributeSchema, parse_duration
 from signoff.errors import PolicyError, Problem
-from signoff.policy import celscan, expand, model, source
+from signoff.policy import expand, model, source
 
 # Where they were before the policy-as-written model; signed bundles and reloads use them.
 SUITE_SUFFIXES = model.SUITE_SUFFIXES

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from signoff.policy import celscan
+from signoff.engine import celscan
 
 ROOTS = frozenset({"principal", "resource", "context", "payload"})
 
