@@ -269,26 +269,11 @@ class Authenticator:
                 leeway=self._config.leeway_seconds,
             )
         # Reasons are ours, not PyJWT's, and the cause is dropped: nothing token-derived leaks.
-        except ExpiredSignatureError:
-            raise Unauthenticated("token expired") from None
-        except ImmatureSignatureError:
-            raise Unauthenticated("token not yet valid") from None
-        except InvalidAudienceError:
-            raise Unauthenticated("token is for another audience") from None
-        except InvalidIssuerError:
-            raise Unauthenticated("token is from another issuer") from None
         except MissingRequiredClaimError as exc:
             raise Unauthenticated(f"token lacks the {_claim_name(exc.claim)} claim") from None
-        except InvalidSignatureError:
-            raise Unauthenticated("token signature does not verify") from None
-        except InvalidAlgorithmError:
-            raise Unauthenticated("token algorithm not allowed") from None
-        except InvalidKeyError:
-            raise Unauthenticated("signing key rejected") from None
-        except DecodeError:
-            raise Unauthenticated("malformed token") from None
-        except PyJWTError:
-            raise Unauthenticated("invalid token") from None
+        except PyJWTError as exc:
+            reason = next((r for kind, r in _REASONS if isinstance(exc, kind)), "invalid token")
+            raise Unauthenticated(reason) from None
         return claims
 
     def _identity(self, claims: Mapping[str, Any]) -> Identity:
@@ -339,6 +324,19 @@ def _unverified_header(token: str) -> dict[str, Any]:
     except PyJWTError:
         raise Unauthenticated("malformed token") from None
     return header
+
+
+# What a refused token is told, most specific first (several are subclasses of DecodeError).
+_REASONS: tuple[tuple[type[PyJWTError], str], ...] = (
+    (ExpiredSignatureError, "token expired"),
+    (ImmatureSignatureError, "token not yet valid"),
+    (InvalidAudienceError, "token is for another audience"),
+    (InvalidIssuerError, "token is from another issuer"),
+    (InvalidSignatureError, "token signature does not verify"),
+    (InvalidAlgorithmError, "token algorithm not allowed"),
+    (InvalidKeyError, "signing key rejected"),
+    (DecodeError, "malformed token"),
+)
 
 
 def _claim_name(claim: object) -> str:

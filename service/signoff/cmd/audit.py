@@ -17,7 +17,7 @@ from signoff import keys as keys_mod
 from signoff.audit.chain import STREAMS, Hasher, StreamKeys
 from signoff.audit.verify import export, verify
 from signoff.client.cmd import exitcodes
-from signoff.client.cmd.settings import add_settings
+from signoff.client.cmd.settings import add_settings, command
 from signoff.cmd import options
 from signoff.errors import ConfigError
 
@@ -32,8 +32,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         description="Check the audit log's hash chains in Redis, or export them as JSON lines.",
     )
     sub = audit.add_subparsers(dest="audit_command", required=True)
-    check = sub.add_parser(
+    check = command(
+        sub,
         "verify",
+        run_verify,
         help="check the hash chains; exit 0 intact, 1 tampering found, 2 could not check",
         description="Walk each audit stream and check every record's keyed hash, its link to "
         "the record before it, the anchor (first retained record) and the head (last record). "
@@ -42,9 +44,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     _common(check)
     add_settings(check, [options.HASH_KEY_FILE, options.key_file("audit")])
-    check.set_defaults(run=run_verify)
-    out = sub.add_parser(
+    out = command(
+        sub,
         "export",
+        run_export,
         help="write audit records as JSON lines (for a SIEM)",
         description="Write audit records, one JSON object per line, with their seq, prev, hash "
         "and stream entry id. --since and --until filter on the record time `at` "
@@ -54,7 +57,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     out.add_argument("--since", type=_time, help="ISO 8601 time, inclusive")
     out.add_argument("--until", type=_time, help="ISO 8601 time, exclusive")
     out.add_argument("--output", "-o", help="file to write (default: standard output)")
-    out.set_defaults(run=run_export)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

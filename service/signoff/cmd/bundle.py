@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from signoff.client.cmd import exitcodes
+from signoff.client.cmd.settings import command
 from signoff.engine import cel
 from signoff.errors import ConfigError, PolicyError
 from signoff.policy.signed import (
@@ -38,17 +39,20 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         ".tar.gz with a manifest of file hashes and an Ed25519 signature over it.",
     )
     sub = bundle.add_subparsers(dest="bundle_command", required=True)
-    keygen = sub.add_parser(
+    keygen = command(
+        sub,
         "keygen",
+        run_keygen,
         help="write a new signing key pair",
         description=f"Write {PRIVATE_KEY_NAME} (0600; keep it with your CI secrets) and "
         f"{PUBLIC_KEY_NAME} (give it to the service) into DIR. Existing files are never "
         "overwritten. Exit 0: written; 2: not written.",
     )
     keygen.add_argument("--out", required=True, metavar="DIR", help="directory for the keys")
-    keygen.set_defaults(run=run_keygen)
-    sign = sub.add_parser(
+    sign = command(
+        sub,
         "sign",
+        run_sign,
         help="load a rules directory and write it as a signed bundle",
         description="Load the rules directory as the service would (a bundle that does not "
         "load is never signed), then write its policy files, a manifest and the signature. "
@@ -67,9 +71,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "(default: never expires)",
     )
     _backend_argument(sign)
-    sign.set_defaults(run=run_sign)
-    verify = sub.add_parser(
+    verify = command(
+        sub,
         "verify",
+        run_verify,
         help="check a signed bundle as the service would",
         description="Verify the signature, the files, the limits and the signing and expiry "
         "times, then load the policies. Exit 0: the service would serve it (prints revision, "
@@ -79,7 +84,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     verify.add_argument("--bundle", required=True, metavar="FILE", help="signed bundle")
     verify.add_argument("--public-key", required=True, metavar="PUBLIC.pem", help="trusted key")
     _backend_argument(verify)
-    verify.set_defaults(run=run_verify)
 
 
 def _expires_in(text: str) -> dt.timedelta:

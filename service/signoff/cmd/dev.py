@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from signoff.client.cmd import exitcodes
+from signoff.client.cmd.settings import command
 from signoff.devtokens import (
     DEV_AUDIENCE,
     DEV_ISSUER,
@@ -20,17 +21,20 @@ from signoff.errors import ConfigError
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `dev-keys DIR` and `dev-token --keys DIR --sub S ...` on the `signoff` CLI."""
-    keys = commands.add_parser(
+    keys = command(
+        commands,
         "dev-keys",
+        run_dev_keys,
         help="write a development signing key and JWKS (demos and tests only)",
         description="Write an Ed25519 signing key and a JWKS for demos and tests. "
         "Not for production: whoever holds the key can be any approver.",
     )
     keys.add_argument("directory", metavar="DIR", type=Path, help="directory to write into")
-    keys.set_defaults(run=run_dev_keys)
 
-    token = commands.add_parser(
+    token = command(
+        commands,
         "dev-token",
+        run_dev_token,
         help="print a token signed with a development key (demos and tests only)",
         description="Print a bearer token signed with the key from `signoff dev-keys`.",
     )
@@ -46,7 +50,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
     token.add_argument("--issuer", default=DEV_ISSUER, help=f"default: {DEV_ISSUER}")
     token.add_argument("--audience", default=DEV_AUDIENCE, help=f"default: {DEV_AUDIENCE}")
-    token.set_defaults(run=run_dev_token)
 
 
 def run_dev_keys(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from signoff.client.cmd import exitcodes
+from signoff.client.cmd.settings import command
 from signoff.devcerts import LOOPBACK_NAMES, create_dev_certs
 from signoff.errors import ConfigError
 
@@ -15,8 +16,10 @@ from signoff.errors import ConfigError
 def register(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> None:
-    certs = commands.add_parser(
+    certs = command(
+        commands,
         "dev-certs",
+        run_dev_certs,
         help="write a throwaway CA and server/client TLS certificates (development only)",
     )
     certs.add_argument("directory", type=Path, help="where to write the PEM files")
@@ -31,7 +34,6 @@ def register(
     certs.add_argument(
         "--days", type=int, default=30, help="validity in days (default: %(default)s)"
     )
-    certs.set_defaults(run=run_dev_certs)
 
 
 def run_dev_certs(args: argparse.Namespace) -> int:

@@ -6,13 +6,16 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from signoff.client.cmd.settings import command
 from signoff.policy.lint import report
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `lint RULES [--json] [--strict]` on the `signoff` CLI; `args.run(args)`."""
-    parser = commands.add_parser(
+    parser = command(
+        commands,
         "lint",
+        run_lint,
         help="find problems in a policy bundle: load errors, dead rules, backend differences",
         description="Report every load problem (errors) plus rules that can never fire, unused "
         "variables and derived roles, and CEL whose meaning differs between the two backends "
@@ -20,7 +23,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "2: usage error.",
     )
     add_arguments(parser)
-    parser.set_defaults(run=run_lint)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import IO
 
 from signoff.client.cmd import exitcodes
+from signoff.client.cmd.settings import command
 from signoff.engine.cel import BACKENDS, DEFAULT_BACKEND
 from signoff.errors import PolicyError
 from signoff.replay import (
@@ -48,8 +49,10 @@ def _rate(text: str) -> float:
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `replay --rules DIR --decisions FILE` on the `signoff` CLI; `args.run(args)`."""
-    parser = commands.add_parser(
+    parser = command(
+        commands,
         "replay",
+        run_replay,
         help="decide recorded decisions again with a new bundle and report what changes",
         description="Read decision records (the JSON lines of `signoff audit export`), decide "
         "each again with the bundle in --rules at its recorded time, and report the verdicts "
@@ -99,7 +102,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help=f"examples per transition (default {DEFAULT_EXAMPLES})",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable report")
-    parser.set_defaults(run=run_replay)
 
 
 def run_replay(args: argparse.Namespace) -> int:

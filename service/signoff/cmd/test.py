@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from signoff.client.cmd.settings import command
 from signoff.engine.cel import BACKENDS
 from signoff.policytest.runner import run_suites
 
@@ -14,11 +15,13 @@ BOTH = "both"
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `test` to the `signoff` command line."""
-    test = commands.add_parser(
-        "test", help="run the policy suites (*_test.yaml) beside the policies"
+    test = command(
+        commands,
+        "test",
+        run_test,
+        help="run the policy suites (*_test.yaml) beside the policies",
     )
     add_test_arguments(test)
-    test.set_defaults(run=run_test)
 
 
 def add_test_arguments(parser: argparse.ArgumentParser) -> None:

@@ -90,27 +90,14 @@ def equal(a: Any, b: Any) -> Any:
     return celtypes.BoolType(_equal(a, b))
 
 
+_NUMERIC = frozenset({"int", "uint", "double"})
+
+
 def _kind(value: Any) -> str:
-    """The CEL kind of a cel-python value; its arithmetic may return plain Python values."""
-    if isinstance(value, bool | celtypes.BoolType):
-        return "bool"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, bytes):
-        return "bytes"
-    if isinstance(value, dt.datetime):
-        return "timestamp"
-    if isinstance(value, dt.timedelta):
-        return "duration"
-    if isinstance(value, list):
-        return "list"
-    if isinstance(value, dict):
-        return "map"
-    if value is None or isinstance(value, celtypes.NullType):
-        return "null"
-    return type(value).__name__
+    """The CEL type name, with the three numeric types as one kind: cel-spec's equality and
+    ordering compare numbers across them."""
+    name = _cel_type(value)
+    return "number" if name in _NUMERIC else name
 
 
 def _equal(a: Any, b: Any) -> bool:
@@ -129,7 +116,7 @@ def _equal(a: Any, b: Any) -> bool:
             if other is _MISSING or not _equal(value, other):
                 return False
         return True
-    if kind == "null":
+    if kind == "null_type":
         return True
     return bool(a == b)
 

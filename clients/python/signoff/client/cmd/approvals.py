@@ -22,6 +22,7 @@ from signoff.client.cmd.settings import (
     CLIENT_ADDRESS,
     add_settings,
     add_tls_arguments,
+    command,
     tls_from_args,
 )
 from signoff.client.errors import InvalidInput, ProtocolError, SignoffRpcError
@@ -114,8 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `approvals` (with its subcommands) to a command line; `args.run(args)` runs it."""
-    parser = commands.add_parser(
+    parser = command(
+        commands,
         "approvals",
+        run_approvals,
         help="list, show, approve, reject, cancel or watch approvals",
         description="List, inspect and decide approvals held by a signoff service.",
         epilog=_EPILOG,
@@ -168,7 +171,6 @@ def configure_approvals_parser(parser: argparse.ArgumentParser) -> None:
         )
     for sub in (listing, show, approve, reject, cancel, watch):
         add_connection_options(sub, suppress=True)
-    parser.set_defaults(run=run_approvals)
 
 
 def run_approvals(args: argparse.Namespace, *, channel: grpc.Channel | None = None) -> int:

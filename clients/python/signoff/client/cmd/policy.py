@@ -24,7 +24,7 @@ from signoff.client.cmd.approvals import (
     report_rpc_error,
     token_from_args,
 )
-from signoff.client.cmd.settings import tls_from_args
+from signoff.client.cmd.settings import command, tls_from_args
 from signoff.client.errors import InvalidInput, ProtocolError, SignoffRpcError
 from signoff.v1 import admin_pb2
 
@@ -41,8 +41,10 @@ _EPILOG = (
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `policy reload|status` to a command line; `args.run(args)` runs it."""
-    parser = commands.add_parser(
+    parser = command(
+        commands,
         "policy",
+        run_policy,
         help="reload the served policy bundle now, or show which one serves",
         description="Ask a running signoff service (PolicyAdminService) to reload its policy "
         "bundle, or which bundle it serves and how the latest load went.",
@@ -63,7 +65,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
             help="seconds to wait for the service (default: %(default)s)",
         )
         add_connection_options(sub, suppress=True)
-    parser.set_defaults(run=run_policy)
 
 
 def run_policy(args: argparse.Namespace, *, channel: grpc.Channel | None = None) -> int:

@@ -8,11 +8,13 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from signoff.client.tls import TLS
 
 Parser = argparse.ArgumentParser | argparse._ArgumentGroup
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Run = Callable[[argparse.Namespace], int]
 # The variable `signoff serve` listens on, read by every client command too, so one
 # environment serves and asks alike.
 ADDRESS_VARIABLE = "SIGNOFF_ADDRESS"
@@ -24,6 +26,17 @@ _WILDCARDS = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}  # noqa: S104  # hosts to
 CA_VARIABLE = "SIGNOFF_CLIENT_TLS_CA"
 CERT_VARIABLE = "SIGNOFF_CLIENT_TLS_CERT"
 KEY_VARIABLE = "SIGNOFF_CLIENT_TLS_KEY"
+
+
+def command(
+    commands: Commands, name: str, run: Run | None, *, help: str, **details: Any
+) -> argparse.ArgumentParser:
+    """Add the subcommand `name`, which runs `run(args)` (None: it has subcommands of its own);
+    the one way every command registers. `details` go to argparse (description, epilog...)."""
+    parser = commands.add_parser(name, help=help, **details)
+    if run is not None:
+        parser.set_defaults(run=run)
+    return parser
 
 
 @dataclass(frozen=True)
