@@ -93,7 +93,7 @@ def _bounded(payload: Any) -> Any:
 
 
 def _fields(request: Request) -> list[dict[str, Any]]:
-    return [dataclasses.asdict(f) for f in request.resource.fields]
+    return [{"path": f.path, "tags": list(f.tags)} for f in request.resource.fields]
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from signoff.approvals.digest import digest_key
 from signoff.approvals.model import ApprovalRequest, Identity, ReviewerView, State
-from signoff.approvals.service import Approvals, Held, Transition
+from signoff.approvals.service import Approvals, Held
 from signoff.approvals.store import ApprovalStore, Result
 from signoff.engine.evaluator import Engine
 from signoff.engine.model import Decision, FieldRef, Request, Verdict
@@ -77,7 +77,7 @@ def test_a_decision_is_held_voted_on_and_consumed_once_without_any_grpc(lab: Lab
     request, decision = decided()
     assert decision.verdict is Verdict.REQUIRE_APPROVAL
     held = lab.approvals.apply(request, decision, "dec-1")
-    assert held.transition is Transition.CREATED
+    assert held.transition is Result.CREATED
     assert held.decision is decision
     # The same exact action again waits for the same approval instead of opening another.
     assert lab.approvals.apply(request, decision, "dec-2") == Held(decision, held.approval_id)
@@ -92,7 +92,7 @@ def test_a_decision_is_held_voted_on_and_consumed_once_without_any_grpc(lab: Lab
 
     presented = dataclasses.replace(request, approval_id=held.approval_id)
     used = lab.approvals.apply(presented, decision, "dec-3")
-    assert used.transition is Transition.CONSUMED
+    assert used.transition is Result.CONSUMED
     assert used.decision.verdict is Verdict.ALLOW
     again = lab.approvals.apply(presented, decision, "dec-4")
     assert again.decision.verdict is Verdict.DENY

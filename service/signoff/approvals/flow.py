@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from signoff.approvals.service import Approvals, Held, Transition
+from signoff.approvals.service import Approvals, Held
 from signoff.approvals.store import ApprovalStore
 from signoff.engine.model import Decision, Request
 from signoff.views import Views
 
-__all__ = ["ApprovalFlow", "Held", "Transition"]
+__all__ = ["ApprovalFlow", "Held"]
 
 
 class ApprovalFlow:

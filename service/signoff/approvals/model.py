@@ -58,7 +58,9 @@ class Vote:
 
 @dataclass(frozen=True)
 class MaskedField:
-    """A masking plan entry as records keep it, the operator by name ("redact", ...)."""
+    """A masking plan entry as reviewer views and audit records keep it: the operator by its
+    name ("redact", ...), with its options, so a replay can tell `redact` from `partial`.
+    """
 
     path: str
     operator: str
@@ -76,14 +78,16 @@ def _known(cls: type, doc: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in doc.items() if k in names}
 
 
-def _doc(value: Any) -> dict[str, Any]:
-    """`value` as the JSON object stored for it: the field names are the member names."""
-    out: dict[str, Any] = dataclasses.asdict(value)
-    return out
+class _Stored:
+    """A dataclass stored as a JSON object whose member names are its field names."""
+
+    def to_doc(self) -> dict[str, Any]:
+        out: dict[str, Any] = dataclasses.asdict(self)  # type: ignore[call-overload]
+        return out
 
 
 @dataclass(frozen=True)
-class ReviewerView:
+class ReviewerView(_Stored):
     """The request as approvers see it: ids, names and the masked payload, no attributes.
 
     Stored as JSON inside the approval (`to_doc`); `from_doc` reads what any version wrote.
@@ -101,9 +105,6 @@ class ReviewerView:
     reasons: tuple[str, ...] = ()
     matched_rules: tuple[str, ...] = ()
     masking_plan: tuple[MaskedField, ...] = ()
-
-    def to_doc(self) -> dict[str, Any]:
-        return _doc(self)
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> ReviewerView:
@@ -123,7 +124,7 @@ class ReviewerView:
 
 
 @dataclass(frozen=True)
-class ApprovalSummary:
+class ApprovalSummary(_Stored):
     """What transition events and notifications carry: never payload or attribute values."""
 
     requester_id: str
@@ -138,12 +139,9 @@ class ApprovalSummary:
     requirement: dict[str, Any]
     pending_expires_at: str
 
-    def to_doc(self) -> dict[str, Any]:
-        return _doc(self)
-
 
 @dataclass(frozen=True)
-class ApprovalRequest:
+class ApprovalRequest(_Stored):
     """What an approval was asked for: written once when it is created, never changed."""
 
     requester_id: str
@@ -153,9 +151,6 @@ class ApprovalRequest:
     view: ReviewerView
     policy_revision: str = ""
     decision_id: str = ""
-
-    def to_doc(self) -> dict[str, Any]:
-        return _doc(self)
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> ApprovalRequest:

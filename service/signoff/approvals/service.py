@@ -10,7 +10,6 @@ their results become signoff.errors here, and telemetry is reported here, once p
 from __future__ import annotations
 
 import dataclasses
-import enum
 import logging
 import threading
 import time
@@ -44,21 +43,14 @@ _REFUSALS = {
 }
 
 
-class Transition(enum.StrEnum):
-    """The approval transition a decision caused, if any."""
-
-    NONE = ""
-    CREATED = "created"
-    CONSUMED = "consumed"
-
-
 @dataclass(frozen=True)
 class Held:
     """A decision after the approval step, and the approval it concerns (if any)."""
 
     decision: Decision
     approval_id: str = ""
-    transition: Transition = Transition.NONE
+    # The approval transition this decision caused: Result.CREATED, Result.CONSUMED or None.
+    transition: Result | None = None
 
 
 class Approvals:
@@ -119,7 +111,7 @@ class Approvals:
                 reasons=(f"approved: {request.approval_id}",),
                 approval=None,
             )
-            return Held(granted, request.approval_id, Transition.CONSUMED)
+            return Held(granted, request.approval_id, Result.CONSUMED)
         if outcome.status in (Result.PENDING, Result.APPROVED):
             return Held(decision, request.approval_id)
         reason = _REFUSALS.get(outcome.status, "approval_invalid")
@@ -156,7 +148,7 @@ class Approvals:
         if not created:
             return Held(decision, approval_id)
         self._report(approval_id, "", "pending", request.principal.id)
-        return Held(decision, approval_id, Transition.CREATED)
+        return Held(decision, approval_id, Result.CREATED)
 
     def _digest(self, request: Request, decision: Decision) -> str:
         return request_digest(request, self._digest_key, decision.approval)

@@ -104,6 +104,12 @@ local function expire_if_due(prefix, id, rec, now, at)
   end
   return state
 end
+-- The record's key and its state now (expired once its window has ended); nil when absent.
+local function current(prefix, id, now, at)
+  local rec = prefix .. 'approval:' .. id
+  if redis.call('EXISTS', rec) == 0 then return rec, nil end
+  return rec, expire_if_due(prefix, id, rec, now, at)
+end
 """
 
 
@@ -150,9 +156,8 @@ return {'created', id}
 # ARGV: prefix, id, now, at, approver, vote_json, quorum, reason
 _APPROVE = _script("""
 local prefix, id, now, at = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local rec = prefix .. 'approval:' .. id
-if redis.call('EXISTS', rec) == 0 then return {'not_found'} end
-local state = expire_if_due(prefix, id, rec, now, at)
+local rec, state = current(prefix, id, now, at)
+if not state then return {'not_found'} end
 if state ~= 'pending' then return {'conflict', state} end
 local votes = rec .. ':votes'
 if redis.call('HSETNX', votes, ARGV[5], ARGV[6]) == 0 then
@@ -177,9 +182,8 @@ return {'voted', tostring(n)}
 # ARGV: prefix, id, now, at, approver, vote_json, reason
 _REJECT = _script("""
 local prefix, id, now, at = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local rec = prefix .. 'approval:' .. id
-if redis.call('EXISTS', rec) == 0 then return {'not_found'} end
-local state = expire_if_due(prefix, id, rec, now, at)
+local rec, state = current(prefix, id, now, at)
+if not state then return {'not_found'} end
 if state ~= 'pending' then return {'conflict', state} end
 -- A rejection replaces the same approver's earlier approval: it is their last word.
 local votes = rec .. ':votes'
@@ -194,9 +198,8 @@ return {'rejected'}
 # ARGV: prefix, id, now, at, actor, reason
 _CANCEL = _script("""
 local prefix, id, now, at = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local rec = prefix .. 'approval:' .. id
-if redis.call('EXISTS', rec) == 0 then return {'not_found'} end
-local state = expire_if_due(prefix, id, rec, now, at)
+local rec, state = current(prefix, id, now, at)
+if not state then return {'not_found'} end
 if state ~= 'pending' and state ~= 'approved' then return {'conflict', state} end
 finish(prefix, id, rec, 'cancelled', ARGV[5], now, at, ARGV[6])
 return {'cancelled'}
@@ -244,7 +247,7 @@ class Result(enum.StrEnum):
     APPROVED = "approved"
     REJECTED = "rejected"
     CANCELLED = "cancelled"
-    OK = "ok"  # consumed by this caller
+    OK = "ok"  # consumed, by this caller
     CONFLICT = "conflict"
     NOT_FOUND = "not_found"
     MISMATCH = "mismatch"
@@ -382,7 +385,7 @@ class ApprovalStore:
         )
         if result[0] == "limit":
             raise PendingLimit(int(result[1]), self.max_pending_per_requester)
-        return str(result[1]), result[0] == "created"
+        return str(result[1]), result[0] == Result.CREATED
 
     def _requester_key(self, requester: str) -> str:
         """The key counting `requester`'s pending approvals: one per identity however it is
