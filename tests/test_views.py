@@ -13,7 +13,7 @@ def view_of(payload: dict[str, Any]) -> object:
     request = Request(
         Principal("bob", PrincipalKind.HUMAN), "export", Resource("t"), payload=payload
     )
-    return views.reviewer_view(request, Decision(Verdict.REQUIRE_APPROVAL, "rev"))["payload"]
+    return views.reviewer_view(request, Decision(Verdict.REQUIRE_APPROVAL, "rev")).payload
 
 
 def test_a_small_payload_is_kept_for_review() -> None:

@@ -6,13 +6,16 @@ Every view masks with the decision's own masking plan through the client package
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from signoff.approvals.model import ApprovalSummary, MaskedField, ReviewerView
 from signoff.client.masking import apply_mask
+from signoff.client.plan import MaskEntry, MaskOperator, MaskPlan
 from signoff.engine.model import (
     ApprovalRequirement,
     ApproverSet,
@@ -21,61 +24,34 @@ from signoff.engine.model import (
     MaskOp,
     Request,
 )
-from signoff.v1 import signoff_pb2 as pb
-
-_PB_OPS = {
-    MaskOp.NULLIFY: pb.MASK_OPERATOR_NULLIFY,
-    MaskOp.REDACT: pb.MASK_OPERATOR_REDACT,
-    MaskOp.HASH: pb.MASK_OPERATOR_HASH,
-    MaskOp.EMAIL: pb.MASK_OPERATOR_EMAIL,
-    MaskOp.PARTIAL: pb.MASK_OPERATOR_PARTIAL,
-}
 
 
-def plan_proto(plan: Sequence[FieldMask], hash_key_id: str) -> pb.MaskingPlan:
-    """The engine's plan as the API's MaskingPlan (HASH entries name the server's key)."""
-    out = pb.MaskingPlan()
-    for m in plan:
-        out.fields.add(
-            path=m.path,
-            operator=_PB_OPS[m.op],
-            keep_first=m.keep_first,
-            keep_last=m.keep_last,
-            key_id=hash_key_id if m.op is MaskOp.HASH else "",
-            rule_ids=m.rule_ids,
+def masking_plan(plan: Sequence[FieldMask], hash_key_id: str) -> MaskPlan:
+    """The engine's plan as the client applies it (HASH entries name the server's key)."""
+    return MaskPlan(
+        tuple(
+            MaskEntry(
+                path=m.path,
+                operator=MaskOperator[m.op.name],
+                keep_first=m.keep_first,
+                keep_last=m.keep_last,
+                key_id=hash_key_id if m.op is MaskOp.HASH else "",
+                rule_ids=m.rule_ids,
+            )
+            for m in plan
         )
-    return out
+    )
+
+
+def masked_fields(plan: Sequence[FieldMask]) -> tuple[MaskedField, ...]:
+    """A masking plan as reviewers and audit records keep it: each path with its operator and
+    options, so a later replay can tell `redact` from `partial` on the same path."""
+    return tuple(MaskedField(m.path, m.op.name.lower(), m.keep_first, m.keep_last) for m in plan)
 
 
 def masking_doc(plan: Sequence[FieldMask]) -> list[dict[str, Any]]:
-    """A masking plan as reviewers and audit records keep it: each path with its operator and
-    options, so a later replay can tell `redact` from `partial` on the same path."""
-    return [
-        {
-            "path": m.path,
-            "operator": m.op.name.lower(),
-            "keep_first": m.keep_first,
-            "keep_last": m.keep_last,
-        }
-        for m in plan
-    ]
-
-
-def mask_op_proto(name: str) -> pb.MaskOperator.ValueType:
-    """The API operator for a plan entry stored by name ("redact", ...)."""
-    op = MaskOp.__members__.get(name.upper())
-    return _PB_OPS[op] if op is not None else pb.MASK_OPERATOR_UNSPECIFIED
-
-
-def requirement_proto(req: ApprovalRequirement) -> pb.ApprovalRequirement:
-    out = pb.ApprovalRequirement(
-        quorum=req.quorum, rule_ids=req.rule_ids, requester_ids=req.requester_ids
-    )
-    out.pending_ttl.FromTimedelta(req.pending_ttl)
-    out.grant_ttl.FromTimedelta(req.grant_ttl)
-    for s in req.approvers:
-        out.approvers.add(roles=s.roles, groups=s.groups)
-    return out
+    """`masked_fields` as the JSON audit records carry."""
+    return [dataclasses.asdict(m) for m in masked_fields(plan)]
 
 
 def requirement_from_doc(
@@ -151,49 +127,49 @@ class Views:
         self._keys = {hash_key_id: hash_key}
         self.audit_selection = audit or AuditSelection()
 
-    def plan(self, decision: Decision) -> pb.MaskingPlan:
-        return plan_proto(decision.masking_plan, self.hash_key_id)
+    def plan(self, decision: Decision) -> MaskPlan:
+        return masking_plan(decision.masking_plan, self.hash_key_id)
 
     def masked_payload(self, request: Request, decision: Decision) -> Any:
         # Lenient: the plan addresses the resource's data; the payload may hold some of it.
         return apply_mask(request.payload, self.plan(decision), keys=self._keys, lenient=True)
 
-    def reviewer_view(self, request: Request, decision: Decision) -> dict[str, Any]:
+    def reviewer_view(self, request: Request, decision: Decision) -> ReviewerView:
         """The request as approvers see it: ids, names and the masked payload, no attributes."""
-        return {
-            "requester_id": request.principal.id,
-            "requester_kind": request.principal.kind.value,
-            "requester_roles": sorted(set(request.principal.roles)),
-            "action": request.action,
-            "resource_kind": request.resource.kind,
-            "resource_id": request.resource.id,
-            "fields": _fields(request),
-            "payload": _bounded(self.masked_payload(request, decision)),
-            "environment": request.context.environment,
-            "reasons": list(decision.reasons),
-            "matched_rules": list(decision.matched_rules),
-            "masking_plan": masking_doc(decision.masking_plan),
-        }
+        return ReviewerView(
+            requester_id=request.principal.id,
+            requester_kind=request.principal.kind.value,
+            requester_roles=tuple(sorted(set(request.principal.roles))),
+            action=request.action,
+            resource_kind=request.resource.kind,
+            resource_id=request.resource.id,
+            fields=request.resource.fields,
+            payload=_bounded(self.masked_payload(request, decision)),
+            environment=request.context.environment,
+            reasons=decision.reasons,
+            matched_rules=decision.matched_rules,
+            masking_plan=masked_fields(decision.masking_plan),
+        )
 
     def summary(
         self, request: Request, decision: Decision, pending_expires_at: str
-    ) -> dict[str, Any]:
+    ) -> ApprovalSummary:
         """What events and notifications carry: never payload or attribute values."""
         req = decision.approval
         assert req is not None
-        return {
-            "requester_id": request.principal.id,
-            "requester_kind": request.principal.kind.value,
-            "action": request.action,
-            "resource_kind": request.resource.kind,
-            "resource_id": request.resource.id,
-            "environment": request.context.environment,
-            "fields": _fields(request),
-            "reasons": list(decision.reasons),
-            "matched_rules": list(decision.matched_rules),
-            "requirement": requirement_doc(req),
-            "pending_expires_at": pending_expires_at,
-        }
+        return ApprovalSummary(
+            requester_id=request.principal.id,
+            requester_kind=request.principal.kind.value,
+            action=request.action,
+            resource_kind=request.resource.kind,
+            resource_id=request.resource.id,
+            environment=request.context.environment,
+            fields=request.resource.fields,
+            reasons=decision.reasons,
+            matched_rules=decision.matched_rules,
+            requirement=requirement_doc(req),
+            pending_expires_at=pending_expires_at,
+        )
 
     def audit_view(self, request: Request, decision: Decision) -> dict[str, Any]:
         """The request as an audit record keeps it: allowlisted attributes, and of the payload

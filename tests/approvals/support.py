@@ -25,6 +25,7 @@ from signoff import devtokens
 from signoff.approvals.digest import digest_key
 from signoff.approvals.flow import ApprovalFlow
 from signoff.approvals.model import ApprovalRecord, State
+from signoff.approvals.service import Approvals
 from signoff.approvals.store import (
     DEFAULT_MAX_PENDING_PER_REQUESTER,
     ApprovalStore,
@@ -306,8 +307,10 @@ def serve(
         clock=clock,
         max_pending_per_requester=max_pending,
     )
-    flow = ApprovalFlow(
-        store, digest_key=digest_key(KEY), views=Views(hash_key=KEY, hash_key_id=KEY_ID)
+    views = Views(hash_key=KEY, hash_key_id=KEY_ID)
+    flow = ApprovalFlow(store, digest_key=digest_key(KEY), views=views)
+    approvals = Approvals(
+        store, digest_key=digest_key(KEY), views=views, watch_poll_ms=watch_poll_ms
     )
     running = app.start(
         engine,
@@ -315,7 +318,7 @@ def serve(
         hash_key_id=KEY_ID,
         workers=workers,
         approvals=flow,
-        approval_service=ApprovalService(store, auth, watch_poll_ms=watch_poll_ms),
+        approval_service=ApprovalService(approvals, auth),
     )
     channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
     try:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from signoff.client import REDACTED, MaskingError, apply_mask, canonical_form, key_id
+from signoff.client.plan import MaskEntry, MaskOperator, MaskPlan
 from signoff.v1 import signoff_pb2 as pb
 
 KEY = b"test-key-one"
@@ -404,6 +405,39 @@ def test_failure_leaves_the_input_untouched() -> None:
 def test_plan_can_be_taken_from_a_check_response() -> None:
     response = pb.CheckResponse(verdict=pb.VERDICT_MASK, masking_plan=plan(entry("email", EMAIL)))
     assert apply_mask({"email": "a@x.io"}, response) == {"email": "***@x.io"}
+
+
+def test_a_plain_plan_masks_exactly_as_the_same_plan_read_off_the_wire() -> None:
+    wire = plan(
+        entry("email", EMAIL),
+        entry("id", HASH),
+        entry("card", PARTIAL, keep_last=4),
+        entry("note", REDACT),
+        entry("rows.*.x", NULLIFY),
+    )
+    plain = MaskPlan(
+        tuple(
+            MaskEntry(e.path, MaskOperator(e.operator), e.keep_first, e.keep_last, e.key_id)
+            for e in wire.fields
+        )
+    )
+    record = {
+        "email": "a@x.io",
+        "id": 42,
+        "card": "4111111111111111",
+        "note": "hi",
+        "rows": [{"x": 1}, {"x": 2}],
+    }
+    masked = apply_mask(record, plain, keys=KEYS)
+    assert masked == apply_mask(record, wire, keys=KEYS)
+    assert masked["note"] == REDACTED
+    assert masked["rows"] == [{"x": None}, {"x": None}]
+
+
+@pytest.mark.parametrize("operator", [0, 99])
+def test_a_plain_plan_with_an_unknown_operator_is_refused(operator: int) -> None:
+    with pytest.raises(MaskingError, match="unsupported mask operator"):
+        apply_mask({"v": 1}, MaskPlan((MaskEntry("v", operator),)))
 
 
 def test_plan_of_another_type_is_a_type_error() -> None:

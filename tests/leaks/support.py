@@ -21,6 +21,7 @@ from google.protobuf.message import Message
 from signoff.approvals.digest import digest_key
 from signoff.approvals.flow import ApprovalFlow
 from signoff.approvals.notifier import Notifier, NotifierConfig
+from signoff.approvals.service import Approvals
 from signoff.approvals.store import ApprovalStore
 from signoff.audit import STREAMS, ApprovalEventAuditor, AuditConfig, AuditLog, audit_key
 from signoff.engine.evaluator import Engine
@@ -438,7 +439,15 @@ def assemble(
         workers=8,
         approvals=flow,
         approval_service=ApprovalService(
-            store, authenticator, watch_poll_ms=100, max_watchers=4, telemetry=telemetry
+            Approvals(
+                store,
+                digest_key=digest_key(KEY),
+                views=views,
+                telemetry=telemetry,
+                watch_poll_ms=100,
+                max_watchers=4,
+            ),
+            authenticator,
         ),
         telemetry=telemetry,
         audit=audit,

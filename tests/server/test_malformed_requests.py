@@ -14,6 +14,8 @@ from google.protobuf import struct_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from signoff.approvals.digest import digest_key
+from signoff.approvals.service import Approvals
 from signoff.approvals.store import ApprovalStore
 from signoff.engine.evaluator import Engine
 from signoff.identity import NoAuthenticator
@@ -23,9 +25,11 @@ from signoff.server.approvals import ApprovalService
 from signoff.v1 import admin_pb2 as adb
 from signoff.v1 import approvals_pb2 as apb
 from signoff.v1 import signoff_pb2 as pb
+from signoff.views import Views
 from tests.conftest import RULES
 from tests.observability.harness import by_label, metric_points
 from tests.server.harness import (
+    KEY,
     KEY_ID,
     REDIS_URL,
     TIMEOUT,
@@ -141,7 +145,15 @@ def served() -> Iterator[Served]:
         Engine(bundled()),
         "127.0.0.1:0",
         hash_key_id=KEY_ID,
-        approval_service=ApprovalService(store, NoAuthenticator(), telemetry=telemetry),
+        approval_service=ApprovalService(
+            Approvals(
+                store,
+                digest_key=digest_key(KEY),
+                views=Views(hash_key=KEY, hash_key_id=KEY_ID),
+                telemetry=telemetry,
+            ),
+            NoAuthenticator(),
+        ),
         telemetry=telemetry,
         reloading=app.Reloading(RULES, "cel-expr", NoAuthenticator()),
     )

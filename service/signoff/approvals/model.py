@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from signoff.engine.model import FieldRef
 
 # "apr_" + secrets.token_urlsafe(18): anything else is no approval of ours, and must never be
 # spliced into a Redis key (":votes" or ":events" suffixes would name other keys).
@@ -53,8 +57,116 @@ class Vote:
 
 
 @dataclass(frozen=True)
+class MaskedField:
+    """A masking plan entry as reviewer views and audit records keep it: the operator by its
+    name ("redact", ...), with its options, so a replay can tell `redact` from `partial`.
+    """
+
+    path: str
+    operator: str
+    keep_first: int = 0
+    keep_last: int = 0
+
+
+def _fields(doc: Mapping[str, Any]) -> tuple[FieldRef, ...]:
+    return tuple(FieldRef(f["path"], tuple(f.get("tags", ()))) for f in doc.get("fields", ()))
+
+
+def _known(cls: type, doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The members of `doc` that `cls` has fields for: a later writer may add members."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in doc.items() if k in names}
+
+
+class _Stored:
+    """A dataclass stored as a JSON object whose member names are its field names."""
+
+    def to_doc(self) -> dict[str, Any]:
+        out: dict[str, Any] = dataclasses.asdict(self)  # type: ignore[call-overload]
+        return out
+
+
+@dataclass(frozen=True)
+class ReviewerView(_Stored):
+    """The request as approvers see it: ids, names and the masked payload, no attributes.
+
+    Stored as JSON inside the approval (`to_doc`); `from_doc` reads what any version wrote.
+    """
+
+    requester_id: str
+    requester_kind: str
+    action: str
+    resource_kind: str
+    requester_roles: tuple[str, ...] = ()
+    resource_id: str = ""
+    fields: tuple[FieldRef, ...] = ()
+    payload: Any = None
+    environment: str = ""
+    reasons: tuple[str, ...] = ()
+    matched_rules: tuple[str, ...] = ()
+    masking_plan: tuple[MaskedField, ...] = ()
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> ReviewerView:
+        known = _known(cls, doc)
+        return cls(
+            **{
+                **known,
+                "requester_roles": tuple(known.get("requester_roles", ())),
+                "reasons": tuple(known.get("reasons", ())),
+                "matched_rules": tuple(known.get("matched_rules", ())),
+                "fields": _fields(doc),
+                "masking_plan": tuple(
+                    MaskedField(**_known(MaskedField, m)) for m in doc.get("masking_plan", ())
+                ),
+            }
+        )
+
+
+@dataclass(frozen=True)
+class ApprovalSummary(_Stored):
+    """What transition events and notifications carry: never payload or attribute values."""
+
+    requester_id: str
+    requester_kind: str
+    action: str
+    resource_kind: str
+    resource_id: str
+    environment: str
+    fields: tuple[FieldRef, ...]
+    reasons: tuple[str, ...]
+    matched_rules: tuple[str, ...]
+    requirement: dict[str, Any]
+    pending_expires_at: str
+
+
+@dataclass(frozen=True)
+class ApprovalRequest(_Stored):
+    """What an approval was asked for: written once when it is created, never changed."""
+
+    requester_id: str
+    requester_kind: str
+    requester_ids: tuple[str, ...]
+    requirement: dict[str, Any]  # {"approvers": [{"roles": [...], "groups": [...]}], "quorum", ...}
+    view: ReviewerView
+    policy_revision: str = ""
+    decision_id: str = ""
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> ApprovalRequest:
+        known = _known(cls, doc)
+        return cls(
+            **{
+                **known,
+                "requester_ids": tuple(known["requester_ids"]),
+                "view": ReviewerView.from_doc(doc["view"]),
+            }
+        )
+
+
+@dataclass(frozen=True)
 class ApprovalRecord:
-    """One approval as stored; `view` is the masked request reviewers see (JSON-ready)."""
+    """One approval as stored; `view` is the masked request reviewers see."""
 
     id: str
     state: State
@@ -62,8 +174,8 @@ class ApprovalRecord:
     requester_id: str
     requester_kind: str
     requester_ids: tuple[str, ...]
-    requirement: dict[str, Any]  # {"approvers": [{"roles": [...], "groups": [...]}], "quorum", ...}
-    view: dict[str, Any]
+    requirement: dict[str, Any]  # as in ApprovalRequest
+    view: ReviewerView
     created_ms: int
     pending_expires_ms: int
     grant_ttl_ms: int

@@ -17,6 +17,7 @@ accumulates; expiry itself is decided from the stored times, never from key TTLs
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import hashlib
 import json
 import logging
@@ -31,7 +32,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from signoff.approvals.model import ApprovalRecord, State, Vote, is_approval_id
+from signoff.approvals.model import ApprovalRecord, ApprovalRequest, State, Vote, is_approval_id
 from signoff.errors import SignoffError, StoreUnavailable
 from signoff.identities import identity_key
 
@@ -103,6 +104,12 @@ local function expire_if_due(prefix, id, rec, now, at)
   end
   return state
 end
+-- The record's key and its state now (expired once its window has ended); nil when absent.
+local function current(prefix, id, now, at)
+  local rec = prefix .. 'approval:' .. id
+  if redis.call('EXISTS', rec) == 0 then return rec, nil end
+  return rec, expire_if_due(prefix, id, rec, now, at)
+end
 """
 
 
@@ -149,9 +156,8 @@ return {'created', id}
 # ARGV: prefix, id, now, at, approver, vote_json, quorum, reason
 _APPROVE = _script("""
 local prefix, id, now, at = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local rec = prefix .. 'approval:' .. id
-if redis.call('EXISTS', rec) == 0 then return {'not_found'} end
-local state = expire_if_due(prefix, id, rec, now, at)
+local rec, state = current(prefix, id, now, at)
+if not state then return {'not_found'} end
 if state ~= 'pending' then return {'conflict', state} end
 local votes = rec .. ':votes'
 if redis.call('HSETNX', votes, ARGV[5], ARGV[6]) == 0 then
@@ -176,9 +182,8 @@ return {'voted', tostring(n)}
 # ARGV: prefix, id, now, at, approver, vote_json, reason
 _REJECT = _script("""
 local prefix, id, now, at = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local rec = prefix .. 'approval:' .. id
-if redis.call('EXISTS', rec) == 0 then return {'not_found'} end
-local state = expire_if_due(prefix, id, rec, now, at)
+local rec, state = current(prefix, id, now, at)
+if not state then return {'not_found'} end
 if state ~= 'pending' then return {'conflict', state} end
 -- A rejection replaces the same approver's earlier approval: it is their last word.
 local votes = rec .. ':votes'
@@ -193,9 +198,8 @@ return {'rejected'}
 # ARGV: prefix, id, now, at, actor, reason
 _CANCEL = _script("""
 local prefix, id, now, at = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local rec = prefix .. 'approval:' .. id
-if redis.call('EXISTS', rec) == 0 then return {'not_found'} end
-local state = expire_if_due(prefix, id, rec, now, at)
+local rec, state = current(prefix, id, now, at)
+if not state then return {'not_found'} end
 if state ~= 'pending' and state ~= 'approved' then return {'conflict', state} end
 finish(prefix, id, rec, 'cancelled', ARGV[5], now, at, ARGV[6])
 return {'cancelled'}
@@ -233,12 +237,35 @@ return n
 """)
 
 
+class Result(enum.StrEnum):
+    """What a transition script answered. Beside the transitions' own results, a refusal
+    names the approval's state: CONFLICT for a vote or cancel, the bare state for consume."""
+
+    CREATED = "created"
+    VOTED = "voted"
+    DUPLICATE = "duplicate"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+    OK = "ok"  # consumed, by this caller
+    CONFLICT = "conflict"
+    NOT_FOUND = "not_found"
+    MISMATCH = "mismatch"
+    PENDING = "pending"
+    EXPIRED = "expired"
+    CONSUMED = "consumed"
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What a transition script answered: `status` plus the state or count it reports."""
 
-    status: str
+    status: Result
     detail: str = ""
+
+    @classmethod
+    def of(cls, result: list[Any]) -> Outcome:
+        return cls(Result(str(result[0])), str(result[1]) if len(result) > 1 else "")
 
 
 class ApprovalStore:
@@ -358,7 +385,7 @@ class ApprovalStore:
         )
         if result[0] == "limit":
             raise PendingLimit(int(result[1]), self.max_pending_per_requester)
-        return str(result[1]), result[0] == "created"
+        return str(result[1]), result[0] == Result.CREATED
 
     def _requester_key(self, requester: str) -> str:
         """The key counting `requester`'s pending approvals: one per identity however it is
@@ -370,18 +397,18 @@ class ApprovalStore:
         now = self.clock()
         vote = _vote_json(approve=True, reason=reason, now=now)
         result = self._run("approve", approval_id, now, iso(now), approver, vote, quorum, reason)
-        return Outcome(str(result[0]), str(result[1]) if len(result) > 1 else "")
+        return Outcome.of(result)
 
     def reject(self, approval_id: str, approver: str, reason: str) -> Outcome:
         now = self.clock()
         vote = _vote_json(approve=False, reason=reason, now=now)
         result = self._run("reject", approval_id, now, iso(now), approver, vote, reason)
-        return Outcome(str(result[0]), str(result[1]) if len(result) > 1 else "")
+        return Outcome.of(result)
 
     def cancel(self, approval_id: str, actor: str, reason: str) -> Outcome:
         now = self.clock()
         result = self._run("cancel", approval_id, now, iso(now), actor, reason)
-        return Outcome(str(result[0]), str(result[1]) if len(result) > 1 else "")
+        return Outcome.of(result)
 
     def consume(self, approval_id: str, digest: str, actor: str) -> Outcome:
         """Use an approval for the action with `digest`.
@@ -393,7 +420,7 @@ class ApprovalStore:
         now = self.clock()
         result = self._run("consume", approval_id, now, iso(now), digest, actor)
         # 'ok' is the one winning transition; any state name is why this caller did not win.
-        return Outcome(str(result[0]))
+        return Outcome.of(result)
 
     def expire_due(self, limit: int = 500) -> int:
         now = self.clock()
@@ -453,7 +480,7 @@ def _vote_json(*, approve: bool, reason: str, now: int) -> str:
 
 
 def _record(approval_id: str, f: dict[str, str], votes: dict[str, str], now: int) -> ApprovalRecord:
-    doc = json.loads(f["doc"])
+    request = ApprovalRequest.from_doc(json.loads(f["doc"]))
     state = State(f["state"])
     pending_expires = int(f["pending_expires_ms"])
     grant_expires = int(f["grant_expires_ms"])
@@ -471,11 +498,11 @@ def _record(approval_id: str, f: dict[str, str], votes: dict[str, str], now: int
         id=approval_id,
         state=state,
         digest=f["digest"],
-        requester_id=doc["requester_id"],
-        requester_kind=doc["requester_kind"],
-        requester_ids=tuple(doc["requester_ids"]),
-        requirement=doc["requirement"],
-        view=doc["view"],
+        requester_id=request.requester_id,
+        requester_kind=request.requester_kind,
+        requester_ids=request.requester_ids,
+        requirement=request.requirement,
+        view=request.view,
         created_ms=int(f["created_ms"]),
         pending_expires_ms=pending_expires,
         grant_ttl_ms=int(f["grant_ttl_ms"]),
@@ -483,7 +510,7 @@ def _record(approval_id: str, f: dict[str, str], votes: dict[str, str], now: int
         grant_expires_ms=grant_expires,
         final_ms=final_ms,
         final_reason=final_reason,
-        policy_revision=doc.get("policy_revision", ""),
-        decision_id=doc.get("decision_id", ""),
+        policy_revision=request.policy_revision,
+        decision_id=request.decision_id,
         votes=tuple(parsed),
     )

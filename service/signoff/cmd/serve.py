@@ -379,6 +379,7 @@ def _serve_with(
     telemetry: Telemetry,
 ) -> int:
     from signoff.approvals.flow import ApprovalFlow
+    from signoff.approvals.service import Approvals
     from signoff.approvals.store import ApprovalStore
     from signoff.audit import ApprovalEventAuditor, AuditConfig, AuditLog
     from signoff.client.masking import key_id
@@ -467,7 +468,14 @@ def _serve_with(
             ),
             approvals=flow,
             approval_service=ApprovalService(
-                store, identity, max_watchers=cfg.workers // 2, telemetry=telemetry
+                Approvals(
+                    store,
+                    digest_key=keys.digest,
+                    views=views,
+                    telemetry=telemetry,
+                    max_watchers=cfg.workers // 2,
+                ),
+                identity,
             ),
             telemetry=telemetry,
             audit=audit,

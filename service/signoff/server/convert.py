@@ -13,8 +13,8 @@ from google.protobuf import struct_pb2
 
 from signoff.engine import model
 from signoff.errors import InvalidRequest
+from signoff.server.protos import plan_proto, requirement_proto
 from signoff.v1 import signoff_pb2 as pb
-from signoff.views import plan_proto, requirement_proto
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import Any, TypeAlias
 
 from signoff.client.errors import MaskingError
 from signoff.client.partial import partial_text
+from signoff.client.plan import MaskEntry, MaskOperator, MaskPlan
 from signoff.v1 import signoff_pb2
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "apply_mask",
     "canonical_form",
     "key_id",
+    "plan_from_proto",
 ]
 
 REDACTED = "[REDACTED]"
@@ -34,11 +36,11 @@ _WILDCARD = "*"
 _INDEX = re.compile(r"0|[1-9][0-9]*")
 # Higher wins when several entries hit the same value.
 _STRICTNESS: dict[int, int] = {
-    signoff_pb2.MASK_OPERATOR_PARTIAL: 1,
-    signoff_pb2.MASK_OPERATOR_EMAIL: 2,
-    signoff_pb2.MASK_OPERATOR_HASH: 3,
-    signoff_pb2.MASK_OPERATOR_REDACT: 4,
-    signoff_pb2.MASK_OPERATOR_NULLIFY: 5,
+    MaskOperator.PARTIAL: 1,
+    MaskOperator.EMAIL: 2,
+    MaskOperator.HASH: 3,
+    MaskOperator.REDACT: 4,
+    MaskOperator.NULLIFY: 5,
 }
 _RELEASING = frozenset({signoff_pb2.VERDICT_ALLOW, signoff_pb2.VERDICT_MASK})
 # The record's data model: JSON. bool is an int, so it is covered.
@@ -65,7 +67,7 @@ class _Rule:
 
 def apply_mask(
     record: Any,
-    plan: signoff_pb2.MaskingPlan | signoff_pb2.CheckResponse,
+    plan: MaskPlan | signoff_pb2.MaskingPlan | signoff_pb2.CheckResponse,
     *,
     keys: Mapping[str, bytes] | None = None,
     lenient: bool = False,
@@ -75,8 +77,9 @@ def apply_mask(
     `record` is JSON-like: objects (any Mapping with str keys, a namedtuple or a dataclass
     instance), arrays (list or tuple), str, int, float, bool and None, nested freely up to
     MAX_DEPTH; a list at the top is treated as rows. Anything else is refused. The copy is made
-    of plain dicts and lists. `plan` is a MaskingPlan, or a CheckResponse whose masking_plan is
-    used. `keys` maps a key id (see `key_id`) to the HMAC key used by HASH entries naming it.
+    of plain dicts and lists. `plan` is a plain MaskPlan, the API's MaskingPlan, or a
+    CheckResponse whose masking_plan is used. `keys` maps a key id (see `key_id`) to the HMAC
+    key used by HASH entries naming it.
 
     A path the record cannot address (a name on an array, a segment on a string, number or
     boolean, or an entry that selects nothing because a member or index is missing) raises
@@ -90,9 +93,13 @@ def apply_mask(
     """
     if isinstance(plan, signoff_pb2.CheckResponse):
         require_release(plan.verdict, plan.decision_id)
-        plan = plan.masking_plan
-    elif not isinstance(plan, signoff_pb2.MaskingPlan):
-        raise TypeError(f"plan must be a MaskingPlan or a CheckResponse, not {type(plan).__name__}")
+        plan = plan_from_proto(plan.masking_plan)
+    elif isinstance(plan, signoff_pb2.MaskingPlan):
+        plan = plan_from_proto(plan)
+    elif not isinstance(plan, MaskPlan):
+        raise TypeError(
+            f"plan must be a MaskPlan, a MaskingPlan or a CheckResponse, not {type(plan).__name__}"
+        )
     rules = [_rule(index, entry, keys) for index, entry in enumerate(plan.fields)]
     result = _copy(record, 0, set())
     targets: dict[_Location, _Rule] = {}
@@ -111,6 +118,30 @@ def apply_mask(
             parent = parent[step]
         parent[location[-1]] = _transform(targets[location], parent[location[-1]])
     return result
+
+
+def plan_from_proto(message: signoff_pb2.MaskingPlan) -> MaskPlan:
+    """The API's MaskingPlan as a plain MaskPlan; operators stay numbers, known or not."""
+    return MaskPlan(
+        tuple(
+            MaskEntry(
+                path=entry.path,
+                operator=_operator(int(entry.operator)),
+                keep_first=entry.keep_first,
+                keep_last=entry.keep_last,
+                key_id=entry.key_id,
+                rule_ids=tuple(entry.rule_ids),
+            )
+            for entry in message.fields
+        )
+    )
+
+
+def _operator(number: int) -> int:
+    try:
+        return MaskOperator(number)
+    except ValueError:  # refused with its number when the plan is used
+        return number
 
 
 def require_release(verdict: int, decision_id: str) -> None:
@@ -150,18 +181,18 @@ def canonical_form(value: Any) -> bytes:
         raise MaskingError("value contains a lone surrogate, which has no UTF-8 form") from err
 
 
-def _rule(index: int, entry: signoff_pb2.FieldMask, keys: Mapping[str, bytes] | None) -> _Rule:
+def _rule(index: int, entry: MaskEntry, keys: Mapping[str, bytes] | None) -> _Rule:
     where = f"masking plan entry {index} (path {entry.path!r})"
     segments = tuple(entry.path.split("."))
     if "" in segments:
         raise MaskingError(f"{where}: path and path segments must not be empty")
     operator = int(entry.operator)
     if operator not in _STRICTNESS:
-        name = signoff_pb2.MaskOperator.Name(entry.operator) if operator == 0 else str(operator)
+        name = "MASK_OPERATOR_UNSPECIFIED" if operator == 0 else str(operator)
         raise MaskingError(f"{where}: unsupported mask operator {name}")
-    if operator == signoff_pb2.MASK_OPERATOR_PARTIAL:
+    if operator == MaskOperator.PARTIAL:
         return _Rule(segments, operator, where, entry.keep_first, entry.keep_last)
-    if operator == signoff_pb2.MASK_OPERATOR_HASH:
+    if operator == MaskOperator.HASH:
         key = (keys or {}).get(entry.key_id)
         if key is None:
             raise MaskingError(f"{where}: no hash key for key id {entry.key_id!r}")
@@ -177,7 +208,7 @@ def _rule(index: int, entry: signoff_pb2.FieldMask, keys: Mapping[str, bytes] | 
 def _stricter(current: _Rule, new: _Rule) -> _Rule:
     if _STRICTNESS[new.operator] != _STRICTNESS[current.operator]:
         return new if _STRICTNESS[new.operator] > _STRICTNESS[current.operator] else current
-    if current.operator == signoff_pb2.MASK_OPERATOR_PARTIAL:
+    if current.operator == MaskOperator.PARTIAL:
         return _Rule(
             current.segments,
             current.operator,
@@ -283,14 +314,14 @@ def _kind(value: Any) -> str:
 
 
 def _transform(rule: _Rule, value: Any) -> Any:
-    if rule.operator == signoff_pb2.MASK_OPERATOR_NULLIFY:
+    if rule.operator == MaskOperator.NULLIFY:
         return None
-    if rule.operator == signoff_pb2.MASK_OPERATOR_REDACT:
+    if rule.operator == MaskOperator.REDACT:
         return REDACTED
-    if rule.operator == signoff_pb2.MASK_OPERATOR_HASH:
+    if rule.operator == MaskOperator.HASH:
         digest = hmac.new(rule.key, canonical_form(value), hashlib.sha256).hexdigest()
         return HASH_PREFIX + digest[:32]
-    if rule.operator == signoff_pb2.MASK_OPERATOR_EMAIL:
+    if rule.operator == MaskOperator.EMAIL:
         return _email(value)
     return _partial(value, rule.keep_first, rule.keep_last)
 
