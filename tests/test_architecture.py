@@ -31,11 +31,29 @@ def modules() -> dict[str, Path]:
 MODULES = modules()
 
 
+def _module_level(body: list[ast.stmt]) -> Iterator[ast.stmt]:
+    """The statements that run when the module is imported: not function or class bodies
+    (imports there are lazy), not `if TYPE_CHECKING:` blocks (only the type checker runs them)."""
+    for node in body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            continue
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            yield from _module_level(node.orelse)
+            continue
+        yield node
+        for field in ("body", "orelse", "finalbody", "handlers"):
+            inner = getattr(node, field, None)
+            if isinstance(inner, list):
+                yield from _module_level([n for n in inner if isinstance(n, ast.stmt)])
+        for handler in getattr(node, "handlers", []):
+            yield from _module_level(handler.body)
+
+
 def imports_of(name: str) -> Iterator[str]:
-    """Every module `name` imports, at any depth of its body (lazy imports count too)."""
+    """Every module that importing `name` imports (its module-level imports)."""
     tree = ast.parse(MODULES[name].read_text(encoding="utf-8"))
     package = name if MODULES[name].name == "__init__.py" else name.rpartition(".")[0]
-    for node in ast.walk(tree):
+    for node in _module_level(tree.body):
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):

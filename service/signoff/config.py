@@ -8,7 +8,7 @@ from pathlib import Path
 
 from signoff.approvals.store import DEFAULT_MAX_PENDING_PER_REQUESTER
 from signoff.keys import KeySources
-from signoff.server.convert import Limits
+from signoff.limits import Limits
 from signoff.server.tls import TLSFiles
 
 log = logging.getLogger("signoff.config")

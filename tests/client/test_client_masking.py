@@ -588,3 +588,12 @@ def test_documented_path_table() -> None:
     # Lenient: the last three rows are errors by default (see test_client_masking_shapes.py).
     for path, masked in expected.items():
         assert apply_mask(record, plan(entry(path, NULLIFY)), lenient=True) == masked, path
+
+
+def test_the_verdict_numbers_masking_knows_are_the_apis() -> None:
+    from signoff.client import masking
+    from signoff.v1 import signoff_pb2
+
+    names = {number: name.removeprefix("VERDICT_") for name, number in signoff_pb2.Verdict.items()}
+    assert names == masking._VERDICT_NAMES
+    assert {signoff_pb2.VERDICT_ALLOW, signoff_pb2.VERDICT_MASK} == masking._RELEASING

@@ -6,34 +6,15 @@ import datetime as dt
 import json
 import math
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import struct_pb2
 
 from signoff.engine import model
 from signoff.errors import InvalidRequest
+from signoff.limits import Limits as Limits
 from signoff.server.protos import plan_proto, requirement_proto
 from signoff.v1 import signoff_pb2 as pb
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Bounds on request size, so one caller cannot make a decision arbitrarily expensive."""
-
-    max_batch_items: int = 1000
-    max_id_length: int = 512
-    max_roles: int = 256
-    max_fields: int = 2000
-    max_tags_per_field: int = 64
-    max_struct_bytes: int = 256 * 1024
-    # Largest request message the server reads; a larger one is refused (RESOURCE_EXHAUSTED)
-    # from its length prefix, before its body is read.
-    max_message_bytes: int = 1024 * 1024
-    # RPCs admitted at once, running or waiting for a worker; beyond: RESOURCE_EXHAUSTED.
-    # 0: no limit.
-    max_concurrent_rpcs: int = 256
-
 
 # How deep objects and lists may nest in any Struct a request carries, counting the Struct
 # itself as 1. Protobuf parsers refuse messages nested past 100 levels, and each JSON object

@@ -10,12 +10,14 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from signoff.client.errors import MaskingError
 from signoff.client.partial import partial_text
 from signoff.client.plan import MaskEntry, MaskOperator, MaskPlan
-from signoff.v1 import signoff_pb2
+
+if TYPE_CHECKING:  # the API's messages are accepted, but only imported when one is passed
+    from signoff.v1 import signoff_pb2
 
 __all__ = [
     "HASH_PREFIX",
@@ -42,7 +44,9 @@ _STRICTNESS: dict[int, int] = {
     MaskOperator.REDACT: 4,
     MaskOperator.NULLIFY: 5,
 }
-_RELEASING = frozenset({signoff_pb2.VERDICT_ALLOW, signoff_pb2.VERDICT_MASK})
+# The API's Verdict numbers that let data go (ALLOW, MASK), and each verdict's name.
+_RELEASING = frozenset({1, 3})
+_VERDICT_NAMES = {0: "UNSPECIFIED", 1: "ALLOW", 2: "DENY", 3: "MASK", 4: "REQUIRE_APPROVAL"}
 # The record's data model: JSON. bool is an int, so it is covered.
 _SCALARS = (str, int, float, type(None))
 # Deep enough for any record a policy can describe, and far from Python's recursion limit, so
@@ -91,12 +95,9 @@ def apply_mask(
     not in `keys`. Raises MaskingError when a value to hash cannot be put in canonical form.
     See docs/masking.md for the exact semantics.
     """
-    if isinstance(plan, signoff_pb2.CheckResponse):
-        require_release(plan.verdict, plan.decision_id)
-        plan = plan_from_proto(plan.masking_plan)
-    elif isinstance(plan, signoff_pb2.MaskingPlan):
-        plan = plan_from_proto(plan)
-    elif not isinstance(plan, MaskPlan):
+    if not isinstance(plan, MaskPlan) and hasattr(plan, "DESCRIPTOR"):
+        plan = _from_message(plan)
+    if not isinstance(plan, MaskPlan):
         raise TypeError(
             f"plan must be a MaskPlan, a MaskingPlan or a CheckResponse, not {type(plan).__name__}"
         )
@@ -118,6 +119,20 @@ def apply_mask(
             parent = parent[step]
         parent[location[-1]] = _transform(targets[location], parent[location[-1]])
     return result
+
+
+def _from_message(message: Any) -> Any:
+    """A plain plan from the API's MaskingPlan or CheckResponse (checking its verdict); any
+    other message is returned as it came, for apply_mask to refuse."""
+    # Imported here: the service's core masks with plain plans and never loads protobuf code.
+    from signoff.v1 import signoff_pb2
+
+    if isinstance(message, signoff_pb2.CheckResponse):
+        require_release(message.verdict, message.decision_id)
+        return plan_from_proto(message.masking_plan)
+    if isinstance(message, signoff_pb2.MaskingPlan):
+        return plan_from_proto(message)
+    return message
 
 
 def plan_from_proto(message: signoff_pb2.MaskingPlan) -> MaskPlan:
@@ -151,13 +166,7 @@ def require_release(verdict: int, decision_id: str) -> None:
     anyway would hand the caller a record it must not send, with nothing to say so.
     """
     if verdict not in _RELEASING:
-        name = (
-            signoff_pb2.Verdict.Name(signoff_pb2.Verdict.ValueType(verdict)).removeprefix(
-                "VERDICT_"
-            )
-            if verdict in signoff_pb2.Verdict.values()
-            else str(verdict)
-        )
+        name = _VERDICT_NAMES.get(verdict, str(verdict))
         raise MaskingError(
             f"decision {decision_id!r} is {name}: its data may not be released, masked or not"
         )
