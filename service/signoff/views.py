@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from signoff.audit.record import request_doc
 from signoff.client.masking import apply_mask
 from signoff.engine.model import (
     ApprovalRequirement,
@@ -205,31 +206,4 @@ class Views:
         payload = (
             apply_mask(kept, self.plan(decision), keys=self._keys, lenient=True) if kept else {}
         )
-        return {
-            "principal": {
-                "id": request.principal.id,
-                "kind": request.principal.kind.value,
-                "roles": sorted(set(request.principal.roles)),
-                "attributes": sel.pick("principal", request.principal.attributes),
-            },
-            "action": request.action,
-            "resource": {
-                "kind": request.resource.kind,
-                "id": request.resource.id,
-                "attributes": sel.pick("resource", request.resource.attributes),
-                "fields": _fields(request),
-            },
-            "context": {
-                "environment": request.context.environment,
-                "attributes": sel.pick("context", request.context.attributes),
-            },
-            "payload": payload,
-            "payload_keys": sorted(request.payload),
-            # Which attributes the request carried, by name: with the kept values this tells a
-            # replay an absent attribute from one the record does not keep.
-            "attribute_names": {
-                "principal": sorted(request.principal.attributes),
-                "resource": sorted(request.resource.attributes),
-                "context": sorted(request.context.attributes),
-            },
-        }
+        return request_doc(request, sel.pick, payload)
