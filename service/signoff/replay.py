@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from signoff.audit.record import DecisionRecord, MalformedRecord
+from signoff.audit.record import DecisionRecord
+from signoff.audit.record import MalformedRecord as MalformedRecord  # callers name it here
 from signoff.engine.cel import BACKENDS, DEFAULT_BACKEND
 from signoff.engine.compiled import Bundle
 from signoff.engine.evaluator import Engine

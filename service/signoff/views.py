@@ -12,7 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from signoff.audit.record import request_doc
+# masking_doc is re-exported: the plan's stored form has its one home with the audit record.
+from signoff.audit.record import masking_doc, request_doc
 from signoff.client.masking import apply_mask
 from signoff.engine.model import (
     ApprovalRequirement,
@@ -46,20 +47,6 @@ def plan_proto(plan: Sequence[FieldMask], hash_key_id: str) -> pb.MaskingPlan:
             rule_ids=m.rule_ids,
         )
     return out
-
-
-def masking_doc(plan: Sequence[FieldMask]) -> list[dict[str, Any]]:
-    """A masking plan as reviewers and audit records keep it: each path with its operator and
-    options, so a later replay can tell `redact` from `partial` on the same path."""
-    return [
-        {
-            "path": m.path,
-            "operator": m.op.name.lower(),
-            "keep_first": m.keep_first,
-            "keep_last": m.keep_last,
-        }
-        for m in plan
-    ]
 
 
 def mask_op_proto(name: str) -> pb.MaskOperator.ValueType:

@@ -80,9 +80,9 @@ def test_a_plain_request_is_decided_and_recorded_with_its_caller_without_a_serve
     assert back.kept.principal.attributes == {"tenant": "acme"}
     assert back.kept.payload == {"target": "s3://acme/out"}
     assert back.kept.names == {
-        "principal": {"tenant", "level"},
-        "resource": set(),
-        "context": set(),
+        "principal": frozenset({"tenant", "level"}),
+        "resource": frozenset(),
+        "context": frozenset(),
     }
 
 

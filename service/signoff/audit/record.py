@@ -8,19 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from signoff.audit.chain import Canonical
-from signoff.engine.model import (
-    Context,
-    Decision,
-    FieldMask,
-    FieldRef,
-    MaskOp,
-    Principal,
-    PrincipalKind,
-    Request,
-    Resource,
-    ShadowOutcome,
-    Verdict,
-)
+from signoff.engine import model
+from signoff.engine.model import FieldMask, MaskOp, Verdict
 from signoff.errors import SignoffError
 
 DECISION = "decision"
@@ -40,7 +29,7 @@ class MalformedRecord(SignoffError):
 
 
 def request_doc(
-    request: Request, pick: Callable[[str, Mapping[str, Any]], dict[str, Any]], payload: Any
+    request: model.Request, pick: Callable[[str, Mapping[str, Any]], dict[str, Any]], payload: Any
 ) -> dict[str, Any]:
     """The request's audit view: `pick(section, attributes)` keeps the allowlisted attribute
     values, `payload` is the kept payload already masked; everything else by name only."""
@@ -78,10 +67,10 @@ def request_doc(
 class RecordedRequest:
     """A request read back from its audit view: only what the record kept."""
 
-    principal: Principal  # with the kept attribute values only
+    principal: model.Principal  # with the kept attribute values only
     action: str
-    resource: Resource
-    context: Context
+    resource: model.Resource
+    context: model.Context
     payload: dict[str, Any]  # the kept payload values, masking applied
     payload_keys: frozenset[str] | None  # None: a record from before payload_keys
     names: dict[str, frozenset[str]] | None  # attribute names the request carried
@@ -93,13 +82,17 @@ class RecordedRequest:
         r = _obj(request.get("resource"), index, "request.resource")
         c = _obj(request.get("context", {}), index, "request.context")
         kind = _str(p.get("kind"), index, "request.principal.kind")
-        _need(kind in {k.value for k in PrincipalKind}, index, "request.principal.kind is unknown")
+        _need(
+            kind in {k.value for k in model.PrincipalKind},
+            index,
+            "request.principal.kind is unknown",
+        )
         fields = []
         for n, item in enumerate(r.get("fields", [])):
             where = f"request.resource.fields[{n}]"
             f = _obj(item, index, where)
             path = _str(f.get("path"), index, f"{where}.path")
-            fields.append(FieldRef(path, _strs(f.get("tags", []), index, f"{where}.tags")))
+            fields.append(model.FieldRef(path, _strs(f.get("tags", []), index, f"{where}.tags")))
         names: dict[str, frozenset[str]] | None = None
         if "attribute_names" in request:
             carried = _obj(request["attribute_names"], index, "request.attribute_names")
@@ -109,20 +102,20 @@ class RecordedRequest:
             }
         keys = request.get("payload_keys")
         return RecordedRequest(
-            principal=Principal(
+            principal=model.Principal(
                 id=_str(p.get("id"), index, "request.principal.id"),
-                kind=PrincipalKind(kind),
+                kind=model.PrincipalKind(kind),
                 roles=_strs(p.get("roles", []), index, "request.principal.roles"),
                 attributes=dict(_obj(p.get("attributes", {}), index, "principal.attributes")),
             ),
             action=_str(request.get("action"), index, "request.action"),
-            resource=Resource(
+            resource=model.Resource(
                 kind=_str(r.get("kind"), index, "request.resource.kind"),
                 id=_str(r.get("id", ""), index, "request.resource.id"),
                 attributes=dict(_obj(r.get("attributes", {}), index, "resource.attributes")),
                 fields=tuple(fields),
             ),
-            context=Context(
+            context=model.Context(
                 environment=_str(c.get("environment", ""), index, "request.context.environment"),
                 attributes=dict(_obj(c.get("attributes", {}), index, "context.attributes")),
             ),
@@ -173,7 +166,7 @@ class DecisionRecord:
     # As written: the audit view (encoded once when the request repeats); as read: parsed.
     request: RecordedRequest | Mapping[str, Any] | Canonical
     caller: str = ""  # the mTLS caller's certificate name, when callers present one
-    shadow: ShadowOutcome | None = None  # what audit-only rules would have decided
+    shadow: model.ShadowOutcome | None = None  # what audit-only rules would have decided
     masked_fields: tuple[str, ...] | None = None  # as read; written from `masking`
     at: dt.datetime | None = None  # set by the log when written
 
@@ -182,8 +175,8 @@ class DecisionRecord:
     @staticmethod
     def of(
         decision_id: str,
-        decision: Decision,
-        policy: Decision,
+        decision: model.Decision,
+        policy: model.Decision,
         approval_id: str,
         trace_id: str,
         caller: str,
