@@ -166,11 +166,11 @@ class DecisionRecord:
     # As written: the audit view (encoded once when the request repeats); as read: parsed.
     request: RecordedRequest | Mapping[str, Any] | Canonical
     caller: str = ""  # the mTLS caller's certificate name, when callers present one
-    shadow: model.ShadowOutcome | None = None  # what audit-only rules would have decided
+    # What audit-only rules would have decided; written, not read back (replay re-decides).
+    shadow: model.ShadowOutcome | None = None
     masked_fields: tuple[str, ...] | None = None  # as read; written from `masking`
     at: dt.datetime | None = None  # set by the log when written
 
-    type = DECISION
 
     @staticmethod
     def of(
