@@ -171,7 +171,6 @@ class DecisionRecord:
     masked_fields: tuple[str, ...] | None = None  # as read; written from `masking`
     at: dt.datetime | None = None  # set by the log when written
 
-
     @staticmethod
     def of(
         decision_id: str,
