@@ -18,6 +18,7 @@ import redis
 from google.protobuf import struct_pb2
 
 from signoff.audit import AuditLog, audit_key
+from signoff.audit.record import DecisionRecord
 from signoff.client.masking import key_id
 from signoff.cmd.replay import register as add_replay_arguments
 from signoff.engine.evaluator import Engine
@@ -35,7 +36,7 @@ from signoff.replay import MalformedRecord, Missing, cel_reads, replay
 from signoff.server import app
 from signoff.v1 import signoff_pb2 as pb
 from signoff.v1 import signoff_pb2_grpc as pb_grpc
-from signoff.views import AuditSelection, Views, masking_doc
+from signoff.views import AuditSelection, Views
 from tests.conftest import WriteRules, fixed_clock
 
 KEY = b"replay-test-service-secret-0123456789abcdef"
@@ -216,23 +217,14 @@ EXPECTED_MISSING = {
 def record_for(
     engine: Engine, decision_id: str, request: Request, *, at: str = DAY_MS, seq: int = 1
 ) -> dict[str, Any]:
-    """The record DecisionService._record writes for a decision without approval flow, as
+    """The record the decision core writes for a decision without approval flow, as
     `signoff audit export` prints it (with the chain fields)."""
     decision = engine.decide(request)
+    written = DecisionRecord.of(
+        decision_id, decision, decision, "", "0" * 32, "", VIEWS.audit_view(request, decision)
+    )
     return {
-        "type": "decision",
-        "decision_id": decision_id,
-        "verdict": decision.verdict.name,
-        "policy_verdict": decision.verdict.name,
-        "policy_revision": decision.policy_revision,
-        "matched_rules": list(decision.matched_rules),
-        "errored_rules": list(decision.errored_rules),
-        "reasons": list(decision.reasons),
-        "approval_id": "",
-        "masked_fields": [m.path for m in decision.masking_plan],
-        "masking": masking_doc(decision.masking_plan),
-        "trace_id": "0" * 32,
-        "request": VIEWS.audit_view(request, decision),
+        **written.doc(),
         "at": at,
         "seq": seq,
         "prev": "0" * 64,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import re
 from collections import Counter
@@ -10,21 +9,18 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, Literal
 
+from signoff.audit.record import DecisionRecord
+from signoff.audit.record import MalformedRecord as MalformedRecord  # callers name it here
 from signoff.engine import celscan
 from signoff.engine.compiled import Bundle
 from signoff.engine.evaluator import Engine
 from signoff.engine.model import (
-    Context,
     Decision,
-    FieldRef,
-    Principal,
-    PrincipalKind,
+    FieldMask,
     Request,
-    Resource,
     Verdict,
 )
 from signoff.errors import InvalidRequest, SignoffError
-from signoff.views import masking_doc
 
 DEFAULT_EXAMPLES = 3
 # The outcome when the new bundle's schema would reject the recorded request outright.
@@ -46,15 +42,6 @@ WHY = {
 
 class ReplayInputError(SignoffError):
     """The decisions file (or a record in it) is unusable; the message names no values."""
-
-
-class MalformedRecord(ReplayInputError):
-    """A decision record lacks a field or has one of the wrong shape; `index` is 1-based."""
-
-    def __init__(self, index: int, message: str) -> None:
-        self.index = index
-        self.message = message
-        super().__init__(f"decision record {index}: {message}")
 
 
 # --- what the rules read --------------------------------------------------------------------
@@ -138,149 +125,15 @@ class Missing:
 MaskSpec = tuple[str, int, int]
 
 
+def plan_specs(plan: Iterable[FieldMask]) -> dict[str, MaskSpec]:
+    """A masking plan by path, in the form reports compare and show."""
+    return {m.path: (m.op.name.lower(), m.keep_first, m.keep_last) for m in plan}
+
+
 def describe_mask(spec: MaskSpec) -> str:
     """An operator with its options as the reports show it: `redact`, `partial(first 0, last 4)`."""
     op, first, last = spec
     return f"{op}(first {first}, last {last})" if op == "partial" else op
-
-
-@dataclass(frozen=True)
-class _Recorded:
-    """A decision record, checked: what it says about the request, and the policy's verdict."""
-
-    decision_id: str
-    verdict: Verdict  # the policy's own, not the enforced one
-    matched_rules: tuple[str, ...]
-    masked: frozenset[str]
-    # Path -> (operator, keep_first, keep_last); None for records from before `masking`,
-    # which keep the masked paths only.
-    masking: dict[str, MaskSpec] | None
-    at: dt.datetime
-    principal: Principal  # with the kept attribute values only
-    action: str
-    resource: Resource
-    context: Context
-    payload: dict[str, Any]  # the kept payload values, masking applied
-    payload_keys: frozenset[str] | None
-    names: dict[str, frozenset[str]] | None  # attribute names the request carried
-
-
-def _need(cond: bool, index: int, message: str) -> None:
-    if not cond:
-        raise MalformedRecord(index, message)
-
-
-def _obj(value: Any, index: int, where: str) -> Mapping[str, Any]:
-    _need(isinstance(value, dict), index, f"{where} is not an object")
-    out: Mapping[str, Any] = value
-    return out
-
-
-def _str(value: Any, index: int, where: str) -> str:
-    _need(isinstance(value, str), index, f"{where} is not a string")
-    out: str = value
-    return out
-
-
-def _strs(value: Any, index: int, where: str) -> tuple[str, ...]:
-    ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-    _need(ok, index, f"{where} is not a list of strings")
-    return tuple(value)
-
-
-def _verdict(value: Any, index: int, where: str) -> Verdict:
-    name = _str(value, index, where)
-    _need(name in Verdict.__members__, index, f"{where} is not a verdict")
-    return Verdict[name]
-
-
-def _time(value: Any, index: int) -> dt.datetime:
-    text = _str(value, index, "at")
-    try:
-        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise MalformedRecord(index, "at is not an RFC 3339 time") from None
-    _need(when.tzinfo is not None, index, "at has no time zone")
-    return when.astimezone(dt.UTC)
-
-
-def _masking(value: Any, index: int) -> dict[str, MaskSpec]:
-    out: dict[str, MaskSpec] = {}
-    _need(isinstance(value, list), index, "masking is not a list")
-    for n, item in enumerate(value):
-        where = f"masking[{n}]"
-        m = _obj(item, index, where)
-        first, last = m.get("keep_first", 0), m.get("keep_last", 0)
-        ok = all(isinstance(v, int) and not isinstance(v, bool) for v in (first, last))
-        _need(ok, index, f"{where} keep_first and keep_last are not whole numbers")
-        path = _str(m.get("path"), index, f"{where}.path")
-        out[path] = (_str(m.get("operator"), index, f"{where}.operator"), first, last)
-    return out
-
-
-def _policy_verdict(record: Mapping[str, Any], index: int) -> Verdict:
-    if "policy_verdict" in record:
-        return _verdict(record["policy_verdict"], index, "policy_verdict")
-    enforced = _verdict(record.get("verdict"), index, "verdict")
-    # Records from before policy_verdict: the approval flow is the only thing that makes the
-    # enforced verdict differ from the policy's, and only a REQUIRE_APPROVAL decision ever gets
-    # an approval id (created or pending; consumed, then ALLOW or MASK with "approved: ..."; or
-    # refused, then DENY). So an approval id means the policy asked for approval.
-    if record.get("approval_id"):
-        return Verdict.REQUIRE_APPROVAL
-    return enforced
-
-
-def _recorded(record: Mapping[str, Any], index: int) -> _Recorded:
-    request = _obj(record.get("request"), index, "request")
-    p = _obj(request.get("principal"), index, "request.principal")
-    r = _obj(request.get("resource"), index, "request.resource")
-    c = _obj(request.get("context", {}), index, "request.context")
-    kind = _str(p.get("kind"), index, "request.principal.kind")
-    _need(kind in {k.value for k in PrincipalKind}, index, "request.principal.kind is unknown")
-    fields = []
-    for n, item in enumerate(r.get("fields", [])):
-        where = f"request.resource.fields[{n}]"
-        f = _obj(item, index, where)
-        path = _str(f.get("path"), index, f"{where}.path")
-        fields.append(FieldRef(path, _strs(f.get("tags", []), index, f"{where}.tags")))
-    names: dict[str, frozenset[str]] | None = None
-    if "attribute_names" in request:
-        carried = _obj(request["attribute_names"], index, "request.attribute_names")
-        names = {
-            s: frozenset(_strs(carried.get(s, []), index, f"request.attribute_names.{s}"))
-            for s in ("principal", "resource", "context")
-        }
-    keys = request.get("payload_keys")
-    payload_keys = None if keys is None else frozenset(_strs(keys, index, "payload_keys"))
-    return _Recorded(
-        decision_id=_str(record.get("decision_id"), index, "decision_id"),
-        verdict=_policy_verdict(record, index),
-        matched_rules=_strs(record.get("matched_rules", []), index, "matched_rules"),
-        masked=frozenset(_strs(record.get("masked_fields", []), index, "masked_fields")),
-        masking=_masking(record["masking"], index) if "masking" in record else None,
-        at=_time(record.get("at"), index),
-        principal=Principal(
-            id=_str(p.get("id"), index, "request.principal.id"),
-            kind=PrincipalKind(kind),
-            roles=_strs(p.get("roles", []), index, "request.principal.roles"),
-            attributes=dict(_obj(p.get("attributes", {}), index, "principal.attributes")),
-        ),
-        action=_str(request.get("action"), index, "request.action"),
-        resource=Resource(
-            kind=_str(r.get("kind"), index, "request.resource.kind"),
-            id=_str(r.get("id", ""), index, "request.resource.id"),
-            attributes=dict(_obj(r.get("attributes", {}), index, "resource.attributes")),
-            fields=tuple(fields),
-        ),
-        context=Context(
-            environment=_str(c.get("environment", ""), index, "request.context.environment"),
-            attributes=dict(_obj(c.get("attributes", {}), index, "context.attributes")),
-        ),
-        payload=dict(_obj(request.get("payload", {}), index, "request.payload")),
-        payload_keys=payload_keys,
-        names=names,
-    )
 
 
 def _overlaps(masked: str, path: Sequence[str]) -> bool:
@@ -289,18 +142,19 @@ def _overlaps(masked: str, path: Sequence[str]) -> bool:
     return all(m in ("*", p) for m, p in zip(masked.split("."), path, strict=False))
 
 
-def _section_values(rec: _Recorded, section: str) -> Mapping[str, Any]:
+def _section_values(rec: DecisionRecord, section: str) -> Mapping[str, Any]:
     if section == "principal":
-        return rec.principal.attributes
+        return rec.kept.principal.attributes
     if section == "resource":
-        return rec.resource.attributes
+        return rec.kept.resource.attributes
     if section == "context":
-        return rec.context.attributes
-    return rec.payload
+        return rec.kept.context.attributes
+    return rec.kept.payload
 
 
-def _missing(reads: Iterable[Read], rec: _Recorded) -> list[Missing]:
+def _missing(reads: Iterable[Read], rec: DecisionRecord) -> list[Missing]:
     out: list[Missing] = []
+    masked = rec.masked
     for read in reads:
         if read.kind != "attr" and read.kind != "payload":
             out.append(Missing(read.label, read.kind))
@@ -308,17 +162,17 @@ def _missing(reads: Iterable[Read], rec: _Recorded) -> list[Missing]:
         name = read.path[0]
         kept = _section_values(rec, read.section)
         if name in kept:
-            if read.kind == "payload" and any(_overlaps(m, read.path) for m in rec.masked):
+            if read.kind == "payload" and any(_overlaps(m, read.path) for m in masked):
                 out.append(Missing(read.label, "masked"))
             continue
         if read.kind == "payload":
-            if rec.payload_keys is None:
+            if rec.kept.payload_keys is None:
                 out.append(Missing(read.label, "no_payload_keys"))
-            elif name in rec.payload_keys:
+            elif name in rec.kept.payload_keys:
                 out.append(Missing(read.label, "not_kept"))
-        elif rec.names is None:
+        elif rec.kept.names is None:
             out.append(Missing(read.label, "no_attribute_names"))
-        elif name in rec.names[read.section]:
+        elif name in rec.kept.names[read.section]:
             out.append(Missing(read.label, "not_kept"))
         # Otherwise the request did not carry it: absent now as it was then.
     return sorted(set(out))
@@ -448,30 +302,31 @@ class _Replayer:
             found = self._reads[key] = frozenset(out)
         return found
 
-    def undeclared(self, rec: _Recorded) -> str:
+    def undeclared(self, rec: DecisionRecord) -> str:
         """The first attribute the request carried that the new schema does not declare: the
         service would reject the request (by name alone, whatever its value)."""
         for section in ("principal", "resource", "context"):
             declared = self.bundle.schema.attrs(section)
             carried = set(_section_values(rec, section))
-            if rec.names is not None:
-                carried |= rec.names[section]
+            if rec.kept.names is not None:
+                carried |= rec.kept.names[section]
             for name in sorted(carried):
                 if name not in declared:
                     return f"{section}.attributes.{name}"
         return ""
 
-    def decide(self, rec: _Recorded) -> Decision:
+    def decide(self, rec: DecisionRecord) -> Decision:
         # Only kept, unmasked payload values go in: a masked one is not the caller's value
         # (and a rule reading it made the record unreplayable already).
+        masked = rec.masked
         payload = {
-            k: v for k, v in rec.payload.items() if not any(_overlaps(m, (k,)) for m in rec.masked)
+            k: v for k, v in rec.kept.payload.items() if not any(_overlaps(m, (k,)) for m in masked)
         }
         request = Request(
-            principal=rec.principal,
-            action=rec.action,
-            resource=rec.resource,
-            context=rec.context,
+            principal=rec.kept.principal,
+            action=rec.kept.action,
+            resource=rec.kept.resource,
+            context=rec.kept.context,
             payload=payload,
             explain=True,
         )
@@ -492,34 +347,36 @@ def replay(
     for index, record in enumerate(records, start=1):
         if record.get("type") != "decision":
             continue
-        rec = _recorded(record, index)
+        rec = DecisionRecord.parse(record, index)
+        recorded = None if rec.masking is None else plan_specs(rec.masking)
         report.total += 1
         new, decided_by, plan, invalid = _new_outcome(replayer, rec, report)
         if not new:
             continue
         report.replayed += 1
-        old, mask = rec.verdict.name, Verdict.MASK.name
+        old, mask = rec.policy_verdict.name, Verdict.MASK.name
         # A MASK is compared by its operators and their options too; records from before
         # `masking` keep only the masked paths, so those are compared by path alone.
-        before = rec.masked if old == mask else frozenset()
+        masked = rec.masked
+        before = masked if old == mask else frozenset()
         differ: tuple[tuple[str, str, str], ...] = ()
-        if new == mask and old == mask and rec.masking is not None:
+        if new == mask and old == mask and recorded is not None:
             differ = tuple(
-                (path, describe_mask(rec.masking[path]), describe_mask(plan[path]))
+                (path, describe_mask(recorded[path]), describe_mask(plan[path]))
                 for path in sorted(before & plan.keys())
-                if path in rec.masking and rec.masking[path] != plan[path]
+                if path in recorded and recorded[path] != plan[path]
             )
-        if new == old and (new != mask or (plan.keys() == rec.masked and not differ)):
+        if new == old and (new != mask or (plan.keys() == masked and not differ)):
             report.unchanged += 1
             continue
         report.add_change(
             Change(
                 decision_id=rec.decision_id,
-                principal_id=rec.principal.id,
-                principal_kind=rec.principal.kind.value,
-                action=rec.action,
-                resource_kind=rec.resource.kind,
-                resource_id=rec.resource.id,
+                principal_id=rec.kept.principal.id,
+                principal_kind=rec.kept.principal.kind.value,
+                action=rec.kept.action,
+                resource_kind=rec.kept.resource.kind,
+                resource_id=rec.kept.resource.id,
                 old=old,
                 new=new,
                 decided_by=decided_by,
@@ -534,14 +391,14 @@ def replay(
 
 
 def _new_outcome(
-    replayer: _Replayer, rec: _Recorded, report: Report
+    replayer: _Replayer, rec: DecisionRecord, report: Report
 ) -> tuple[str, tuple[str, ...], dict[str, MaskSpec], str]:
     """(new outcome, deciding rules, masking plan by path, rejected field); outcome "" when
     the record is not replayable (then counted in `report`)."""
     invalid = replayer.undeclared(rec)
     if invalid:
         return INVALID, (), {}, invalid
-    missing = _missing(replayer.reads(rec.resource.kind, rec.action), rec)
+    missing = _missing(replayer.reads(rec.kept.resource.kind, rec.kept.action), rec)
     if missing:
         report.add_unreplayable(rec.decision_id, missing)
         return "", (), {}, ""
@@ -551,11 +408,8 @@ def _new_outcome(
         return INVALID, (), {}, exc.field
     explanation = decision.explanation
     decided_by = explanation.decided_by if explanation is not None else decision.matched_rules
-    # The same form as the record's `masking` (views.masking_doc), so the two compare.
-    plan = {
-        m["path"]: (m["operator"], m["keep_first"], m["keep_last"])
-        for m in masking_doc(decision.masking_plan)
-    }
+    # The same form as the record's `masking`, so the two compare.
+    plan = plan_specs(decision.masking_plan)
     return decision.verdict.name, decided_by, plan, ""
 
 

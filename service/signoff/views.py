@@ -6,7 +6,6 @@ Every view masks with the decision's own masking plan through the client package
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -14,6 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from signoff.approvals.model import ApprovalSummary, MaskedField, ReviewerView
+
+# masking_doc is re-exported: the plan's stored form has its one home with the audit record.
+from signoff.audit.record import masking_doc, request_doc
 from signoff.client.masking import apply_mask
 from signoff.client.plan import MaskEntry, MaskOperator, MaskPlan
 from signoff.engine.model import (
@@ -46,12 +48,7 @@ def masking_plan(plan: Sequence[FieldMask], hash_key_id: str) -> MaskPlan:
 def masked_fields(plan: Sequence[FieldMask]) -> tuple[MaskedField, ...]:
     """A masking plan as reviewers and audit records keep it: each path with its operator and
     options, so a later replay can tell `redact` from `partial` on the same path."""
-    return tuple(MaskedField(m.path, m.op.name.lower(), m.keep_first, m.keep_last) for m in plan)
-
-
-def masking_doc(plan: Sequence[FieldMask]) -> list[dict[str, Any]]:
-    """`masked_fields` as the JSON audit records carry."""
-    return [dataclasses.asdict(m) for m in masked_fields(plan)]
+    return tuple(MaskedField(**entry) for entry in masking_doc(plan))
 
 
 def requirement_from_doc(
@@ -181,31 +178,4 @@ class Views:
         payload = (
             apply_mask(kept, self.plan(decision), keys=self._keys, lenient=True) if kept else {}
         )
-        return {
-            "principal": {
-                "id": request.principal.id,
-                "kind": request.principal.kind.value,
-                "roles": sorted(set(request.principal.roles)),
-                "attributes": sel.pick("principal", request.principal.attributes),
-            },
-            "action": request.action,
-            "resource": {
-                "kind": request.resource.kind,
-                "id": request.resource.id,
-                "attributes": sel.pick("resource", request.resource.attributes),
-                "fields": _fields(request),
-            },
-            "context": {
-                "environment": request.context.environment,
-                "attributes": sel.pick("context", request.context.attributes),
-            },
-            "payload": payload,
-            "payload_keys": sorted(request.payload),
-            # Which attributes the request carried, by name: with the kept values this tells a
-            # replay an absent attribute from one the record does not keep.
-            "attribute_names": {
-                "principal": sorted(request.principal.attributes),
-                "resource": sorted(request.resource.attributes),
-                "context": sorted(request.context.attributes),
-            },
-        }
+        return request_doc(request, sel.pick, payload)

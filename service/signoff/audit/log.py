@@ -27,6 +27,7 @@ from signoff.audit.chain import (
     parse_head,
     rfc3339_ms,
 )
+from signoff.audit.record import DecisionRecord
 from signoff.audit.verify import VerifyResult, hash_ok, parse_entry
 from signoff.audit.verify import export as export_stream
 from signoff.audit.verify import verify as verify_stream
@@ -146,7 +147,9 @@ class _Stats:
     trimmed: int = 0
 
 
-_Item = tuple[str, int, dict[str, Any]]  # stream name, submit time (ns), record
+# Stream name, submit time (ns), record: a decision record stays typed until the writer
+# thread encodes it, which keeps that work off the decision path.
+_Item = tuple[str, int, dict[str, Any] | DecisionRecord]
 
 
 class AuditLog:
@@ -222,28 +225,35 @@ class AuditLog:
 
     # --- decision path ----------------------------------------------------------------
 
-    def submit(self, record: Mapping[str, Any], stream: str | None = None) -> bool:
+    def submit(self, record: Mapping[str, Any] | DecisionRecord, stream: str | None = None) -> bool:
         """Queue `record` for the audit log; False when it was dropped (the queue is full).
 
-        `stream` defaults to `approvals` for types starting with `approval.`, else
-        `decisions`. The record is copied (one level deep): nested values must not be changed
-        afterwards. Raises ValueError only for a record no writer could take (no string
-        `type`, or a reserved key: seq, prev, hash, entry_id, stream).
+        A DecisionRecord goes to `decisions`. Otherwise `stream` defaults to `approvals` for
+        types starting with `approval.`, else `decisions`, and the record is copied (one level
+        deep): nested values must not be changed afterwards. Raises ValueError only for a
+        record no writer could take (no string `type`, or a reserved key: seq, prev, hash,
+        entry_id, stream).
         """
-        kind = record.get("type")
-        if not isinstance(kind, str) or not kind:
-            raise ValueError("an audit record needs a non-empty string 'type'")
-        if stream is None:
-            stream = "approvals" if kind.startswith("approval.") else "decisions"
-        elif stream not in STREAMS:
-            raise ValueError(f"unknown audit stream {stream!r}")
-        if not RESERVED.isdisjoint(record):
-            raise ValueError(f"audit records must not set {sorted(RESERVED & set(record))}")
+        body: dict[str, Any] | DecisionRecord
+        if isinstance(record, DecisionRecord):
+            # Immutable, and its shape is fixed: nothing to check or copy on the decision path.
+            body, stream = record, "decisions"
+        else:
+            kind = record.get("type")
+            if not isinstance(kind, str) or not kind:
+                raise ValueError("an audit record needs a non-empty string 'type'")
+            if stream is None:
+                stream = "approvals" if kind.startswith("approval.") else "decisions"
+            elif stream not in STREAMS:
+                raise ValueError(f"unknown audit stream {stream!r}")
+            if not RESERVED.isdisjoint(record):
+                raise ValueError(f"audit records must not set {sorted(RESERVED & set(record))}")
+            body = dict(record)
         if self._closed:
             with self._lock:
                 self._stats.dropped[stream] += 1
             return False
-        item = (stream, time.time_ns(), dict(record))
+        item = (stream, time.time_ns(), body)
         queue = self._queue
         # deque.append is atomic; the bound is checked without a lock, so it can be exceeded
         # by at most one record per submitting thread.
@@ -295,7 +305,7 @@ class AuditLog:
     @staticmethod
     def _body(item: _Item) -> dict[str, Any]:
         _name, ns, record = item
-        body = dict(record)
+        body = record.doc() if isinstance(record, DecisionRecord) else dict(record)
         if "at" not in body:
             body["at"] = rfc3339_ms(ns)
         return body

@@ -2,32 +2,28 @@
 
 from __future__ import annotations
 
-import logging
-import time
-import uuid
 from typing import Any
 
 import grpc
 
-from signoff.approvals.flow import ApprovalFlow, Held
+from signoff.approvals.flow import ApprovalFlow
 from signoff.audit import AuditLog
-from signoff.audit.chain import Canonical
-from signoff.engine.cache import Decided, DecisionCache
+from signoff.decisions import Decisions
 from signoff.engine.evaluator import Engine
-from signoff.engine.model import Decision, Verdict
-from signoff.errors import InvalidRequest, StoreUnavailable
+from signoff.errors import InvalidRequest
 from signoff.observability import Telemetry
 from signoff.server import convert
+from signoff.server.cache import DecisionCache
 from signoff.server.status import grpc_code_value, guarded, status_for
 from signoff.v1 import signoff_pb2 as pb
 from signoff.v1 import signoff_pb2_grpc as pb_grpc
-from signoff.views import Views, masking_doc
-
-log = logging.getLogger("signoff.decisions")
+from signoff.views import Views
 
 
 class DecisionService(pb_grpc.DecisionServiceServicer):
-    """Answers checks from the engine currently installed (swappable as a whole)."""
+    """Check and CheckBatch: parse, ask the decision core, convert back. The cache in front of
+    the engine is this surface's own (it is keyed on the request's wire bytes); swapping the
+    engine swaps it as a whole."""
 
     def __init__(
         self,
@@ -49,10 +45,7 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         self._decisions = DecisionCache(engine, cache_entries)
         self._hash_key_id = hash_key_id
         self._limits = limits or convert.Limits()
-        self._approvals = approvals
-        self._telemetry = telemetry or Telemetry.disabled()
-        self._audit = audit
-        self._views = views
+        self._core = Decisions(approvals=approvals, telemetry=telemetry, audit=audit, views=views)
 
     @property
     def engine(self) -> Engine:
@@ -72,111 +65,16 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
     ) -> pb.CheckResponse:
         # One bundle for the whole decision (and batch), even if a reload swaps it meanwhile.
         decisions = decisions if decisions is not None else self._decisions
-        started = time.perf_counter()
-        with self._telemetry.decision_span(item_index=item_index) as span:
-            try:
-                decided = decisions.decide(
-                    msg.SerializeToString() if decisions.keeps else b"",
-                    lambda: convert.to_request(msg, self._limits),
-                )
-            except InvalidRequest:
-                span.set_error("INVALID_ARGUMENT")
-                raise
-            request, decision = decided.request, decided.decision
-            decision_id = str(uuid.uuid4())
-            held = Held(decision)
-            if decision.verdict is Verdict.REQUIRE_APPROVAL:
-                if self._approvals is None:
-                    raise StoreUnavailable("approvals are not configured on this service")
-                held = self._approvals.apply(request, decision, decision_id)
-                decision = held.decision
-                self._note_transition(held, request.principal.id)
-            span.set_decision(
-                decision_id=decision_id,
-                verdict=decision.verdict.name,
-                policy_revision=decision.policy_revision,
-                matched_rules=decision.matched_rules,
-                resource_kind=request.resource.kind,
-                action=request.action,
-                principal_id=request.principal.id,
-                principal_kind=request.principal.kind.value,
-                approval_id=held.approval_id,
-                errored_rules=decision.errored_rules,
-                shadow=_shadow_of(decided.decision),
-            )
-            self._telemetry.record_decision(decision.verdict.name, time.perf_counter() - started)
-            self._record(
-                decided, decision, decision_id, held.approval_id, span.trace_id_hex(), caller
-            )
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug(
-                    "decision %s verdict=%s rules=%s revision=%s",
-                    decision_id,
-                    decision.verdict.name,
-                    ",".join(decision.matched_rules) or "-",
-                    decision.policy_revision[:12],
-                )
-            return convert.to_response(decision, decision_id, self._hash_key_id, held.approval_id)
-
-    def _record(
-        self,
-        decided: Decided,
-        decision: Decision,
-        decision_id: str,
-        approval_id: str,
-        trace_id: str,
-        caller: str,
-    ) -> None:
-        """Queue the decision's audit record; the request goes in only as its audit view."""
-        if self._audit is None or self._views is None:
-            return
-        try:
-            self._audit.submit(
-                {
-                    "type": "decision",
-                    "decision_id": decision_id,
-                    "verdict": decision.verdict.name,
-                    # The policy's own verdict: differs when an approval was consumed.
-                    "policy_verdict": decided.decision.verdict.name,
-                    "policy_revision": decision.policy_revision,
-                    "matched_rules": list(decision.matched_rules),
-                    "errored_rules": list(decision.errored_rules),
-                    "reasons": list(decision.reasons),
-                    "approval_id": approval_id,
-                    "masked_fields": [m.path for m in decision.masking_plan],
-                    "masking": masking_doc(decision.masking_plan),
-                    "trace_id": trace_id,
-                    **({"caller": caller} if caller else {}),
-                    "request": self._audit_view(decided, decision),
-                    **_shadow_record(decided.decision),
-                }
-            )
-        except Exception as exc:  # the record is lost, the decision must not be
-            log.error("audit record for %s not queued: %s", decision_id, type(exc).__name__)
-
-    def _audit_view(self, decided: Decided, decision: Decision) -> dict[str, Any] | Canonical:
-        assert self._views is not None
-        if decision is not decided.decision:  # the approval flow changed it: this call's own
-            return self._views.audit_view(decided.request, decision)
-        view = decided.derived.get("audit")
-        if view is None:
-            plain = self._views.audit_view(decided.request, decision)
-            try:
-                # Encoded once for every repeat of the request, instead of once per record.
-                view = Canonical.of(plain)
-            except (TypeError, ValueError):
-                # Not JSON (e.g. a NaN kept for audit): the writer records a placeholder in
-                # its place, so the chain still shows a decision was made.
-                return plain
-            decided.derived["audit"] = view
-        return view
-
-    def _note_transition(self, held: Held, actor: str) -> None:
-        if held.transition == "created":
-            self._telemetry.approval_event(held.approval_id, "", "pending", actor)
-        elif held.transition == "consumed":
-            self._telemetry.approval_event(held.approval_id, "approved", "consumed", actor)
-            self._telemetry.record_approval_outcome("consumed")
+        outcome = self._core.check(
+            decisions,
+            msg.SerializeToString() if decisions.keeps else b"",
+            lambda: convert.to_request(msg, self._limits),
+            caller=caller,
+            item_index=item_index,
+        )
+        return convert.to_response(
+            outcome.decision, outcome.decision_id, self._hash_key_id, outcome.approval_id
+        )
 
     def _caller(self, context: grpc.ServicerContext) -> str:
         if not self._caller_certificates:
@@ -217,23 +115,3 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
             return out
 
         return guarded(context, run)
-
-
-def _shadow_of(decision: Decision) -> tuple[str, tuple[str, ...]] | None:
-    shadow = decision.shadow
-    return None if shadow is None else (shadow.verdict.name, shadow.matched_rules)
-
-
-def _shadow_record(decision: Decision) -> dict[str, Any]:
-    """What audit-only rules would have decided, for rolling a stricter rule out safely."""
-    if decision.shadow is None:
-        return {}
-    return {
-        "shadow": {
-            "verdict": decision.shadow.verdict.name,
-            "matched_rules": list(decision.shadow.matched_rules),
-            "errored_rules": list(decision.shadow.errored_rules),
-            "reasons": list(decision.shadow.reasons),
-            "changes_verdict": decision.shadow.verdict is not decision.verdict,
-        }
-    }

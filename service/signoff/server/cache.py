@@ -1,27 +1,15 @@
-"""Recent decisions by the exact encoding of their request, for repeated requests."""
+"""Recent decisions by their request's wire bytes: an edge cache in front of the decision core."""
 
 from __future__ import annotations
 
 import math
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
+from signoff.decisions import Decided
 from signoff.engine.cel import CLOCK_FREE
 from signoff.engine.evaluator import Engine
-from signoff.engine.model import Decision, Request
-
-
-@dataclass
-class Decided:
-    """A request, its decision, and what the caller derived from both (e.g. its audit view)."""
-
-    request: Request
-    decision: Decision
-    derived: dict[str, Any] = field(default_factory=dict)
-    steady_for: float = 0.0  # seconds: see Engine.steady_for
-    period: int = 0  # which `steady_for`-long step of time since the epoch it was made in
+from signoff.engine.model import Request
 
 
 class DecisionCache:

@@ -4,12 +4,12 @@ import datetime as dt
 
 import pytest
 
-from signoff.engine.cache import DecisionCache
 from signoff.engine.cel import CLOCK_FREE, clock_steady_for
 from signoff.engine.evaluator import Engine
 from signoff.engine.model import Request, Verdict
 from signoff.errors import InvalidRequest
 from signoff.policy.loader import load_bundle
+from signoff.server.cache import DecisionCache
 from tests.conftest import WriteRules
 from tests.engine.test_evaluator import SCHEMA, one_policy, req
 
