@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-from signoff.approvals.flow import ApprovalFlow, Held
+from signoff.approvals.service import Approvals
 from signoff.audit import AuditLog
 from signoff.audit.chain import Canonical
 from signoff.audit.record import DecisionRecord
@@ -74,7 +74,7 @@ class Decisions:
     def __init__(
         self,
         *,
-        approvals: ApprovalFlow | None = None,
+        approvals: Approvals | None = None,
         telemetry: Telemetry | None = None,
         audit: AuditLog | None = None,
         views: Views | None = None,
@@ -118,7 +118,6 @@ class Decisions:
                     raise StoreUnavailable("approvals are not configured on this service")
                 held = self._approvals.apply(request, decision, decision_id)
                 decision, approval_id = held.decision, held.approval_id
-                self._note_transition(held, request.principal.id)
             policy = decided.decision
             span.set_decision(
                 decision_id=decision_id,
@@ -192,10 +191,3 @@ class Decisions:
                 return plain
             decided.derived["audit"] = view
         return view
-
-    def _note_transition(self, held: Held, actor: str) -> None:
-        if held.transition == "created":
-            self._telemetry.approval_event(held.approval_id, "", "pending", actor)
-        elif held.transition == "consumed":
-            self._telemetry.approval_event(held.approval_id, "approved", "consumed", actor)
-            self._telemetry.record_approval_outcome("consumed")

@@ -23,7 +23,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from signoff import devtokens
 from signoff.approvals.digest import digest_key
-from signoff.approvals.flow import ApprovalFlow
 from signoff.approvals.model import ApprovalRecord, State
 from signoff.approvals.service import Approvals
 from signoff.approvals.store import (
@@ -308,7 +307,6 @@ def serve(
         max_pending_per_requester=max_pending,
     )
     views = Views(hash_key=KEY, hash_key_id=KEY_ID)
-    flow = ApprovalFlow(store, digest_key=digest_key(KEY), views=views)
     approvals = Approvals(
         store, digest_key=digest_key(KEY), views=views, watch_poll_ms=watch_poll_ms
     )
@@ -317,7 +315,7 @@ def serve(
         "127.0.0.1:0",
         hash_key_id=KEY_ID,
         workers=workers,
-        approvals=flow,
+        approvals=approvals,
         approval_service=ApprovalService(approvals, auth),
     )
     channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")

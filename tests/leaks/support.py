@@ -19,7 +19,6 @@ from google.protobuf import json_format, text_format
 from google.protobuf.message import Message
 
 from signoff.approvals.digest import digest_key
-from signoff.approvals.flow import ApprovalFlow
 from signoff.approvals.notifier import Notifier, NotifierConfig
 from signoff.approvals.service import Approvals
 from signoff.approvals.store import ApprovalStore
@@ -431,24 +430,21 @@ def assemble(
     auditor = ApprovalEventAuditor(
         audit, redis_url=redis_url, prefix=prefix, block_ms=50, timeout=0.5
     )
-    flow = ApprovalFlow(store, digest_key=digest_key(KEY), views=views)
+    approvals = Approvals(
+        store,
+        digest_key=digest_key(KEY),
+        views=views,
+        telemetry=telemetry,
+        watch_poll_ms=100,
+        max_watchers=4,
+    )
     running = app.start(
         Engine(bundle, clock=fixed_clock(DAY)),
         "127.0.0.1:0",
         hash_key_id=KEY_ID,
         workers=8,
-        approvals=flow,
-        approval_service=ApprovalService(
-            Approvals(
-                store,
-                digest_key=digest_key(KEY),
-                views=views,
-                telemetry=telemetry,
-                watch_poll_ms=100,
-                max_watchers=4,
-            ),
-            authenticator,
-        ),
+        approvals=approvals,
+        approval_service=ApprovalService(approvals, authenticator),
         telemetry=telemetry,
         audit=audit,
         views=views,

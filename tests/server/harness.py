@@ -23,7 +23,6 @@ import redis
 from google.protobuf import struct_pb2
 
 from signoff.approvals.digest import digest_key
-from signoff.approvals.flow import ApprovalFlow
 from signoff.approvals.service import Approvals
 from signoff.approvals.store import DEFAULT_MAX_PENDING_PER_REQUESTER, ApprovalStore
 from signoff.client.masking import key_id
@@ -80,14 +79,13 @@ def serving(
     prefix = f"signoff:test:{uuid.uuid4().hex}:"
     store = ApprovalStore(redis_url, prefix=prefix, max_pending_per_requester=max_pending)
     views = Views(hash_key=KEY, hash_key_id=KEY_ID)
-    flow = ApprovalFlow(store, digest_key=digest_key(KEY), views=views)
     approvals = Approvals(store, digest_key=digest_key(KEY), views=views)
     running = app.start(
         engine,
         "127.0.0.1:0",
         hash_key_id=KEY_ID,
         limits=limits,
-        approvals=flow,
+        approvals=approvals,
         approval_service=ApprovalService(approvals, authenticator or NoAuthenticator()),
     )
     try:

@@ -71,7 +71,7 @@ class Approvals:
         self.views = views
         self._digest_key = digest_key
         # None reports nothing at all (even a disabled Telemetry adds events to the span
-        # in progress): for a caller that reports the transitions itself (ApprovalFlow).
+        # in progress): for callers that record no telemetry at all.
         self._telemetry = telemetry
         self._poll_ms = watch_poll_ms
         self._watch_max = watch_max_seconds

@@ -378,7 +378,6 @@ def _serve_with(
     identity: CallerAuthenticator,
     telemetry: Telemetry,
 ) -> int:
-    from signoff.approvals.flow import ApprovalFlow
     from signoff.approvals.service import Approvals
     from signoff.approvals.store import ApprovalStore
     from signoff.audit import ApprovalEventAuditor, AuditConfig, AuditLog
@@ -443,7 +442,14 @@ def _serve_with(
             config=AuditConfig(max_records=cfg.audit_max_records),
         )
         auditor = ApprovalEventAuditor(audit, redis_url=cfg.redis_url, prefix=cfg.redis_prefix)
-    flow = ApprovalFlow(store, digest_key=keys.digest, views=views)
+    # One lifecycle object: decisions hold and consume through it, reviewers vote through it.
+    approvals = Approvals(
+        store,
+        digest_key=keys.digest,
+        views=views,
+        telemetry=telemetry,
+        max_watchers=cfg.workers // 2,
+    )
     # Handlers go in before the ready line: a supervisor may stop us the moment it sees it.
     stop = threading.Event()
 
@@ -466,17 +472,8 @@ def _serve_with(
                 max_message_bytes=cfg.max_message_bytes,
                 max_concurrent_rpcs=cfg.max_concurrent_rpcs,
             ),
-            approvals=flow,
-            approval_service=ApprovalService(
-                Approvals(
-                    store,
-                    digest_key=keys.digest,
-                    views=views,
-                    telemetry=telemetry,
-                    max_watchers=cfg.workers // 2,
-                ),
-                identity,
-            ),
+            approvals=approvals,
+            approval_service=ApprovalService(approvals, identity),
             telemetry=telemetry,
             audit=audit,
             views=views,

@@ -12,7 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from signoff.approvals.flow import ApprovalFlow
+from signoff.approvals.service import Approvals
 from signoff.audit import AuditLog
 from signoff.engine.compiled import Bundle
 from signoff.engine.evaluator import Engine
@@ -78,7 +78,7 @@ def start(
     share_port: bool = False,
     decision_cache: int = 4096,
     limits: convert.Limits | None = None,
-    approvals: ApprovalFlow | None = None,
+    approvals: Approvals | None = None,
     approval_service: ApprovalService | None = None,
     telemetry: Telemetry | None = None,
     audit: AuditLog | None = None,

@@ -6,7 +6,7 @@ from typing import Any
 
 import grpc
 
-from signoff.approvals.flow import ApprovalFlow
+from signoff.approvals.service import Approvals
 from signoff.audit import AuditLog
 from signoff.decisions import Decisions
 from signoff.engine.evaluator import Engine
@@ -31,7 +31,7 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         *,
         hash_key_id: str,
         limits: convert.Limits | None = None,
-        approvals: ApprovalFlow | None = None,
+        approvals: Approvals | None = None,
         telemetry: Telemetry | None = None,
         audit: AuditLog | None = None,
         views: Views | None = None,
