@@ -12,11 +12,9 @@ from typing import Any, cast
 import pytest
 import redis
 
-from signoff.approvals.notifier import (
-    NotifierConfig,
-)
 from signoff.cmd.notify import add_notify_arguments, config_from_args, run_notify
 from signoff.errors import ConfigError
+from signoff.notify.config import NotifierConfig
 from tests.notifier.conftest import MakeNotifier
 from tests.notifier.support import (
     SLACK_PATH,
