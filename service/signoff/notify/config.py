@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
 from signoff.errors import ConfigError
+from signoff.streamreader import default_consumer
 
 DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
 DEFAULT_PREFIX: Final = "signoff:"
@@ -17,10 +17,6 @@ DEFAULT_PREFIX: Final = "signoff:"
 EVENTS_STREAM: Final = "events"
 DEFAULT_STREAM: Final = DEFAULT_PREFIX + EVENTS_STREAM
 DEFAULT_GROUP: Final = "signoff-notifier"
-
-
-def _default_consumer() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def _check_http_url(value: str | None, what: str) -> None:
@@ -40,7 +36,7 @@ class NotifierConfig:
     redis_url: str = DEFAULT_REDIS_URL
     stream: str = DEFAULT_STREAM
     group: str = DEFAULT_GROUP
-    consumer: str = field(default_factory=_default_consumer)
+    consumer: str = field(default_factory=default_consumer)
     slack_webhook_url: str | None = field(default=None, repr=False)
     teams_webhook_url: str | None = field(default=None, repr=False)
     approve_url_template: str | None = None

@@ -20,6 +20,7 @@ from signoff.errors import ConfigError
 from signoff.notify.config import NotifierConfig
 from signoff.notify.events import CREATED, FOLLOW_UPS, Event, parse_event
 from signoff.notify.render import plain, slack_message, teams_message
+from signoff.streamreader import Entry, StreamGroupReader
 
 log = logging.getLogger("signoff.notifier")
 
@@ -76,33 +77,6 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
 
 
-def _decode(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def _entries(raw: Any) -> list[tuple[str, Mapping[str, str] | None]]:
-    """Normalise XREADGROUP/XAUTOCLAIM entries (RESP2 lists or RESP3 maps, str or bytes)."""
-    out: list[tuple[str, Mapping[str, str] | None]] = []
-    for item in raw or ():
-        entry_id, fields = item[0], item[1]
-        if fields is None:
-            out.append((_decode(entry_id), None))
-        else:
-            out.append((_decode(entry_id), {_decode(k): _decode(v) for k, v in fields.items()}))
-    return out
-
-
-def _stream_entries(response: Any) -> list[tuple[str, Mapping[str, str] | None]]:
-    if isinstance(response, dict):
-        out: list[tuple[str, Mapping[str, str] | None]] = []
-        for value in response.values():
-            # RESP3 wraps each stream's entries in one more list.
-            entries = value[0] if value and isinstance(value[0], list) else value
-            out += _entries(entries)
-        return out
-    return [entry for _stream, entries in response or () for entry in _entries(entries)]
-
-
 class Notifier:
     """Consumes the event stream in a consumer group and posts to the configured webhooks.
 
@@ -127,10 +101,18 @@ class Notifier:
         self.targets: tuple[_Target, ...] = tuple(targets)
         self._owns_client = client is None
         self._redis = client or redis.Redis.from_url(config.redis_url, decode_responses=True)
+        self._reader = StreamGroupReader(
+            self._redis,
+            config.stream,
+            config.group,
+            config.consumer,
+            start="$",  # a notifier posts what happens from now on, not the backlog
+            batch_size=config.batch_size,
+            claim_min_idle_ms=config.claim_min_idle_ms,
+            log=log,
+        )
         self._opener = urllib.request.build_opener(_NoRedirect())
         self._stop = threading.Event()
-        self._claim_cursor = "0-0"
-        self._group_ready = False
         self._touched = 0.0
 
     def __enter__(self) -> Notifier:
@@ -147,57 +129,22 @@ class Notifier:
 
     def ensure_group(self) -> None:
         """Create the consumer group (and stream) if missing; it starts at new entries only."""
-        try:
-            self._redis.xgroup_create(self.config.stream, self.config.group, id="$", mkstream=True)
-        except redis.ResponseError as exc:
-            if not str(exc).startswith("BUSYGROUP"):
-                raise
-        self._group_ready = True
+        self._reader.ensure_group()
 
-    def _claim(self) -> list[tuple[str, Mapping[str, str] | None]]:
-        cfg = self.config
-        response: list[Any] = self._redis.xautoclaim(
-            cfg.stream,
-            cfg.group,
-            cfg.consumer,
-            cfg.claim_min_idle_ms,
-            start_id=self._claim_cursor,
-            count=cfg.batch_size,
-        )
-        # The cursor walks the pending list over successive calls and wraps to 0-0 at the end.
-        self._claim_cursor = _decode(response[0])
-        if len(response) > 2 and response[2]:
-            # Redis 7 drops entries trimmed from the stream from the pending list itself.
-            log.warning("%d pending event(s) were trimmed before delivery", len(response[2]))
-        claimed = _entries(response[1])
+    def _claim(self) -> list[Entry]:
+        claimed, trimmed = self._reader.claim()
+        if trimmed:
+            log.warning("%d pending event(s) were trimmed before delivery", len(trimmed))
         if claimed:
             log.info("took over %d event(s) left pending by another consumer", len(claimed))
         return claimed
-
-    def _read(self, block_ms: int) -> list[tuple[str, Mapping[str, str] | None]]:
-        cfg = self.config
-        response = self._redis.xreadgroup(
-            cfg.group,
-            cfg.consumer,
-            {cfg.stream: ">"},
-            count=cfg.batch_size,
-            # BLOCK 0 means "forever" to Redis; a non-positive wait means "do not block" here.
-            block=block_ms if block_ms > 0 else None,
-        )
-        return _stream_entries(response)
-
-    def _ack(self, entry_id: str) -> None:
-        self._redis.xack(self.config.stream, self.config.group, entry_id)
 
     def _touch(self, entry_ids: Sequence[str]) -> None:
         # Claiming our own entries resets their idle time, so a peer does not take over
         # entries we are still working on (that would post them twice).
         self._touched = time.monotonic()
-        if not entry_ids:
-            return
-        cfg = self.config
         try:
-            self._redis.xclaim(cfg.stream, cfg.group, cfg.consumer, 0, list(entry_ids), justid=True)
+            self._reader.refresh(entry_ids)
         except redis.RedisError as exc:
             log.warning("could not refresh pending events (%s)", type(exc).__name__)
 
@@ -227,24 +174,20 @@ class Notifier:
         Entries interrupted by a stop stay pending and are picked up again later.
         """
         try:
-            if not self._group_ready:
-                self.ensure_group()
+            if not self._reader.group_ready:
+                self._reader.ensure_group()
             entries = self._claim()
             if not self._stop.is_set():
                 # Claimed work is waiting: do not sit in a blocking read before doing it.
-                entries += self._read(0 if entries else block_ms)
+                entries += self._reader.read_new(0 if entries else block_ms)
         except redis.ResponseError as exc:
-            if not str(exc).startswith("NOGROUP"):
-                raise
-            # The stream or group was deleted under us. Recreate it now, not on the next call:
-            # entries written in between would be behind its "$" start and never seen.
-            log.warning("consumer group %s vanished; recreating it", self.config.group)
-            self._claim_cursor = "0-0"
-            self.ensure_group()
+            # Recreated now, not on the next call: entries written in between would be behind
+            # its "$" start and never seen.
+            self._reader.recreate_missing_group(exc)
             return 0
         return self._handle(entries)
 
-    def _handle(self, entries: list[tuple[str, Mapping[str, str] | None]]) -> int:
+    def _handle(self, entries: list[Entry]) -> int:
         acked = 0
         self._touched = time.monotonic()
         for index, (entry_id, fields) in enumerate(entries):
@@ -253,12 +196,12 @@ class Notifier:
             # Slow webhooks can keep the rest of a batch waiting past the takeover idle time.
             self._keep([eid for eid, _ in entries[index:]])
             if fields is None:
-                self._ack(entry_id)  # trimmed from the stream: nothing left to deliver
+                self._reader.ack(entry_id)  # trimmed from the stream: nothing left to deliver
             else:
                 later = [eid for eid, _ in entries[index + 1 :]]
                 if not self._process(entry_id, fields, later):
                     break  # stopped mid-retry: leave it and the rest pending
-                self._ack(entry_id)
+                self._reader.ack(entry_id)
             acked += 1
         return acked
 
@@ -398,5 +341,5 @@ class Notifier:
                 log.warning(
                     "redis error (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay
                 )
-                self._group_ready = False
+                self._reader.group_ready = False
                 stop.wait(delay)
