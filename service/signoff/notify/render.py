@@ -6,7 +6,7 @@ import datetime as dt
 import re
 import shlex
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from signoff.notify.events import (
@@ -157,6 +157,41 @@ def _follow_up_line(event: Event) -> str:
     )
 
 
+def _message(
+    event: Event | Mapping[str, str],
+    approve_url_template: str | None,
+    request: Callable[[Event, str | None], dict[str, Any]],
+    follow_up: Callable[[str], dict[str, Any]],
+) -> dict[str, Any]:
+    """The whole request for `approval.created`; any other event as its one-line follow-up."""
+    ev = coerce_event(event)
+    if ev.type == CREATED:
+        return request(ev, approve_url_template)
+    return follow_up(_follow_up_line(ev))
+
+
+def _as_is(text: str) -> str:
+    return text
+
+
+def _facts(
+    s: Summary, escape: Callable[[str], str], when: Callable[[str], str]
+) -> list[tuple[str, str]]:
+    """The request's labelled facts: one list for both formats, each escaping as it must."""
+    facts = [
+        ("Requester", escape(_who(s))),
+        ("Action", escape(plain(s.action))),
+        ("Resource", escape(_resource(s))),
+    ]
+    if s.environment:
+        facts.append(("Environment", escape(plain(s.environment))))
+    if s.quorum:
+        facts.append(("Approvals needed", str(s.quorum)))
+    if s.pending_expires_at:
+        facts.append(("Expires", when(s.pending_expires_at)))
+    return facts
+
+
 def _slack_time(raw: str) -> str:
     when = _parse_time(raw)
     if when is None:
@@ -175,17 +210,7 @@ def _slack_section(text: str) -> dict[str, Any]:
 
 def _slack_request(event: Event, approve_url_template: str | None) -> dict[str, Any]:
     s = event.summary
-    facts = [
-        _slack_field("Requester", slack_escape(_who(s))),
-        _slack_field("Action", _md(s.action)),
-        _slack_field("Resource", slack_escape(_resource(s))),
-    ]
-    if s.environment:
-        facts.append(_slack_field("Environment", _md(s.environment)))
-    if s.quorum:
-        facts.append(_slack_field("Approvals needed", str(s.quorum)))
-    if s.pending_expires_at:
-        facts.append(_slack_field("Expires", _slack_time(s.pending_expires_at)))
+    facts = [_slack_field(label, value) for label, value in _facts(s, slack_escape, _slack_time)]
     blocks: list[dict[str, Any]] = [
         {
             "type": "header",
@@ -239,11 +264,12 @@ def slack_message(
     event: Event | Mapping[str, str], *, approve_url_template: str | None = None
 ) -> dict[str, Any]:
     """Slack incoming-webhook JSON: the request for `approval.created`, else a follow-up line."""
-    ev = coerce_event(event)
-    if ev.type == CREATED:
-        return _slack_request(ev, approve_url_template)
-    line = slack_escape(_follow_up_line(ev))
-    return {"text": line, "blocks": [_slack_section(line)]}
+    return _message(event, approve_url_template, _slack_request, _slack_follow_up)
+
+
+def _slack_follow_up(line: str) -> dict[str, Any]:
+    escaped = slack_escape(line)
+    return {"text": escaped, "blocks": [_slack_section(escaped)]}
 
 
 def _run(text: str, **style: Any) -> dict[str, Any]:
@@ -299,16 +325,9 @@ def _teams_request(event: Event, approve_url_template: str | None) -> dict[str, 
     s = event.summary
     body: list[dict[str, Any]] = [
         _rich(_run(f"Approval requested: {plain(s.action)}", weight="Bolder", size="Medium")),
-        _fact("Requester", _who(s)),
-        _fact("Action", plain(s.action)),
-        _fact("Resource", _resource(s)),
+        # TextRuns are never parsed as markup, so the text needs no escaping.
+        *(_fact(label, value) for label, value in _facts(s, _as_is, _utc)),
     ]
-    if s.environment:
-        body.append(_fact("Environment", plain(s.environment)))
-    if s.quorum:
-        body.append(_fact("Approvals needed", str(s.quorum)))
-    if s.pending_expires_at:
-        body.append(_fact("Expires", _utc(s.pending_expires_at)))
     if s.approvers:
         body.append(_heading("Who may approve"))
         body += _bullets([_rich(_run(f"• {_approver_set(a)}")) for a in s.approvers])
@@ -351,8 +370,8 @@ def teams_message(
     event: Event | Mapping[str, str], *, approve_url_template: str | None = None
 ) -> dict[str, Any]:
     """A Teams webhook message carrying an Adaptive Card 1.4: the request, or a follow-up."""
-    ev = coerce_event(event)
-    if ev.type == CREATED:
-        return _teams_request(ev, approve_url_template)
-    line = _follow_up_line(ev)
+    return _message(event, approve_url_template, _teams_request, _teams_follow_up)
+
+
+def _teams_follow_up(line: str) -> dict[str, Any]:
     return _card([_rich(_run(line))], line, [])
