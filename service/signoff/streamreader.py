@@ -12,7 +12,7 @@ import redis
 
 # An entry's id and fields. The fields are None when the entry was deleted from the stream
 # after it was delivered: a consumer's own pending list (and XAUTOCLAIM before Redis 7) still
-# names it, with nothing left to read.
+# names it, with no fields (redis-py gives nil ones as {}; a live entry has at least one).
 Entry = tuple[str, Mapping[str, str] | None]
 
 
@@ -31,7 +31,7 @@ def _entries(raw: Any) -> list[Entry]:
     for entry_id, fields in raw or ():
         if entry_id is None:
             continue
-        if fields is None:
+        if not fields:
             out.append((_decode(entry_id), None))
         else:
             out.append((_decode(entry_id), {_decode(k): _decode(v) for k, v in fields.items()}))
