@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 from collections.abc import Mapping, Sequence
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import redis
@@ -48,6 +49,7 @@ def _stream_entries(response: Any) -> list[Entry]:
     return [entry for _stream, entries in response or () for entry in _entries(entries)]
 
 
+@dataclass(eq=False)
 class StreamGroupReader:
     """Reads `stream` as `consumer` of `group`, a batch at a time.
 
@@ -55,35 +57,24 @@ class StreamGroupReader:
     whole stream. Messages go to the owner's `log`, so they read as the owner's own.
     """
 
-    def __init__(
-        self,
-        client: redis.Redis,
-        stream: str,
-        group: str,
-        consumer: str,
-        *,
-        start: str,
-        batch_size: int,
-        claim_min_idle_ms: int,
-        log: logging.Logger,
-    ) -> None:
-        self.redis = client
-        self.stream = stream
-        self.group = group
-        self.consumer = consumer
-        self.start = start
-        self.batch_size = batch_size
-        self.claim_min_idle_ms = claim_min_idle_ms
-        self._log = log
-        # False until the group is known to exist; an owner resets it after a Redis error,
-        # so the group is checked (and created if it went with the data) before the next read.
-        self.group_ready = False
-        self._claim_cursor = "0-0"
+    client: redis.Redis
+    stream: str
+    group: str
+    consumer: str
+    _: KW_ONLY
+    start: str
+    batch_size: int
+    claim_min_idle_ms: int
+    log: logging.Logger = field(repr=False)
+    # False until the group is known to exist; an owner resets it after a Redis error, so the
+    # group is checked (and created if it went with the data) before the next read.
+    group_ready: bool = field(default=False, init=False)
+    _claim_cursor: str = field(default="0-0", init=False, repr=False)
 
     def ensure_group(self) -> None:
         """Create the consumer group (and the stream) at `start` if it does not exist."""
         try:
-            self.redis.xgroup_create(self.stream, self.group, id=self.start, mkstream=True)
+            self.client.xgroup_create(self.stream, self.group, id=self.start, mkstream=True)
         except redis.ResponseError as exc:
             if not str(exc).startswith("BUSYGROUP"):
                 raise
@@ -94,13 +85,13 @@ class StreamGroupReader:
         (NOGROUP), create the group again now; otherwise raise `exc`."""
         if not str(exc).startswith("NOGROUP"):
             raise exc
-        self._log.warning("consumer group %s vanished; recreating it", self.group)
+        self.log.warning("consumer group %s vanished; recreating it", self.group)
         self._claim_cursor = "0-0"
         self.ensure_group()
 
     def read_new(self, block_ms: int) -> list[Entry]:
         """Entries never delivered to any consumer, waiting up to `block_ms` for one."""
-        response = self.redis.xreadgroup(
+        response = self.client.xreadgroup(
             self.group,
             self.consumer,
             {self.stream: ">"},
@@ -112,7 +103,7 @@ class StreamGroupReader:
 
     def read_own_pending(self) -> list[Entry]:
         """Entries delivered to this consumer and not yet acknowledged, oldest first."""
-        response = self.redis.xreadgroup(
+        response = self.client.xreadgroup(
             self.group, self.consumer, {self.stream: "0"}, count=self.batch_size
         )
         return _stream_entries(response)
@@ -121,7 +112,7 @@ class StreamGroupReader:
         """Take over entries pending on any consumer for `claim_min_idle_ms`: those taken, and
         the ids of pending entries already trimmed from the stream (Redis 7 drops them from
         the pending list itself, so they are named once, here)."""
-        response: Any = self.redis.xautoclaim(
+        response: Any = self.client.xautoclaim(
             self.stream,
             self.group,
             self.consumer,
@@ -138,9 +129,9 @@ class StreamGroupReader:
         """Reset the idle time of entries this consumer is still working on, so no peer takes
         them over meanwhile."""
         if entry_ids:
-            self.redis.xclaim(
+            self.client.xclaim(
                 self.stream, self.group, self.consumer, 0, list(entry_ids), justid=True
             )
 
     def ack(self, entry_id: str) -> None:
-        self.redis.xack(self.stream, self.group, entry_id)
+        self.client.xack(self.stream, self.group, entry_id)
