@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import redis
 
-from signoff.approvals.notifier import Notifier, NotifierConfig
+from signoff.notify.config import NotifierConfig
+from signoff.notify.delivery import Notifier
 from tests.notifier.support import SLACK_PATH, TEAMS_PATH, Webhooks, redis_url
 
 MakeNotifier = Callable[..., Notifier]

@@ -47,10 +47,18 @@ class Webhooks:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
+                self._answer("POST")
+
+            def do_GET(self) -> None:
+                # A client following a redirect as urllib does turns the POST into a GET:
+                # recorded and answered 200, so a test sees it and the client thinks it worked.
+                self._answer("GET")
+
+            def _answer(self, method: str) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 with hooks._arrived:
                     hooks.requests.append(
-                        Received("POST", self.path, dict(self.headers.items()), raw)
+                        Received(method, self.path, dict(self.headers.items()), raw)
                     )
                     queue = hooks._script.get(self.path) or []
                     status, headers = queue.pop(0) if queue else (200, {})

@@ -12,11 +12,9 @@ from typing import Any, cast
 import pytest
 import redis
 
-from signoff.approvals.notifier import (
-    NotifierConfig,
-)
 from signoff.cmd.notify import add_notify_arguments, config_from_args, run_notify
 from signoff.errors import ConfigError
+from signoff.notify.config import NotifierConfig
 from tests.notifier.conftest import MakeNotifier
 from tests.notifier.support import (
     SLACK_PATH,
@@ -199,6 +197,28 @@ def test_redirects_are_not_followed(
 
     assert [request.path for request in webhooks.requests].count("/elsewhere") == 0
     assert len(webhooks.to(SLACK_PATH)) == 1
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirected_post_is_dropped_not_followed_as_a_get_and_counted_delivered(
+    status: int,
+    r: redis.Redis,
+    stream: str,
+    webhooks: Webhooks,
+    make_notifier: MakeNotifier,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    notifier = make_notifier(teams_webhook_url=None)
+    webhooks.respond(SLACK_PATH, status, headers={"Location": webhooks.url("/elsewhere")})
+    publish(r, stream, event())
+
+    with caplog.at_level(logging.ERROR, logger="signoff.notifier"):
+        assert notifier.run_once(block_ms=100) == 1
+
+    assert [(request.method, request.path) for request in webhooks.requests] == [
+        ("POST", SLACK_PATH)
+    ]
+    assert f"HTTP {status} is not retryable" in caplog.text
 
 
 def test_logs_name_webhook_hosts_but_never_their_secrets_or_the_message(

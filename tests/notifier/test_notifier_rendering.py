@@ -6,7 +6,8 @@ import json
 import re
 from typing import Any
 
-from signoff.approvals.notifier import parse_event, slack_message, teams_message
+from signoff.notify.events import parse_event
+from signoff.notify.render import slack_message, teams_message
 from tests.notifier.support import event, summary
 
 TEMPLATE = "https://signoff.example/approvals/{approval_id}"

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -18,11 +16,10 @@ from redis.retry import Retry
 from signoff.approvals.store import DEFAULT_PREFIX
 from signoff.audit.chain import no_constants, normalise_time
 from signoff.audit.log import Ack, AuditLog
+from signoff.streamreader import Entry, StreamGroupReader, default_consumer
 
 log = logging.getLogger("signoff.audit")
 DEFAULT_GROUP = "signoff-audit"
-
-_Entries = list[tuple[str, Mapping[str, str]]]
 
 
 def _summary(raw: str) -> Any:
@@ -63,31 +60,6 @@ def event_record(entry_id: str, fields: Mapping[str, str] | None) -> dict[str, A
     return record
 
 
-def _decode(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def _entries(raw: Any) -> _Entries:
-    return [
-        (_decode(entry_id), {_decode(k): _decode(v) for k, v in (fields or {}).items()})
-        for entry_id, fields in raw or ()
-        if entry_id is not None
-    ]
-
-
-def _stream_entries(response: Any) -> _Entries:
-    if isinstance(response, dict):  # RESP3
-        out: _Entries = []
-        for value in response.values():
-            out += _entries(value[0] if value and isinstance(value[0], list) else value)
-        return out
-    return [entry for _stream, entries in response or () for entry in _entries(entries)]
-
-
-def _default_consumer() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
 class ApprovalEventAuditor:
     """Turns each approval event into an `approval.<kind>` record on the approvals stream.
 
@@ -122,7 +94,7 @@ class ApprovalEventAuditor:
         self.audit = audit
         self.stream = f"{prefix}events"
         self.group = group
-        self.consumer = consumer or _default_consumer()
+        self.consumer = consumer or default_consumer()
         self.batch_size = batch_size
         self.claim_min_idle_ms = claim_min_idle_ms
         self.block_ms = block_ms
@@ -136,31 +108,30 @@ class ApprovalEventAuditor:
             decode_responses=True,
             encoding_errors="replace",
         )
-        self._group_ready = False
+        self._reader = StreamGroupReader(
+            self.redis,
+            self.stream,
+            self.group,
+            self.consumer,
+            start="0",  # events from before the first auditor ran are audited too
+            batch_size=batch_size,
+            claim_min_idle_ms=claim_min_idle_ms,
+            log=log,
+        )
         # Entries this consumer read but did not get audited (an error in between) are read
         # again from its own pending list before anything new.
         self._own_pending = True
-        self._claim_cursor = "0-0"
         self._next_claim = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def ensure_group(self) -> None:
         """Create the consumer group at the start of the stream if it does not exist."""
-        try:
-            self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if not str(exc).startswith("BUSYGROUP"):
-                raise
-        self._group_ready = True
+        self._reader.ensure_group()
 
-    def _next_entries(self, block_ms: int) -> tuple[_Entries, list[str]]:
+    def _next_entries(self, block_ms: int) -> tuple[list[Entry], list[str]]:
         if self._own_pending:
-            own = _stream_entries(
-                self.redis.xreadgroup(
-                    self.group, self.consumer, {self.stream: "0"}, count=self.batch_size
-                )
-            )
+            own = self._reader.read_own_pending()
             if own:
                 return own, []
             self._own_pending = False
@@ -168,33 +139,12 @@ class ApprovalEventAuditor:
         if now >= self._next_claim:
             # Each claim is a round trip; a quarter of the idle time is often enough.
             self._next_claim = now + max(0.05, self.claim_min_idle_ms / 4000)
-            reply: Any = self.redis.xautoclaim(
-                self.stream,
-                self.group,
-                self.consumer,
-                self.claim_min_idle_ms,
-                start_id=self._claim_cursor,
-                count=self.batch_size,
-            )
-            self._claim_cursor = _decode(reply[0])
-            claimed = _entries(reply[1])
-            # Redis 7 names claimed entries already trimmed from the stream (and drops them).
-            lost = [_decode(i) for i in reply[2]] if len(reply) > 2 and reply[2] else []
+            claimed, lost = self._reader.claim()
             if claimed or lost:
                 if claimed:
                     log.info("auditing %d event(s) another consumer left pending", len(claimed))
                 return claimed, lost
-        fresh = _stream_entries(
-            self.redis.xreadgroup(
-                self.group,
-                self.consumer,
-                {self.stream: ">"},
-                count=self.batch_size,
-                # BLOCK 0 means forever to Redis; 0 here means do not wait.
-                block=block_ms if block_ms > 0 else None,
-            )
-        )
-        return fresh, []
+        return self._reader.read_new(block_ms), []
 
     def run_once(self, block_ms: int = 0) -> int:
         """Audit the next batch of events (waiting up to `block_ms` for one); how many.
@@ -202,17 +152,13 @@ class ApprovalEventAuditor:
         Raises redis errors and AuditUnavailable; the events then stay pending and are
         audited by a later call (or a peer).
         """
-        if not self._group_ready:
-            self.ensure_group()
+        if not self._reader.group_ready:
+            self._reader.ensure_group()
         try:
             entries, lost = self._next_entries(block_ms)
         except redis.ResponseError as exc:
-            if not str(exc).startswith("NOGROUP"):
-                raise
             # Recreated at the start of the stream: re-auditing beats silently skipping.
-            log.warning("consumer group %s vanished; recreating it", self.group)
-            self._claim_cursor = "0-0"
-            self.ensure_group()
+            self._reader.recreate_missing_group(exc)
             entries, lost = self._next_entries(block_ms)
         if not entries and not lost:
             return 0
@@ -241,7 +187,7 @@ class ApprovalEventAuditor:
                     # The type only, as everywhere: an exception's text may quote a record.
                     log.warning("approval event auditing paused (%s); retrying", type(exc).__name__)
                 failing = True
-                self._group_ready = False
+                self._reader.group_ready = False
                 self._own_pending = True
                 stop.wait(delay)
                 delay = min(5.0, delay * 2)

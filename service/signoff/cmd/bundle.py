@@ -8,24 +8,20 @@ import sys
 import time
 from pathlib import Path
 
+from signoff.bundles.keys import (
+    PRIVATE_KEY_NAME,
+    PUBLIC_KEY_NAME,
+    generate_keys,
+    key_fingerprint,
+    load_public_key,
+)
+from signoff.bundles.manifest import DEFAULT_LIMITS, iso_utc
+from signoff.bundles.signing import SOURCE_DATE_EPOCH, parse_expires_in, sign_bundle
+from signoff.bundles.verify import hours_left_if_soon, load_verified
 from signoff.client.cmd import exitcodes
 from signoff.client.cmd.settings import command
 from signoff.engine import cel
 from signoff.errors import ConfigError, PolicyError
-from signoff.policy.signed import (
-    DEFAULT_LIMITS,
-    PRIVATE_KEY_NAME,
-    PUBLIC_KEY_NAME,
-    SOURCE_DATE_EPOCH,
-    _hours_left_if_soon,
-    _load,
-    generate_keys,
-    iso_utc,
-    key_fingerprint,
-    load_public_key,
-    parse_expires_in,
-    sign_bundle,
-)
 
 OK, REFUSED, USAGE = exitcodes.OK, exitcodes.REFUSED, exitcodes.USAGE
 
@@ -150,7 +146,7 @@ def run_verify(args: argparse.Namespace) -> int:
     now = time.time()
     try:
         key = load_public_key(args.public_key)
-        bundle, manifest = _load(args.bundle, key, args.cel_backend, DEFAULT_LIMITS, now)
+        bundle, manifest = load_verified(args.bundle, key, args.cel_backend, DEFAULT_LIMITS, now)
     except ConfigError as exc:
         _say("verify", str(exc))
         return USAGE
@@ -163,7 +159,7 @@ def run_verify(args: argparse.Namespace) -> int:
         f"{args.bundle}: ok, revision {bundle.revision}, {len(bundle.files)} policy files, "
         f"signed by {key_fingerprint(key)}, signed at {iso_utc(manifest.signed_at)}, {expires}"
     )
-    hours = _hours_left_if_soon(manifest, now)
+    hours = hours_left_if_soon(manifest, now)
     if hours is not None:
         _say("verify", f"warning: {args.bundle} expires in {hours} hours")
     return OK

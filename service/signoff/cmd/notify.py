@@ -14,17 +14,12 @@ from typing import Final
 import redis
 
 from signoff import logsetup
-from signoff.approvals.notifier import (
-    DEFAULT_GROUP,
-    DEFAULT_REDIS_URL,
-    Notifier,
-    NotifierConfig,
-    _describe,
-)
 from signoff.client.cmd import exitcodes
 from signoff.client.cmd.settings import add_settings
 from signoff.cmd import options
 from signoff.errors import ConfigError
+from signoff.notify.config import DEFAULT_GROUP, DEFAULT_REDIS_URL, NotifierConfig
+from signoff.notify.delivery import Notifier, describe
 
 LOG_LEVELS: Final = options.LOG_LEVELS
 
@@ -127,7 +122,7 @@ def run_notify(args: argparse.Namespace, stop: threading.Event | None = None) ->
         try:
             notifier.ensure_group()
         except redis.RedisError as exc:
-            print(f"signoff notify: cannot use Redis: {_describe(exc)}", file=sys.stderr)
+            print(f"signoff notify: cannot use Redis: {describe(exc)}", file=sys.stderr)
             return exitcodes.REFUSED
         hosts = ", ".join(f"{t.name} {t.host}" for t in notifier.targets)
         print(

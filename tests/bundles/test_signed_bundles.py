@@ -23,25 +23,20 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from signoff.cmd import bundle as bundle_cmd
-from signoff.engine import cel
-from signoff.errors import ConfigError, PolicyError
-from signoff.policy.loader import load_bundle, policy_files
-from signoff.policy.signed import (
+from signoff.bundles.keys import generate_keys, load_private_key, load_public_key
+from signoff.bundles.manifest import (
     EXPIRY_WARNING_SECONDS,
     FORMAT,
     MAX_CLOCK_SKEW_SECONDS,
     Limits,
-    SignedBundleSource,
-    generate_keys,
-    load_private_key,
-    load_public_key,
-    load_signed_bundle,
-    open_signed_bundle,
-    parse_expires_in,
-    sign_bundle,
-    signing_time,
 )
+from signoff.bundles.signing import parse_expires_in, sign_bundle, signing_time
+from signoff.bundles.source import SignedBundleSource
+from signoff.bundles.verify import load_signed_bundle, open_signed_bundle
+from signoff.cmd import bundle as bundle_cmd
+from signoff.engine import cel
+from signoff.errors import ConfigError, PolicyError
+from signoff.policy.loader import load_bundle, policy_files
 from tests.conftest import RULES, WriteRules
 
 Member = tuple[tarfile.TarInfo, bytes]

@@ -1,0 +1,1 @@
+"""Posting approval requests from the signoff event stream to Slack and Microsoft Teams."""
