@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from signoff.approvals.notifier import NotifierConfig
 from signoff.cli import build_parser
+from signoff.notify.config import NotifierConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARIES = (ROOT / "service" / "signoff", ROOT / "clients" / "python" / "signoff" / "client")

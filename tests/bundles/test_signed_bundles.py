@@ -36,7 +36,8 @@ from signoff.bundles.verify import load_signed_bundle, open_signed_bundle
 from signoff.cmd import bundle as bundle_cmd
 from signoff.engine import cel
 from signoff.errors import ConfigError, PolicyError
-from signoff.policy.loader import load_bundle, policy_files
+from signoff.policy.loader import load_bundle
+from signoff.policy.model import policy_files
 from tests.conftest import RULES, WriteRules
 
 Member = tuple[tarfile.TarInfo, bytes]

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
-from signoff.approvals.notifier import Notifier
+from signoff.notify.delivery import Notifier
 from signoff.v1 import approvals_pb2 as apb
 from signoff.v1 import signoff_pb2 as pb
 from tests.approvals.support import DevIdP, bearer, refused

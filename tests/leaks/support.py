@@ -19,11 +19,12 @@ from google.protobuf import json_format, text_format
 from google.protobuf.message import Message
 
 from signoff.approvals.digest import digest_key
-from signoff.approvals.notifier import Notifier, NotifierConfig
 from signoff.approvals.service import Approvals
 from signoff.approvals.store import ApprovalStore
 from signoff.audit import STREAMS, ApprovalEventAuditor, AuditConfig, AuditLog, audit_key
 from signoff.engine.evaluator import Engine
+from signoff.notify.config import NotifierConfig
+from signoff.notify.delivery import Notifier
 from signoff.policy.loader import load_bundle
 from signoff.server import app
 from signoff.server.approvals import ApprovalService

@@ -18,8 +18,8 @@ import pytest
 import redis
 
 from signoff import devtokens
-from signoff.approvals.notifier import slack_message, teams_message
 from signoff.logsetup import FORMAT, OneLineFormatter
+from signoff.notify.render import slack_message, teams_message
 from signoff.safetext import escape_line
 from signoff.v1 import approvals_pb2 as apb
 from signoff.v1 import approvals_pb2_grpc as apb_grpc

@@ -4,7 +4,7 @@ import datetime as dt
 
 import pytest
 
-from signoff.engine.cel import CLOCK_FREE, clock_steady_for
+from signoff.engine.celscan import CLOCK_FREE, clock_steady_for
 from signoff.engine.evaluator import Engine
 from signoff.engine.model import Request, Verdict
 from signoff.errors import InvalidRequest

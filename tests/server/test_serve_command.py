@@ -20,11 +20,12 @@ import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from signoff.bundles.keys import generate_keys
+from signoff.bundles.signing import sign_bundle
 from signoff.client.masking import key_id
 from signoff.devcerts import create_dev_certs
 from signoff.engine.evaluator import Engine
 from signoff.keys import derive
-from signoff.policy.signed import generate_keys, sign_bundle
 from signoff.server import app
 from signoff.v1 import signoff_pb2 as pb
 from signoff.v1 import signoff_pb2_grpc as pb_grpc

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from signoff.errors import PolicyError, Problem
-from signoff.policy.loader import SUITE_SUFFIXES
+from signoff.policy.model import SUITE_SUFFIXES
 
 # Inside the manifest: what it is and which layout it promises. A verifier refuses any other
 # value, so a later layout can never be read with this one's rules.

@@ -33,7 +33,8 @@ from signoff.bundles.manifest import (
 from signoff.engine import cel
 from signoff.engine.schema import MAX_DURATION_SECONDS, parse_duration
 from signoff.errors import ConfigError, PolicyError
-from signoff.policy.loader import load_bundle, policy_files
+from signoff.policy.loader import load_bundle
+from signoff.policy.model import policy_files
 
 SOURCE_DATE_EPOCH = "SOURCE_DATE_EPOCH"
 _DAYS = re.compile(r"^(\d+)d(.*)$")

@@ -381,11 +381,11 @@ def _serve_with(
     from signoff.approvals.service import Approvals
     from signoff.approvals.store import ApprovalStore
     from signoff.audit import ApprovalEventAuditor, AuditConfig, AuditLog
+    from signoff.bundles.source import SignedBundleSource
     from signoff.client.masking import key_id
     from signoff.engine.compiled import Bundle
     from signoff.engine.evaluator import Engine
     from signoff.policy.loader import load_bundle
-    from signoff.policy.signed import SignedBundleSource
     from signoff.server import app, convert
     from signoff.server.approvals import ApprovalService
     from signoff.server.tls import ServerTLS

@@ -21,8 +21,6 @@ from google.protobuf import descriptor_pb2, descriptor_pool, duration_pb2, struc
 
 # CEL text is scanned in one module; the evaluator and the decision cache take the clock
 # analysis from here, as before.
-from signoff.engine.celscan import CLOCK_FREE as CLOCK_FREE
-from signoff.engine.celscan import clock_steady_for as clock_steady_for
 from signoff.engine.celscan import finer_than_a_microsecond, spelled_in
 from signoff.engine.schema import SECTIONS, AttributeSchema
 

@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any, NamedTuple
 
-from signoff.engine.cel import CLOCK_FREE, CelEvalError, clock_steady_for
+from signoff.engine.cel import CelEvalError
+from signoff.engine.celscan import CLOCK_FREE, clock_steady_for
 from signoff.engine.compiled import ANY_ROLE, Bundle, CompiledPolicy, CompiledRule, DerivedRole
 from signoff.engine.model import (
     ApprovalRequirement,

@@ -27,8 +27,6 @@ from signoff.errors import PolicyError, Problem
 from signoff.policy import expand, model, source
 
 # Where they were before the policy-as-written model; signed bundles and reloads use them.
-SUITE_SUFFIXES = model.SUITE_SUFFIXES
-policy_files = model.policy_files
 DEFAULT_PENDING_TTL = dt.timedelta(hours=1)
 DEFAULT_GRANT_TTL = dt.timedelta(minutes=15)
 _EFFECTS = {

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 
 from signoff.decisions import Decided
-from signoff.engine.cel import CLOCK_FREE
+from signoff.engine.celscan import CLOCK_FREE
 from signoff.engine.evaluator import Engine
 from signoff.engine.model import Request
 

@@ -14,7 +14,8 @@ from signoff.engine.compiled import Bundle
 from signoff.engine.evaluator import Engine
 from signoff.errors import ConfigError, PolicyError, Problem
 from signoff.observability import Telemetry
-from signoff.policy.loader import load_bundle, policy_files
+from signoff.policy.loader import load_bundle
+from signoff.policy.model import policy_files
 from signoff.server.service import DecisionService
 
 log = logging.getLogger("signoff.policy")
