@@ -24,6 +24,21 @@ from signoff.errors import ConfigError
 OK, TAMPERED, FAILED = exitcodes.OK, exitcodes.REFUSED, exitcodes.USAGE
 
 
+VERIFY_HELP = "check the hash chains; exit 0 intact, 1 tampering found, 2 could not check"
+VERIFY_ABOUT = (
+    "Walk each audit stream and check every record's keyed hash, its link to "
+    "the record before it, the anchor (first retained record) and the head (last record). "
+    "Exit 0: intact; 1: tampering found (the first bad record is printed); 2: "
+    "configuration error or Redis unreachable."
+)
+EXPORT_HELP = "write audit records as JSON lines (for a SIEM)"
+EXPORT_ABOUT = (
+    "Write audit records, one JSON object per line, with their seq, prev, hash "
+    "and stream entry id. --since and --until filter on the record time `at` "
+    "(since <= at < until); a time without a zone is UTC."
+)
+
+
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `audit verify` and `audit export` to the `signoff` command line."""
     audit = commands.add_parser(
@@ -32,27 +47,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         description="Check the audit log's hash chains in Redis, or export them as JSON lines.",
     )
     sub = audit.add_subparsers(dest="audit_command", required=True)
-    check = command(
-        sub,
-        "verify",
-        run_verify,
-        help="check the hash chains; exit 0 intact, 1 tampering found, 2 could not check",
-        description="Walk each audit stream and check every record's keyed hash, its link to "
-        "the record before it, the anchor (first retained record) and the head (last record). "
-        "Exit 0: intact; 1: tampering found (the first bad record is printed); 2: "
-        "configuration error or Redis unreachable.",
-    )
+    check = command(sub, "verify", run_verify, help=VERIFY_HELP, description=VERIFY_ABOUT)
     _common(check)
     add_settings(check, [options.HASH_KEY_FILE, options.key_file("audit")])
-    out = command(
-        sub,
-        "export",
-        run_export,
-        help="write audit records as JSON lines (for a SIEM)",
-        description="Write audit records, one JSON object per line, with their seq, prev, hash "
-        "and stream entry id. --since and --until filter on the record time `at` "
-        "(since <= at < until); a time without a zone is UTC.",
-    )
+    out = command(sub, "export", run_export, help=EXPORT_HELP, description=EXPORT_ABOUT)
     _common(out)
     out.add_argument("--since", type=_time, help="ISO 8601 time, inclusive")
     out.add_argument("--until", type=_time, help="ISO 8601 time, exclusive")

@@ -26,6 +26,28 @@ from signoff.errors import ConfigError, PolicyError
 OK, REFUSED, USAGE = exitcodes.OK, exitcodes.REFUSED, exitcodes.USAGE
 
 
+KEYGEN_ABOUT = (
+    f"Write {PRIVATE_KEY_NAME} (0600; keep it with your CI secrets) and "
+    f"{PUBLIC_KEY_NAME} (give it to the service) into DIR. Existing files are never "
+    "overwritten. Exit 0: written; 2: not written."
+)
+SIGN_HELP = "load a rules directory and write it as a signed bundle"
+SIGN_ABOUT = (
+    "Load the rules directory as the service would (a bundle that does not "
+    "load is never signed), then write its policy files, a manifest and the signature. "
+    f"The manifest records the signing time: ${SOURCE_DATE_EPOCH} when set (so a rebuild "
+    "gives identical bytes), else now. Prints the revision. Exit 0: signed; 1: the rules "
+    "do not load; 2: bad key, paths or times."
+)
+VERIFY_HELP = "check a signed bundle as the service would"
+VERIFY_ABOUT = (
+    "Verify the signature, the files, the limits and the signing and expiry "
+    "times, then load the policies. Exit 0: the service would serve it (prints revision, "
+    "file count, signing time and expiry); 1: refused (prints why); 2: usage error "
+    "(missing bundle file, unusable key)."
+)
+
+
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `bundle keygen|sign|verify` on the `signoff` CLI; `args.run(args)` runs one."""
     bundle = commands.add_parser(
@@ -36,26 +58,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     sub = bundle.add_subparsers(dest="bundle_command", required=True)
     keygen = command(
-        sub,
-        "keygen",
-        run_keygen,
-        help="write a new signing key pair",
-        description=f"Write {PRIVATE_KEY_NAME} (0600; keep it with your CI secrets) and "
-        f"{PUBLIC_KEY_NAME} (give it to the service) into DIR. Existing files are never "
-        "overwritten. Exit 0: written; 2: not written.",
+        sub, "keygen", run_keygen, help="write a new signing key pair", description=KEYGEN_ABOUT
     )
     keygen.add_argument("--out", required=True, metavar="DIR", help="directory for the keys")
-    sign = command(
-        sub,
-        "sign",
-        run_sign,
-        help="load a rules directory and write it as a signed bundle",
-        description="Load the rules directory as the service would (a bundle that does not "
-        "load is never signed), then write its policy files, a manifest and the signature. "
-        f"The manifest records the signing time: ${SOURCE_DATE_EPOCH} when set (so a rebuild "
-        "gives identical bytes), else now. Prints the revision. Exit 0: signed; 1: the rules "
-        "do not load; 2: bad key, paths or times.",
-    )
+    sign = command(sub, "sign", run_sign, help=SIGN_HELP, description=SIGN_ABOUT)
     sign.add_argument("--rules", required=True, metavar="DIR", help="policy bundle directory")
     sign.add_argument("--key", required=True, metavar="PRIVATE.pem", help="signing key")
     sign.add_argument("--out", required=True, metavar="FILE.tar.gz", help="bundle to write")
@@ -67,16 +73,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "(default: never expires)",
     )
     _backend_argument(sign)
-    verify = command(
-        sub,
-        "verify",
-        run_verify,
-        help="check a signed bundle as the service would",
-        description="Verify the signature, the files, the limits and the signing and expiry "
-        "times, then load the policies. Exit 0: the service would serve it (prints revision, "
-        "file count, signing time and expiry); 1: refused (prints why); 2: usage error "
-        "(missing bundle file, unusable key).",
-    )
+    verify = command(sub, "verify", run_verify, help=VERIFY_HELP, description=VERIFY_ABOUT)
     verify.add_argument("--bundle", required=True, metavar="FILE", help="signed bundle")
     verify.add_argument("--public-key", required=True, metavar="PUBLIC.pem", help="trusted key")
     _backend_argument(verify)

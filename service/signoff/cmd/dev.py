@@ -18,26 +18,23 @@ from signoff.devtokens import (
 )
 from signoff.errors import ConfigError
 
+DEV_KEYS_HELP = "write a development signing key and JWKS (demos and tests only)"
+DEV_KEYS_ABOUT = (
+    "Write an Ed25519 signing key and a JWKS for demos and tests. "
+    "Not for production: whoever holds the key can be any approver."
+)
+MINT_HELP = "print a token signed with a development key (demos and tests only)"
+MINT_ABOUT = "Print a bearer token signed with the key from `signoff dev-keys`."
+
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `dev-keys DIR` and `dev-token --keys DIR --sub S ...` on the `signoff` CLI."""
     keys = command(
-        commands,
-        "dev-keys",
-        run_dev_keys,
-        help="write a development signing key and JWKS (demos and tests only)",
-        description="Write an Ed25519 signing key and a JWKS for demos and tests. "
-        "Not for production: whoever holds the key can be any approver.",
+        commands, "dev-keys", run_dev_keys, help=DEV_KEYS_HELP, description=DEV_KEYS_ABOUT
     )
     keys.add_argument("directory", metavar="DIR", type=Path, help="directory to write into")
 
-    token = command(
-        commands,
-        "dev-token",
-        run_dev_token,
-        help="print a token signed with a development key (demos and tests only)",
-        description="Print a bearer token signed with the key from `signoff dev-keys`.",
-    )
+    token = command(commands, "dev-token", run_dev_token, help=MINT_HELP, description=MINT_ABOUT)
     token.add_argument("--keys", metavar="DIR", type=Path, required=True, help="dev-keys DIR")
     token.add_argument("--sub", required=True, help="subject, e.g. alice@acme.io")
     token.add_argument("--kind", choices=KINDS, default="human", help="default: human")

@@ -12,16 +12,13 @@ from signoff.client.cmd.settings import command
 from signoff.devcerts import LOOPBACK_NAMES, create_dev_certs
 from signoff.errors import ConfigError
 
+DEV_CERTS_HELP = "write a throwaway CA and server/client TLS certificates (development only)"
+
 
 def register(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> None:
-    certs = command(
-        commands,
-        "dev-certs",
-        run_dev_certs,
-        help="write a throwaway CA and server/client TLS certificates (development only)",
-    )
+    certs = command(commands, "dev-certs", run_dev_certs, help=DEV_CERTS_HELP)
     certs.add_argument("directory", type=Path, help="where to write the PEM files")
     certs.add_argument(
         "--host",

@@ -4,36 +4,28 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from pathlib import Path
 
 from signoff.client.cmd.settings import command
+from signoff.cmd import options
 from signoff.policy.lint import report
+
+LINT_HELP = "find problems in a policy bundle: load errors, dead rules, backend differences"
+LINT_ABOUT = (
+    "Report every load problem (errors) plus rules that can never fire, unused "
+    "variables and derived roles, and CEL whose meaning differs between the two backends "
+    "(warnings). Exit 0: no errors (and no warnings with --strict); 1: findings; "
+    "2: usage error."
+)
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `lint RULES [--json] [--strict]` on the `signoff` CLI; `args.run(args)`."""
-    parser = command(
-        commands,
-        "lint",
-        run_lint,
-        help="find problems in a policy bundle: load errors, dead rules, backend differences",
-        description="Report every load problem (errors) plus rules that can never fire, unused "
-        "variables and derived roles, and CEL whose meaning differs between the two backends "
-        "(warnings). Exit 0: no errors (and no warnings with --strict); 1: findings; "
-        "2: usage error.",
-    )
+    parser = command(commands, "lint", run_lint, help=LINT_HELP, description=LINT_ABOUT)
     add_arguments(parser)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "rules_dir",
-        metavar="RULES",
-        nargs="?",
-        type=Path,
-        default=Path("rules"),
-        help="policy bundle directory (default: rules)",
-    )
+    options.rules_dir(parser)
     parser.add_argument("--json", action="store_true", help="print the findings as JSON")
     parser.add_argument(
         "--strict", action="store_true", help="exit 1 on warnings too, not only on errors"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
 from signoff.client.cmd.settings import Setting
 from signoff.keys import KEY_ENV
 
@@ -45,4 +48,16 @@ def key_file(purpose: str) -> Setting:
         "",
         f"file holding the {purpose} key as hex ({name}_FILE; or the hex in {name}); set, it "
         "replaces the key derived from the root",
+    )
+
+
+def rules_dir(parser: argparse.ArgumentParser, about: str = "") -> None:
+    """The optional RULES positional of the commands that read a bundle (default ./rules)."""
+    parser.add_argument(
+        "rules_dir",
+        metavar="RULES",
+        nargs="?",
+        type=Path,
+        default=Path("rules"),
+        help=f"policy bundle directory{about} (default: rules)",
     )

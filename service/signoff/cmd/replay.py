@@ -47,19 +47,19 @@ def _rate(text: str) -> float:
     return value
 
 
+REPLAY_HELP = "decide recorded decisions again with a new bundle and report what changes"
+REPLAY_ABOUT = (
+    "Read decision records (the JSON lines of `signoff audit export`), decide "
+    "each again with the bundle in --rules at its recorded time, and report the verdicts "
+    "and masking plans that change. A decision whose rules read an attribute the record "
+    "does not keep is reported as not replayable, never guessed. Exit 0: within budget; "
+    "1: over budget; 2: unusable input or a bundle that does not load."
+)
+
+
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `replay --rules DIR --decisions FILE` on the `signoff` CLI; `args.run(args)`."""
-    parser = command(
-        commands,
-        "replay",
-        run_replay,
-        help="decide recorded decisions again with a new bundle and report what changes",
-        description="Read decision records (the JSON lines of `signoff audit export`), decide "
-        "each again with the bundle in --rules at its recorded time, and report the verdicts "
-        "and masking plans that change. A decision whose rules read an attribute the record "
-        "does not keep is reported as not replayable, never guessed. Exit 0: within budget; "
-        "1: over budget; 2: unusable input or a bundle that does not load.",
-    )
+    parser = command(commands, "replay", run_replay, help=REPLAY_HELP, description=REPLAY_ABOUT)
     parser.add_argument("--rules", metavar="DIR", type=Path, required=True, help="new bundle")
     parser.add_argument(
         "--decisions",

@@ -7,33 +7,25 @@ import sys
 from pathlib import Path
 
 from signoff.client.cmd.settings import command
+from signoff.cmd import options
 from signoff.engine.cel import BACKENDS
 from signoff.policytest.runner import run_suites
 
 BOTH = "both"
 
 
+TEST_HELP = "run the policy suites (*_test.yaml) beside the policies"
+
+
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `test` to the `signoff` command line."""
-    test = command(
-        commands,
-        "test",
-        run_test,
-        help="run the policy suites (*_test.yaml) beside the policies",
-    )
+    test = command(commands, "test", run_test, help=TEST_HELP)
     add_test_arguments(test)
 
 
 def add_test_arguments(parser: argparse.ArgumentParser) -> None:
     """Add `RULES [--junit FILE] [--backend ...]` to `parser` (e.g. a `test` subcommand)."""
-    parser.add_argument(
-        "rules_dir",
-        metavar="RULES",
-        nargs="?",
-        type=Path,
-        default=Path("rules"),
-        help="policy bundle directory; its *_test.yaml files are the suites (default: rules)",
-    )
+    options.rules_dir(parser, "; its *_test.yaml files are the suites")
     parser.add_argument(
         "--junit",
         metavar="FILE",

@@ -110,6 +110,18 @@ def _message(fdp: descriptor_pb2.FileDescriptorProto, name: str, fields: Mapping
         _add_field(msg, field_name, number, type_name)
 
 
+def _append(
+    msg: descriptor_pb2.DescriptorProto, name: str, message: str, *, repeated: bool = False
+) -> None:
+    """Add field `name` to `msg`: of message type `message` in this package, or a string."""
+    field = msg.field.add(name=name, number=len(msg.field) + 1)
+    field.label = _FDP.LABEL_REPEATED if repeated else _FDP.LABEL_OPTIONAL
+    if message:
+        field.type, field.type_name = _FDP.TYPE_MESSAGE, f".{_PKG}.{message}"
+    else:
+        field.type = _FDP.TYPE_STRING
+
+
 def _type_pool(schema: AttributeSchema) -> descriptor_pool.DescriptorPool:
     """Message types mirroring the CEL variables, so the checker knows every field."""
     pool = descriptor_pool.DescriptorPool()
@@ -134,26 +146,11 @@ def _type_pool(schema: AttributeSchema) -> descriptor_pool.DescriptorPool:
     _message(fdp, "Context", {"environment": "string", "source_ip": "string", "time": "timestamp"})
     by_name = {m.name: m for m in fdp.message_type}
     for section in ("principal", "resource", "context"):
-        msg = by_name[section.title()]
-        msg.field.add(
-            name="attr",
-            number=len(msg.field) + 1,
-            label=_FDP.LABEL_OPTIONAL,
-            type=_FDP.TYPE_MESSAGE,
-            type_name=f".{_PKG}.{section.title()}Attributes",
-        )
+        _append(by_name[section.title()], "attr", f"{section.title()}Attributes")
     res = by_name["Resource"]
-    res.field.add(
-        name="fields",
-        number=len(res.field) + 1,
-        label=_FDP.LABEL_REPEATED,
-        type=_FDP.TYPE_MESSAGE,
-        type_name=f".{_PKG}.Field",
-    )
+    _append(res, "fields", "Field", repeated=True)
     for extra in ("tags", "paths"):
-        res.field.add(
-            name=extra, number=len(res.field) + 1, label=_FDP.LABEL_REPEATED, type=_FDP.TYPE_STRING
-        )
+        _append(res, extra, "", repeated=True)
     pool.Add(fdp)
     return pool
 

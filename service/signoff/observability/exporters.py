@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 import threading
+import typing
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -14,7 +16,6 @@ from wsgiref.simple_server import WSGIServer
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     ConsoleMetricExporter,
-    MetricExporter,
     MetricReader,
     PeriodicExportingMetricReader,
 )
@@ -24,7 +25,6 @@ from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
     SimpleSpanProcessor,
-    SpanExporter,
 )
 
 from signoff.errors import ConfigError
@@ -158,45 +158,29 @@ def _describe(names: list[str], protocol: str) -> str:
     return ", ".join(f"otlp ({protocol})" if n == "otlp" else n for n in names)
 
 
+def _otlp(signal: str, protocol: str) -> typing.Any:
+    """The OTLP exporter of `signal` ("trace" or "metric") over gRPC or HTTP. Imported only
+    when chosen: each pulls in its transport. The exporters read endpoint, headers, timeout,
+    TLS and compression from the process environment themselves; doing it again here could
+    only disagree with them."""
+    transport = "grpc" if protocol == "grpc" else "http"
+    module = importlib.import_module(
+        f"opentelemetry.exporter.otlp.proto.{transport}.{signal}_exporter"
+    )
+    return getattr(module, "OTLPSpanExporter" if signal == "trace" else "OTLPMetricExporter")()
+
+
 def _span_processor(name: str, protocol: str) -> SpanProcessor:
     if name == "console":
         # sys.stdout as it is now, not as it was when the SDK module was imported.
         return SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stdout))
-    exporter: SpanExporter
-    # The exporters read endpoint, headers, timeout, TLS and compression from the process
-    # environment themselves; doing it again here could only disagree with them.
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-            OTLPSpanExporter as GrpcSpanExporter,
-        )
-
-        exporter = GrpcSpanExporter()
-    else:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-            OTLPSpanExporter as HttpSpanExporter,
-        )
-
-        exporter = HttpSpanExporter()
-    return BatchSpanProcessor(exporter)
+    return BatchSpanProcessor(_otlp("trace", protocol))
 
 
 def _metric_reader(name: str, protocol: str) -> MetricReader:
-    exporter: MetricExporter
     if name == "console":
-        exporter = ConsoleMetricExporter(out=sys.stdout)
-    elif protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
-            OTLPMetricExporter as GrpcMetricExporter,
-        )
-
-        exporter = GrpcMetricExporter()
-    else:
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
-            OTLPMetricExporter as HttpMetricExporter,
-        )
-
-        exporter = HttpMetricExporter()
-    return PeriodicExportingMetricReader(exporter)
+        return PeriodicExportingMetricReader(ConsoleMetricExporter(out=sys.stdout))
+    return PeriodicExportingMetricReader(_otlp("metric", protocol))
 
 
 def _serve_metrics(

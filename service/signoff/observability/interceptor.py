@@ -98,14 +98,7 @@ class _Rpc:
             call = self._tracing.start(*self._names, self._metadata)
             if call is None:
                 return behavior(request, context)
-            token = call.attach()
-            try:
-                response = behavior(request, context)
-            except BaseException:
-                call.finish(_status_of(context, failed=True))
-                raise
-            finally:
-                call.detach(token)
+            response = _attached(call, context, lambda: behavior(request, context))
             call.finish(_status_of(context, failed=False))
             return response
 
@@ -119,14 +112,7 @@ class _Rpc:
             # grpc stops iterating a cancelled stream, so only this callback sees its end.
             with call.shield("watch RPC end"):
                 context.add_callback(lambda: call.finish(_status_of(context, cancelled=True)))
-            token = call.attach()
-            try:
-                responses = behavior(request, context)
-            except BaseException:
-                call.finish(_status_of(context, failed=True))
-                raise
-            finally:
-                call.detach(token)
+            responses = _attached(call, context, lambda: behavior(request, context))
             return _TracedResponses(iter(responses), call, context)
 
         return traced
@@ -195,6 +181,18 @@ def _carrier(metadata: Any) -> dict[str, str]:
         if isinstance(key, str) and isinstance(value, str):
             carrier.setdefault(key.lower(), value)
     return carrier
+
+
+def _attached(call: _Call, context: grpc.ServicerContext, run: Callable[[], Any]) -> Any:
+    """`run()` with the call's span as the current one; a raise finishes the span failed."""
+    token = call.attach()
+    try:
+        return run()
+    except BaseException:
+        call.finish(_status_of(context, failed=True))
+        raise
+    finally:
+        call.detach(token)
 
 
 def _status_of(

@@ -81,16 +81,11 @@ _PROBE_NOW = dt.datetime(2026, 1, 5, 12, 0, tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True, order=True)
-class Finding:
-    """One lint finding, located like a load problem."""
+class Finding(Problem):
+    """One lint finding: a load problem's place and message, with a severity and a code."""
 
-    file: str
-    line: int
-    column: int
-    rule_id: str
     severity: str
     code: str
-    message: str
 
     def __str__(self) -> str:
         rule = f" [{self.rule_id}]" if self.rule_id else ""
@@ -459,7 +454,7 @@ class _Linter:
         message: str,
     ) -> None:
         self.findings.append(
-            Finding(src.name, pos.line, pos.column, rule_id, WARNING, code, message)
+            Finding(src.name, pos.line, pos.column, rule_id, message, WARNING, code)
         )
 
     def run(self) -> list[Finding]:
@@ -715,9 +710,9 @@ def _load(root: Path, written: model.Bundle | None) -> tuple[list[Finding], Attr
                 problem.line,
                 problem.column,
                 problem.rule_id,
+                problem.message + only,
                 ERROR,
                 LOAD_ERROR,
-                problem.message + only,
             )
         )
     return findings, schema if not problems else None

@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from signoff.engine import cel, celscan
 from signoff.engine.compiled import (
@@ -231,30 +232,35 @@ def _merge_schema(ctx: _Context, files: list[model.PolicyFile]) -> AttributeSche
     return AttributeSchema({s: dict(sorted(a.items())) for s, a in merged.items()})
 
 
+def _usable(files: list[model.PolicyFile], kind: str) -> Iterator[tuple[Any, Any]]:
+    """(source, item) for each item of `kind` (derived_roles, policies) that validation left
+    usable, file by file in bundle order."""
+    for f in files:
+        for spec in getattr(f, kind):
+            if f.compiles(spec.path):
+                yield f.src, spec
+
+
 def _derived_roles(ctx: _Context, files: list[model.PolicyFile]) -> dict[str, DerivedRole]:
     roles: dict[str, DerivedRole] = {}
     seen: dict[str, str] = {}
-    for f in files:
-        src = f.src
-        for spec in f.derived_roles:
-            if not f.compiles(spec.path):
-                continue
-            name = spec.name
-            rid = f"derived_role:{name}"
-            if name in seen:
-                ctx.add(
-                    src,
-                    (*spec.path, "name"),
-                    rid,
-                    f"derived role {name!r} is also defined in {seen[name]}",
-                )
-                continue
-            seen[name] = src.name
-            for k, message in _role_problems(spec.parent_roles):
-                ctx.add(src, (*spec.path, "parent_roles", k), rid, message)
-            program = ctx.compile(src, (*spec.path, "when"), rid, spec.when)
-            if program is not None:
-                roles[name] = DerivedRole(name, frozenset(spec.parent_roles), program)
+    for src, spec in _usable(files, "derived_roles"):
+        name = spec.name
+        rid = f"derived_role:{name}"
+        if name in seen:
+            ctx.add(
+                src,
+                (*spec.path, "name"),
+                rid,
+                f"derived role {name!r} is also defined in {seen[name]}",
+            )
+            continue
+        seen[name] = src.name
+        for k, message in _role_problems(spec.parent_roles):
+            ctx.add(src, (*spec.path, "parent_roles", k), rid, message)
+        program = ctx.compile(src, (*spec.path, "when"), rid, spec.when)
+        if program is not None:
+            roles[name] = DerivedRole(name, frozenset(spec.parent_roles), program)
     return roles
 
 
@@ -263,43 +269,37 @@ def _policies(
 ) -> list[CompiledPolicy]:
     compiled: list[CompiledPolicy] = []
     seen: dict[str, str] = {}
-    for f in files:
-        src = f.src
-        for spec in f.policies:
-            if not f.compiles(spec.path):
+    for src, spec in _usable(files, "policies"):
+        pid = spec.policy_id
+        base = spec.path
+        duplicate = pid in seen
+        if duplicate:
+            # Still compiled below so its own problems are reported in the same run.
+            ctx.add(src, (*base, "id"), pid, f"policy id {pid!r} is also used in {seen[pid]}")
+        seen.setdefault(pid, src.name)
+        variables = _variables(ctx, src, base, pid, spec.variables)
+        rules: list[CompiledRule] = []
+        rule_ids: set[str] = set()
+        for rule in spec.rules:
+            if rule.path in src.unusable:
                 continue
-            pid = spec.policy_id
-            base = spec.path
-            duplicate = pid in seen
-            if duplicate:
-                # Still compiled below so its own problems are reported in the same run.
-                ctx.add(src, (*base, "id"), pid, f"policy id {pid!r} is also used in {seen[pid]}")
-            seen.setdefault(pid, src.name)
-            variables = _variables(ctx, src, base, pid, spec.variables)
-            rules: list[CompiledRule] = []
-            rule_ids: set[str] = set()
-            for rule in spec.rules:
-                if rule.path in src.unusable:
-                    continue
-                if rule.id in rule_ids:
-                    ctx.add(
-                        src, (*rule.path, "id"), rule.rule_id, "duplicate rule id in this policy"
-                    )
-                    continue
-                rule_ids.add(rule.id)
-                compiled_rule = _rule(ctx, src, rule, variables, derived)
-                if compiled_rule is not None:
-                    rules.append(compiled_rule)
-            if duplicate:
+            if rule.id in rule_ids:
+                ctx.add(src, (*rule.path, "id"), rule.rule_id, "duplicate rule id in this policy")
                 continue
-            compiled.append(
-                CompiledPolicy(
-                    policy_id=pid,
-                    resources=tuple(Glob.of(g) for g in spec.resources),
-                    actions=tuple(Glob.of(g) for g in spec.actions),
-                    rules=tuple(sorted(rules, key=lambda r: r.sort_key)),
-                )
+            rule_ids.add(rule.id)
+            compiled_rule = _rule(ctx, src, rule, variables, derived)
+            if compiled_rule is not None:
+                rules.append(compiled_rule)
+        if duplicate:
+            continue
+        compiled.append(
+            CompiledPolicy(
+                policy_id=pid,
+                resources=tuple(Glob.of(g) for g in spec.resources),
+                actions=tuple(Glob.of(g) for g in spec.actions),
+                rules=tuple(sorted(rules, key=lambda r: r.sort_key)),
             )
+        )
     return compiled
 
 

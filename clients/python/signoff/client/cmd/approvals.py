@@ -113,14 +113,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return quiet_on_closed_stdout(lambda: run_approvals(args))
 
 
+APPROVALS_HELP = "list, show, approve, reject, cancel or watch approvals"
+APPROVALS_ABOUT = "List, inspect and decide approvals held by a signoff service."
+
+
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `approvals` (with its subcommands) to a command line; `args.run(args)` runs it."""
     parser = command(
         commands,
         "approvals",
         run_approvals,
-        help="list, show, approve, reject, cancel or watch approvals",
-        description="List, inspect and decide approvals held by a signoff service.",
+        help=APPROVALS_HELP,
+        description=APPROVALS_ABOUT,
         epilog=_EPILOG,
     )
     configure_approvals_parser(parser)

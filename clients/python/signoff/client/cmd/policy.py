@@ -39,16 +39,17 @@ _EPILOG = (
 )
 
 
+POLICY_HELP = "reload the served policy bundle now, or show which one serves"
+POLICY_ABOUT = (
+    "Ask a running signoff service (PolicyAdminService) to reload its policy "
+    "bundle, or which bundle it serves and how the latest load went."
+)
+
+
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `policy reload|status` to a command line; `args.run(args)` runs it."""
     parser = command(
-        commands,
-        "policy",
-        run_policy,
-        help="reload the served policy bundle now, or show which one serves",
-        description="Ask a running signoff service (PolicyAdminService) to reload its policy "
-        "bundle, or which bundle it serves and how the latest load went.",
-        epilog=_EPILOG,
+        commands, "policy", run_policy, help=POLICY_HELP, description=POLICY_ABOUT, epilog=_EPILOG
     )
     add_connection_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="policy_command", metavar="COMMAND", required=True)
