@@ -1,0 +1,1 @@
+"""The HTTP face of signoff: AuthZEN, approvals over JSON, Slack and Teams, the web inbox."""
