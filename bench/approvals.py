@@ -35,10 +35,12 @@ def struct(values: dict[str, Any]) -> struct_pb2.Struct:
 
 
 def grant_request(n: int) -> pb.CheckRequest:
-    """A prod role grant by a human IAM admin: the bundled rules want 2 security approvers."""
+    """A prod role grant by a human IAM admin: the bundled rules want 2 security approvers.
+    Each request has its own admin: one principal may only have a few approvals waiting at
+    once (--max-pending-approvals), and this measures approvals, not that limit."""
     return pb.CheckRequest(
         principal=pb.Principal(
-            id="bob@acme.io",
+            id=f"iam-admin-{n}@acme.io",
             kind=pb.PRINCIPAL_KIND_HUMAN,
             roles=["iam_admin"],
             attributes=struct({"tenant": "acme"}),
@@ -166,6 +168,8 @@ def measure(
     finally:
         server.terminate()
         server.wait(timeout=10)
+        if server.stdout is not None:
+            server.stdout.close()
         import redis
 
         client = redis.Redis.from_url(redis_url)
@@ -180,7 +184,12 @@ def main() -> None:
     parser.add_argument("--per-caller", type=int, default=50)
     parser.add_argument("--processes", type=int, default=1, help="signoff serve --processes")
     parser.add_argument("--redis-url", default=REDIS_URL)
+    parser.add_argument(
+        "--quick", action="store_true", help="2 callers, 3 calls each: checks it runs, not speed"
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.callers, args.per_caller = 2, 3
     result = measure(args.callers, args.per_caller, args.redis_url, args.processes)
     print(f"{args.callers} concurrent callers, {args.callers * args.per_caller} calls a phase")
     print(f"{'phase':<18} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'calls/s':>9}")
