@@ -271,3 +271,20 @@ def test_a_decided_approval_cannot_be_voted_again_from_an_old_message(
     assert stored(gw, approval_id).state is State.REJECTED
     [told] = slack.calls_to("chat.postEphemeral")
     assert "rejected" in told.args["text"]
+
+
+def test_when_redis_cannot_remember_a_signature_the_click_is_refused_with_503(
+    slack: SlackStandIn,
+) -> None:
+    with gateway(slack) as gw:
+        approval_id = pending(gw)
+        pool = gw.store.redis.connection_pool
+        port = pool.connection_kwargs["port"]
+        pool.connection_kwargs["port"] = 1  # nothing listens there: Redis is gone
+        pool.reset()
+        response = gw.post(body := click(RITA, APPROVE_ACTION, approval_id), signed_headers(body))
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "unavailable"
+        pool.connection_kwargs["port"] = port
+        pool.reset()
+        assert stored(gw, approval_id).votes == ()

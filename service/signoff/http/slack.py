@@ -120,7 +120,11 @@ class ReplayGuard:
 
     def first_use(self, signature: str) -> bool:
         key = self._prefix + hashlib.sha256(signature.encode()).hexdigest()
-        return bool(self._redis.set(key, "1", nx=True, ex=REPLAY_SECONDS))
+        try:
+            return bool(self._redis.set(key, "1", nx=True, ex=REPLAY_SECONDS))
+        except redis.RedisError as exc:
+            # Fails closed: a signature that cannot be remembered could be replayed.
+            raise StoreUnavailable(f"Redis is unreachable ({type(exc).__name__})") from None
 
 
 class SlackInteractions:
