@@ -1,4 +1,8 @@
-"""(being written) the teams surface of the HTTP gateway."""
+"""Teams: no route of its own; its cards (notify/render.py) open the inbox page of each approval.
+
+A Bot Framework endpoint (Action.Execute, tokens checked against the Bot Framework's OpenID keys)
+is not built: docs/slack-teams.md says why and what it would take.
+"""
 
 from __future__ import annotations
 

@@ -39,6 +39,10 @@ class NotifierConfig:
     consumer: str = field(default_factory=default_consumer)
     slack_webhook_url: str | None = field(default=None, repr=False)
     teams_webhook_url: str | None = field(default=None, repr=False)
+    # A Slack app (bot token + channel) posts messages with buttons and updates them in place.
+    slack_bot_token: str | None = field(default=None, repr=False)
+    slack_channel: str | None = None
+    slack_api_url: str = "https://slack.com/api/"
     approve_url_template: str | None = None
     http_timeout: float = 5.0
     max_attempts: int = 5
@@ -53,6 +57,9 @@ class NotifierConfig:
     def __post_init__(self) -> None:
         _check_http_url(self.slack_webhook_url, "the Slack webhook URL")
         _check_http_url(self.teams_webhook_url, "the Teams webhook URL")
+        _check_http_url(self.slack_api_url, "the Slack API URL")
+        if bool(self.slack_bot_token) != bool(self.slack_channel):
+            raise ConfigError("a Slack bot token and a Slack channel go together")
         if self.approve_url_template is not None:
             _check_http_url(self.approve_url_template, "the approval URL template")
             if "{approval_id}" not in self.approve_url_template:
@@ -86,5 +93,8 @@ class NotifierConfig:
             or (get("SIGNOFF_REDIS_PREFIX") or DEFAULT_PREFIX) + EVENTS_STREAM,
             slack_webhook_url=get("SIGNOFF_SLACK_WEBHOOK_URL"),
             teams_webhook_url=get("SIGNOFF_TEAMS_WEBHOOK_URL"),
+            slack_bot_token=get("SIGNOFF_SLACK_BOT_TOKEN"),
+            slack_channel=get("SIGNOFF_SLACK_CHANNEL"),
+            slack_api_url=get("SIGNOFF_SLACK_API_URL") or "https://slack.com/api/",
             approve_url_template=get("SIGNOFF_APPROVAL_URL_TEMPLATE"),
         )

@@ -15,11 +15,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackClientError
 
 from signoff.errors import ConfigError
-from signoff.notify.config import NotifierConfig
+from signoff.notify.config import EVENTS_STREAM, NotifierConfig
 from signoff.notify.events import CREATED, FOLLOW_UPS, Event, parse_event
-from signoff.notify.render import plain, slack_message, teams_message
+from signoff.notify.render import (
+    plain,
+    slack_app_message,
+    slack_message,
+    slack_outcome_line,
+    teams_message,
+)
 from signoff.streamreader import Entry, StreamGroupReader
 
 log = logging.getLogger("signoff.notifier")
@@ -27,11 +35,22 @@ log = logging.getLogger("signoff.notifier")
 Renderer = Callable[..., dict[str, Any]]
 
 
+VOTED = "approval.voted"
+WEBHOOK_KINDS = frozenset({CREATED, *FOLLOW_UPS})
+# A Slack app message is updated in place, so each vote (progress toward quorum) shows too.
+SLACK_APP_KINDS = frozenset({*WEBHOOK_KINDS, VOTED})
+SLACK_APP = "slack-app"
+# How long the channel and ts of a posted message are kept, to update it: past any pending TTL.
+MESSAGE_REF_SECONDS = 30 * 24 * 3600
+
+
 @dataclass(frozen=True)
 class _Target:
     name: str
     url: str = field(repr=False)
-    render: Renderer = field(repr=False)
+    # None: the stream entry's fields as they are (the Slack app renders when it sends).
+    render: Renderer | None = field(repr=False)
+    kinds: frozenset[str] = WEBHOOK_KINDS
 
     @property
     def host(self) -> str:
@@ -93,14 +112,22 @@ class Notifier:
             targets.append(_Target("slack", config.slack_webhook_url, slack_message))
         if config.teams_webhook_url:
             targets.append(_Target("teams", config.teams_webhook_url, teams_message))
+        if config.slack_bot_token:
+            # What the app sends depends on what it posted before, so it renders when it sends.
+            targets.append(_Target(SLACK_APP, config.slack_api_url, None, SLACK_APP_KINDS))
         if not targets:
             raise ConfigError(
-                "no webhook configured: set SIGNOFF_SLACK_WEBHOOK_URL and/or "
-                "SIGNOFF_TEAMS_WEBHOOK_URL"
+                "no webhook configured: set SIGNOFF_SLACK_WEBHOOK_URL, SIGNOFF_TEAMS_WEBHOOK_URL "
+                "and/or SIGNOFF_SLACK_BOT_TOKEN with SIGNOFF_SLACK_CHANNEL"
             )
         self.targets: tuple[_Target, ...] = tuple(targets)
         self._owns_client = client is None
         self._redis = client or redis.Redis.from_url(config.redis_url, decode_responses=True)
+        self._slack_app = (
+            SlackApp(config, self._redis, _key_prefix(config.stream))
+            if config.slack_bot_token
+            else None
+        )
         self._reader = StreamGroupReader(
             self._redis,
             config.stream,
@@ -209,7 +236,10 @@ class Notifier:
         """Post one entry; False only when a stop interrupted it before it was settled."""
         kind = fields.get("type", "")
         approval_id = fields.get("approval_id", "")
-        if kind != CREATED and not (self.config.follow_ups and kind in FOLLOW_UPS):
+        targets = [t for t in self.targets if kind in t.kinds]
+        if kind != CREATED and not self.config.follow_ups:
+            targets = []
+        if not targets:
             log.debug("event %s (%s) is not posted", entry_id, plain(kind, 40))
             return True
         if not approval_id:
@@ -221,10 +251,12 @@ class Notifier:
                 (
                     t,
                     self._encode(
-                        t.render(event, approve_url_template=self.config.approve_url_template)
+                        dict(fields)
+                        if t.render is None
+                        else t.render(event, approve_url_template=self.config.approve_url_template)
                     ),
                 )
-                for t in self.targets
+                for t in targets
             ]
         except Exception as exc:
             # A poison entry must not wedge the stream. Only the class is logged: an
@@ -307,6 +339,8 @@ class Notifier:
     # Teams would still need this code; one poster for both webhooks keeps these guarantees
     # in one place.
     def _post(self, target: _Target, body: bytes) -> _Outcome:
+        if target.name == SLACK_APP and self._slack_app is not None:
+            return self._slack_app.send(parse_event(json.loads(body)))
         # The scheme was checked to be http(s) when the configuration was built.
         request = urllib.request.Request(  # noqa: S310
             target.url,
@@ -350,3 +384,78 @@ class Notifier:
                 )
                 self._reader.group_ready = False
                 stop.wait(delay)
+
+
+def _key_prefix(stream: str) -> str:
+    # The store writes `<prefix>events`; the app keeps its message references beside it.
+    return stream.removesuffix(EVENTS_STREAM) if stream.endswith(EVENTS_STREAM) else stream + ":"
+
+
+class SlackApp:
+    """Posts each approval once as an app message with buttons (chat.postMessage), updates it
+    in place with every vote and the final state (chat.update), and answers the outcome in
+    the message's thread. The channel and ts of each message are kept in Redis, so any
+    notifier replica can update a message another one posted."""
+
+    def __init__(self, config: NotifierConfig, client: redis.Redis, prefix: str) -> None:
+        assert config.slack_bot_token
+        assert config.slack_channel
+        self._channel = config.slack_channel
+        self._template = config.approve_url_template
+        self._redis = client
+        self._prefix = prefix + "slack:message:"
+        self._web = WebClient(
+            token=config.slack_bot_token,
+            base_url=config.slack_api_url,
+            timeout=int(max(1, config.http_timeout)),
+        )
+
+    def send(self, event: Event) -> _Outcome:
+        try:
+            if event.type == CREATED:
+                self._post(event)
+            else:
+                self._update(event)
+        except SlackApiError as exc:
+            code = str(exc.response.get("error") or "error")
+            if exc.response.status_code == 429 or code == "ratelimited":
+                retry = _retry_after(exc.response.headers.get("Retry-After"))
+                return _Outcome(False, detail=f"Slack {plain(code, 40)}", retry_after=retry)
+            # invalid_auth, channel_not_found, ...: the same every time.
+            return _Outcome(False, permanent=True, detail=f"Slack {plain(code, 40)}")
+        except (SlackClientError, OSError) as exc:
+            return _Outcome(False, detail=describe(exc))
+        return _Outcome(ok=True)
+
+    def _key(self, approval_id: str) -> str:
+        return self._prefix + approval_id
+
+    def _post(self, event: Event) -> None:
+        message = slack_app_message(
+            event.approval_id, event.summary, approve_url_template=self._template
+        )
+        answer = self._web.chat_postMessage(channel=self._channel, **message)
+        ref = {"channel": answer["channel"], "ts": answer["ts"], "voters": {}}
+        self._redis.set(self._key(event.approval_id), json.dumps(ref), ex=MESSAGE_REF_SECONDS)
+
+    def _update(self, event: Event) -> None:
+        raw = self._redis.get(self._key(event.approval_id))
+        if raw is None:
+            return  # posted before the app was configured, or long ago: nothing to update
+        ref = json.loads(raw)
+        state = event.to_state or "pending"
+        if event.type in (VOTED, "approval.approved", "approval.rejected") and event.actor:
+            # Keyed by voter: a redelivered event does not count a vote twice.
+            ref["voters"][event.actor] = event.type != "approval.rejected"
+        self._redis.set(self._key(event.approval_id), json.dumps(ref), ex=MESSAGE_REF_SECONDS)
+        message = slack_app_message(
+            event.approval_id,
+            event.summary,
+            state=state,
+            voters=list(ref["voters"].items()),
+            approve_url_template=self._template,
+        )
+        self._web.chat_update(channel=ref["channel"], ts=ref["ts"], **message)
+        if event.type in FOLLOW_UPS:
+            line = slack_outcome_line(event.approval_id, event.summary, state, event.actor)
+            self._web.chat_postMessage(channel=ref["channel"], thread_ts=ref["ts"], text=line)

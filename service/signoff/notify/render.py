@@ -9,6 +9,19 @@ import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
+from slack_sdk.models.blocks import (
+    ActionsBlock,
+    Block,
+    ButtonElement,
+    ContextBlock,
+    HeaderBlock,
+    InputBlock,
+    MarkdownTextObject,
+    PlainTextInputElement,
+    SectionBlock,
+)
+from slack_sdk.models.views import View
+
 from signoff.notify.events import (
     CREATED,
     FOLLOW_UPS,
@@ -375,3 +388,135 @@ def teams_message(
 
 def _teams_follow_up(line: str) -> dict[str, Any]:
     return _card([_rich(_run(line))], line, [])
+
+
+# --- Slack app messages (bot token): buttons, the reason modal, updates in place -----------
+
+APPROVE_ACTION: Final = "signoff_approve"
+REJECT_ACTION: Final = "signoff_reject"
+REASON_CALLBACK: Final = "signoff_reason"
+REASON_BLOCK: Final = "reason"
+REASON_INPUT: Final = "reason_input"
+# The reason a one-click Approve records: Approvals.vote asks every vote for one.
+CLICK_REASON: Final = "approved in Slack"
+_STATE_LINES: Final[Mapping[str, str]] = {
+    "pending": ":hourglass_flowing_sand: Waiting for approval",
+    "approved": ":white_check_mark: Approved",
+    "rejected": ":no_entry: Rejected",
+    "expired": ":alarm_clock: Expired without a decision",
+    "cancelled": ":heavy_multiplication_x: Cancelled by the requester",
+    "consumed": ":white_check_mark: Approved and used",
+}
+
+
+def _mrkdwn(text: str) -> MarkdownTextObject:
+    return MarkdownTextObject(text=_fit(text, SLACK_SECTION_LIMIT))
+
+
+def slack_app_message(
+    approval_id: str,
+    summary: Summary,
+    *,
+    state: str = "pending",
+    voters: Sequence[tuple[str, bool]] = (),
+    approve_url_template: str | None = None,
+) -> dict[str, Any]:
+    """The approval as a Slack app message (chat.postMessage / chat.update): the request,
+    the votes so far, its state, and Approve / Reject buttons while it is pending.
+
+    `voters` are (identity, approved) pairs; vote reasons are never shown (they are free
+    text a reviewer typed, kept for the audit trail only)."""
+    s = summary
+    facts = [
+        _mrkdwn(f"*{label}*\n{value}") for label, value in _facts(s, slack_escape, _slack_time)
+    ]
+    blocks: list[Block] = [
+        # plain_text is shown literally by Slack, so it is capped but not escaped.
+        HeaderBlock(text=plain(f"Approval requested: {s.action}", SLACK_HEADER_LIMIT)),
+        SectionBlock(fields=facts[:10]),
+    ]
+    if s.approvers:
+        lines = [f"• {slack_escape(_approver_set(a))}" for a in s.approvers]
+        blocks.append(
+            SectionBlock(text=_mrkdwn(_capped_lines(["*Who may approve*", *lines], 3000)))
+        )
+    if s.reasons or s.matched_rules:
+        lines = ["*Why it needs sign-off*", *(f"• {_md(r)}" for r in s.reasons)]
+        if s.matched_rules:
+            lines.append("_Rules:_ " + ", ".join(_md_code(r) for r in s.matched_rules[:MAX_ITEMS]))
+        blocks.append(SectionBlock(text=_mrkdwn(_capped_lines(lines, SLACK_SECTION_LIMIT))))
+    if s.fields:
+        lines = ["*Fields touched* (values withheld)"]
+        for f in s.fields:
+            path, tags = _field_line(f)
+            lines.append(f"• {_md_code(path)}" + (f" ({slack_escape(tags)})" if tags else ""))
+        blocks.append(SectionBlock(text=_mrkdwn(_capped_lines(lines, SLACK_SECTION_LIMIT))))
+    if voters:
+        lines = ["*Votes*"]
+        for who, approved in voters[:MAX_ITEMS]:
+            lines.append(f"• {'approved' if approved else 'rejected'} by {_md(who)}")
+        if s.quorum:
+            approvals = sum(1 for _, approved in voters if approved)
+            lines.append(f"_{approvals} of {s.quorum} approvals_")
+        blocks.append(SectionBlock(text=_mrkdwn(_capped_lines(lines, SLACK_SECTION_LIMIT))))
+    status = _STATE_LINES.get(state, plain(state))
+    blocks.append(SectionBlock(text=_mrkdwn(f"*{status}*")))
+    buttons: list[ButtonElement] = []
+    if state == "pending":
+        buttons += [
+            ButtonElement(
+                text="Approve", action_id=APPROVE_ACTION, value=approval_id, style="primary"
+            ),
+            ButtonElement(
+                text="Reject", action_id=REJECT_ACTION, value=approval_id, style="danger"
+            ),
+        ]
+    if approve_url_template:
+        buttons.append(
+            ButtonElement(
+                text="Open in signoff",
+                action_id="signoff_open",
+                url=approval_url(approve_url_template, approval_id),
+            )
+        )
+    if buttons:
+        blocks.append(ActionsBlock(elements=buttons))
+    context = f"Approval {_md_code(approval_id)}"
+    if s.grant_ttl_seconds:
+        context += f" · grant valid for {_duration(s.grant_ttl_seconds)} once approved"
+    blocks.append(ContextBlock(elements=[_mrkdwn(context)]))
+    headline = _headline(Event(CREATED, approval_id, summary=s))
+    return {
+        "text": _fit(slack_escape(f"{headline} ({state})"), SLACK_SECTION_LIMIT),
+        "blocks": [b.to_dict() for b in blocks],
+    }
+
+
+def slack_outcome_line(approval_id: str, summary: Summary, state: str, actor: str) -> str:
+    """The outcome posted in the approval message's thread, mrkdwn-escaped."""
+    event = Event(f"approval.{state}", approval_id, to_state=state, actor=actor, summary=summary)
+    return slack_escape(_follow_up_line(event))
+
+
+def slack_reason_modal(approval_id: str, *, approve: bool, metadata: str) -> View:
+    """The modal asking a reviewer why: always for Reject, for Approve where asked to.
+    `metadata` rides in private_metadata (Slack returns it with the submission)."""
+    verb = "Approve" if approve else "Reject"
+    return View(
+        type="modal",
+        callback_id=REASON_CALLBACK,
+        title=f"{verb} request",
+        submit=verb,
+        close="Cancel",
+        private_metadata=metadata,
+        blocks=[
+            SectionBlock(text=_mrkdwn(f"{verb} approval {_md_code(approval_id)}")),
+            InputBlock(
+                block_id=REASON_BLOCK,
+                label="Reason",
+                element=PlainTextInputElement(
+                    action_id=REASON_INPUT, multiline=True, max_length=2000
+                ),
+            ),
+        ],
+    )
