@@ -307,9 +307,11 @@ def test_a_timestamp_literal_finer_than_a_microsecond_is_refused(write_rules: Wr
         assert engine.decide(request).verdict is Verdict.ALLOW, name
 
 
-# Map keys without NUL: cel-expr-python cuts a key at NUL (`{'': 1, '\x00': 2}` has a
-# duplicate key there), a limit of that binding, not of CEL; see docs/cel-backends.md.
-_KEY = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=["Cs"]), max_size=2)
+# Text without NUL or lone surrogates: cel-expr-python cuts strings at NUL, so signoff refuses
+# NUL in request text before CEL sees it (test_nul_in_request_text_is_refused_naming_the_field),
+# and surrogates cannot reach it over gRPC; see docs/cel-backends.md.
+_TEXT = st.characters(blacklist_characters="\x00", blacklist_categories=["Cs"])
+_KEY = st.text(_TEXT, max_size=2)
 json_st = st.recursive(
     st.none()
     | st.booleans()
@@ -317,7 +319,7 @@ json_st = st.recursive(
     | st.integers(-(2**60), 2**60).map(float)
     | st.integers(-(2**63), 2**63 - 1)
     | st.sampled_from([-(2**63), 2**63 - 1, -7, 3, 0.5, -(2.0**63), 2.0**64])
-    | st.text(max_size=3)
+    | st.text(_TEXT, max_size=3)
     | st.sampled_from(["1", " 12 ", "0x1p3", "1_0", "true", "f", "1.5s", "-90m", "0", "+01:00"])
     | st.sampled_from(["2026-01-01T00:00:00.5Z", "2026-1-1t00:00:00+0100", "UTC", "Asia/Kolkata"]),
     lambda inner: (
