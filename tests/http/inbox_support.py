@@ -85,7 +85,10 @@ def oidc_provider(redirect_uri: str) -> Iterator[str]:
         npm = shutil.which("npm")
         assert npm, "npm is needed to install the test OpenID provider"
         subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"], cwd=PROVIDER_DIR, check=True, capture_output=True
+            [npm, "ci", "--no-audit", "--no-fund"],
+            cwd=PROVIDER_DIR,
+            check=True,
+            capture_output=True,
         )
     env = {
         **os.environ,
@@ -118,6 +121,8 @@ def oidc_provider(redirect_uri: str) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 # --- the gateway ----------------------------------------------------------------------

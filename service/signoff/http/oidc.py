@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from authlib.common.security import generate_token  # type: ignore[import-untyped]
-from authlib.integrations.httpx_client import AsyncOAuth2Client  # type: ignore[import-untyped]
+from authlib.deprecate import AuthlibDeprecationWarning  # type: ignore[import-untyped]
 from starlette.concurrency import run_in_threadpool
 
 from signoff.approvals.model import Identity
 from signoff.errors import ConfigError, Unauthenticated
+
+with warnings.catch_warnings():
+    # Authlib 1.9 prefers the `httpx2` fork and warns when it falls back to httpx, which is
+    # the HTTP client the gateway already depends on; the fallback is the same API.
+    warnings.simplefilter("ignore", AuthlibDeprecationWarning)
+    from authlib.integrations.httpx_client import (  # type: ignore[import-untyped]
+        AsyncOAuth2Client,
+    )
+
 from signoff.identity import (
     DEFAULT_GROUPS_CLAIM,
     DEFAULT_KIND_CLAIM,
