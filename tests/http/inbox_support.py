@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import uvicorn
+from starlette.types import ASGIApp
 
 from signoff.approvals.digest import digest_key
 from signoff.approvals.service import Approvals
@@ -156,11 +157,16 @@ def core_for(server: Server, engine: Engine, settings: Mapping[str, Any]) -> Htt
 
 @contextmanager
 def gateway(core: HttpCore, port: int = 0) -> Iterator[Gateway]:
-    """The real ASGI app under uvicorn, in a thread, on a loopback port."""
+    """The real gateway app (build_app) under uvicorn, in a thread, on a loopback port."""
+    with served(build_app(core), port) as url:
+        yield Gateway(url, core)
+
+
+@contextmanager
+def served(app: ASGIApp, port: int = 0) -> Iterator[str]:
+    """`app` under uvicorn, in a thread, on a loopback port; its base URL."""
     port = port or free_port()
-    config = uvicorn.Config(
-        build_app(core), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
-    )
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -169,7 +175,7 @@ def gateway(core: HttpCore, port: int = 0) -> Iterator[Gateway]:
         time.sleep(0.02)
     assert server.started, "the gateway did not start"
     try:
-        yield Gateway(f"http://127.0.0.1:{port}", core)
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)

@@ -125,3 +125,25 @@ def test_the_approval_page_fits_a_phone(
     assert width <= 390
     page.screenshot(path=shot(tmp_path, "approval-phone.png"), full_page=True)
     page.close()
+
+
+def test_a_callback_for_a_login_not_started_here_is_refused(web: Gateway) -> None:
+    with web.client() as mallory:
+        reply = mallory.get("/inbox/login/callback", params={"state": "guessed", "code": "stolen"})
+        assert reply.status_code == 401
+        assert "signoff_session" not in mallory.cookies
+        assert "Sign in to review" in mallory.get("/inbox").text
+
+
+def test_after_login_the_browser_never_leaves_for_another_site(
+    web: Gateway, browser: Browser
+) -> None:
+    page = browser.new_page()
+    page.goto(f"{web.url}/inbox/login?next=//evil.example/steal")
+    page.fill("input[name=login]", "nobody")
+    page.fill("input[name=password]", "any")
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{web.url}/inbox")
+    # Signed in, with no role that may decide anything: an empty inbox.
+    expect(page.locator(".empty")).to_be_visible()
+    page.close()

@@ -7,9 +7,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from signoff.approvals.model import State
 from signoff.engine.evaluator import Engine
+from signoff.http import inbox
+from signoff.http.security import SecureHeaders, session_identity, sessions_for
 from signoff.identity import NoAuthenticator
 from signoff.policy.loader import load_bundle
 from signoff.v1 import signoff_pb2 as pb
@@ -21,8 +28,10 @@ from tests.http.inbox_support import (
     csrf_of,
     dev_login,
     gateway,
+    served,
     staging_read,
 )
+from tests.server.harness import closed_port
 
 XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 
@@ -203,6 +212,45 @@ def test_the_dev_login_is_off_unless_asked_for(server: Server, lab_rules: Path) 
     core = core_for(server, engine, {"session_secret": SESSION_SECRET})
     with gateway(core) as web, web.client() as anyone:
         refused = anyone.post("/inbox/login/dev", data={"subject": "root", "roles": "x"})
-        assert "Development login" not in anyone.get("/inbox").text
+        login_page = anyone.get("/inbox")
+    assert login_page.status_code == 200
+    assert "Sign in to review" in login_page.text
+    assert "Development login" not in login_page.text
     assert refused.status_code == 404
     assert "set-cookie" not in refused.headers
+
+
+def test_an_unreachable_provider_is_a_503_page_not_a_traceback(
+    server: Server, lab_rules: Path
+) -> None:
+    engine = Engine(load_bundle(lab_rules, backend="cel-expr"))
+    settings = {
+        "session_secret": SESSION_SECRET,
+        "oidc_issuer": f"http://127.0.0.1:{closed_port()}",
+        "oidc_client_id": "signoff-inbox",
+    }
+    with gateway(core_for(server, engine, settings)) as web, web.client() as anyone:
+        reply = anyone.get("/inbox/login")
+    assert reply.status_code == 503
+    assert "Traceback" not in reply.text
+    assert "unavailable" in reply.text
+
+
+def test_session_identity_gives_other_routes_the_signed_in_reviewer(
+    server: Server, lab_rules: Path
+) -> None:
+    engine = Engine(load_bundle(lab_rules, backend="cel-expr"))
+    core = core_for(server, engine, {"dev_login": True, "session_secret": SESSION_SECRET})
+
+    async def me(request: Request) -> JSONResponse:
+        who = session_identity(request)
+        return JSONResponse(None if who is None else [who.subject, sorted(who.roles)])
+
+    app = Starlette(
+        routes=[*inbox.routes(core), Route("/me", me)],
+        middleware=[Middleware(SecureHeaders, sessions=sessions_for(core.settings))],
+    )
+    with served(app) as url, httpx.Client(base_url=url) as rita:
+        assert rita.get("/me").json() is None
+        dev_login(rita, "rita", "reviewer")
+        assert rita.get("/me").json() == ["rita", ["reviewer"]]

@@ -182,7 +182,10 @@ class Inbox:
     async def login(self, request: Request) -> Response:
         if self._oidc is None:
             return self._error(request, NotFound("no OpenID provider is configured"))
-        url, doc = await self._oidc.begin()
+        try:
+            url, doc = await self._oidc.begin()
+        except SignoffError as exc:
+            return self._error(request, exc)
         response = RedirectResponse(url, status_code=303)
         sessions(request).start_login(response, {**doc, "next": _local(request, "next")})
         return response
@@ -269,7 +272,7 @@ class Inbox:
         message = exc.message if isinstance(exc, InvalidRequest) else str(exc)
         if status == 503:
             log.warning("inbox: %s", escape_line(repr(exc)))
-            message = "the approval service is unavailable; try again shortly"
+            message = "a service the inbox needs is unavailable; try again shortly"
         return self._page(
             request, "error.html", session, status, status_code=status, field=field, message=message
         )

@@ -14,7 +14,7 @@ from authlib.deprecate import AuthlibDeprecationWarning  # type: ignore[import-u
 from starlette.concurrency import run_in_threadpool
 
 from signoff.approvals.model import Identity
-from signoff.errors import ConfigError, Unauthenticated
+from signoff.errors import ConfigError, SignoffError, Unauthenticated
 
 with warnings.catch_warnings():
     # Authlib 1.9 prefers the `httpx2` fork and warns when it falls back to httpx, which is
@@ -101,10 +101,13 @@ class OidcLogin:
     async def metadata(self) -> dict[str, Any]:
         async with self._lock:
             if self._metadata is None:
-                async with httpx.AsyncClient(timeout=TIMEOUT_SECONDS) as http:
-                    reply = await http.get(self.config.issuer + DISCOVERY)
-                reply.raise_for_status()
-                doc = reply.json()
+                try:
+                    async with httpx.AsyncClient(timeout=TIMEOUT_SECONDS) as http:
+                        reply = await http.get(self.config.issuer + DISCOVERY)
+                    reply.raise_for_status()
+                    doc = reply.json()
+                except (httpx.HTTPError, ValueError) as exc:
+                    raise SignoffError("the identity provider cannot be reached") from exc
                 # The discovery document must speak for the issuer we trust (OIDC Discovery 4.3).
                 if not isinstance(doc, dict) or doc.get("issuer") != self.config.issuer:
                     raise ConfigError("oidc: the discovery document names another issuer")
