@@ -330,6 +330,8 @@ def _row(record: ApprovalRecord, now: int) -> dict[str, Any]:
         "votes": sum(1 for v in record.votes if v.approve),
         "quorum": record.quorum,
         "left": _left(record.pending_expires_ms, now),
+        # The compliance impact (and any other label) the asking rules declare.
+        "labels": sorted(record.requirement.get("labels", {}).items()),
         "created": _iso(record.created_ms),
     }
 
