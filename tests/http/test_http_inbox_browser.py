@@ -46,7 +46,10 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
+    rule = "      - id: staging-needs-a-reviewer\n"
     for name, text in lab_files().items():
+        # With the compliance impact declared, so the page (and its screenshot) shows it.
+        text = text.replace(rule, rule + "        labels: {compliance: [soc2, gdpr]}\n")
         (tmp_path / f"{name}.yaml").write_text(text.lstrip("\n"), encoding="utf-8")
     with serve(tmp_path, auth=NoAuthenticator()) as running:
         yield running
@@ -96,6 +99,7 @@ def test_reviewer_signs_in_with_oidc_approves_and_the_caller_is_allowed(
 
     page.click(f"a[href='/inbox/a/{first}']")
     expect(page.locator("#payload")).to_contain_text("quarterly numbers for the board")
+    expect(page.locator("#labels")).to_contain_text("soc2")
     page.screenshot(path=shot(tmp_path, "approval.png"), full_page=True)
     page.fill("#reason", "matches the board request")
     page.click("#approve")
