@@ -9,7 +9,7 @@ PROTOC := $(BIN)/python -m grpc_tools.protoc -I proto \
 	--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy \
 	--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc
 
-.PHONY: install run test check gen gen-check lint typecheck bench bench-decision clean
+.PHONY: install run test check gen gen-check lint typecheck bench bench-decision clean inbox-deps screenshots
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,17 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The web inbox tests: Debian's Chromium (never a browser download) and the test OpenID
+# provider from its package-lock. The tests install either if missing; CI installs them first.
+OIDC_PROVIDER := tests/http/oidc-provider
+inbox-deps:
+	test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
+	test -d $(OIDC_PROVIDER)/node_modules || (cd $(OIDC_PROVIDER) && npm ci --no-audit --no-fund)
+
+# Refresh the inbox screenshots in docs/img from the browser test.
+screenshots: $(STAMP) inbox-deps
+	SIGNOFF_SCREENSHOTS=docs/img $(BIN)/python -m pytest tests/http/test_http_inbox_browser.py -q
 
 gen: $(STAMP)
 	$(PROTOC) \

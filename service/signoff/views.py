@@ -65,17 +65,24 @@ def requirement_from_doc(
         grant_ttl=dt.timedelta(seconds=int(doc.get("grant_ttl_seconds", 0))),
         rule_ids=tuple(doc.get("rule_ids", ())),
         requester_ids=tuple(requester_ids),
+        labels=tuple(
+            (name, tuple(values)) for name, values in sorted(doc.get("labels", {}).items())
+        ),
     )
 
 
 def requirement_doc(req: ApprovalRequirement) -> dict[str, Any]:
-    return {
+    doc: dict[str, Any] = {
         "approvers": [{"roles": list(s.roles), "groups": list(s.groups)} for s in req.approvers],
         "quorum": req.quorum,
         "pending_ttl_seconds": int(req.pending_ttl.total_seconds()),
         "grant_ttl_seconds": int(req.grant_ttl.total_seconds()),
         "rule_ids": list(req.rule_ids),
     }
+    # Only when a rule declares labels, so requirements written without them read the same.
+    if req.labels:
+        doc["labels"] = {name: list(values) for name, values in req.labels}
+    return doc
 
 
 MAX_REVIEW_PAYLOAD_BYTES = 16 * 1024

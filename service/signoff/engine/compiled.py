@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 
 from signoff.engine.cel import Backend, Program
-from signoff.engine.model import ApprovalRequirement, MaskOp, Verdict
+from signoff.engine.model import ApprovalRequirement, Labels, MaskOp, Verdict
 from signoff.engine.schema import AttributeSchema
 
 ANY_ROLE = "*"  # in `roles:` or `parent_roles:`: any role the principal holds
@@ -67,6 +67,7 @@ class CompiledRule:
     masks: tuple[MaskSpec, ...] = ()
     approval: ApprovalRequirement | None = None
     shadow: bool = False  # audit only: recorded with what it would decide, never enforced
+    labels: Labels = ()
 
     @property
     def sort_key(self) -> tuple[int, str]:

@@ -23,6 +23,7 @@ from signoff.engine.model import (
     RuleTrace,
     ShadowOutcome,
     Verdict,
+    merge_labels,
 )
 from signoff.engine.schema import convert_section, text
 from signoff.identities import is_blank_identity
@@ -526,4 +527,5 @@ def merge_approvals(reqs: list[ApprovalRequirement]) -> ApprovalRequirement | No
         grant_ttl=min(r.grant_ttl for r in reqs),
         rule_ids=tuple(sorted({i for r in reqs for i in r.rule_ids})),
         requester_attrs=tuple(sorted({a for r in reqs for a in r.requester_attrs})),
+        labels=merge_labels([r.labels for r in reqs]),
     )

@@ -97,6 +97,19 @@ class ApproverSet:
     groups: tuple[str, ...] = ()
 
 
+# Rule labels (`compliance: [soc2, gdpr]`): sorted (name, sorted values) pairs.
+Labels = tuple[tuple[str, tuple[str, ...]], ...]
+
+
+def merge_labels(all_labels: list[Labels]) -> Labels:
+    """Every value of every label name, once: what several rules together concern."""
+    merged: dict[str, set[str]] = {}
+    for labels in all_labels:
+        for name, values in labels:
+            merged.setdefault(name, set()).update(values)
+    return tuple((name, tuple(sorted(values))) for name, values in sorted(merged.items()))
+
+
 @dataclass(frozen=True)
 class ApprovalRequirement:
     approvers: tuple[ApproverSet, ...]
@@ -108,6 +121,8 @@ class ApprovalRequirement:
     requester_attrs: tuple[str, ...] = ()
     # Filled per decision: the principal id plus the values of requester_attrs.
     requester_ids: tuple[str, ...] = ()
+    # The asking rules' labels, shown to reviewers (e.g. the compliance impact).
+    labels: Labels = ()
 
 
 class RuleOutcome(enum.Enum):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
 from signoff.http import approvals_api, authzen, health, inbox, slack, teams
 from signoff.http.core import HttpCore
+from signoff.http.security import SecureHeaders, sessions_for
 
 SURFACES = (health, authzen, approvals_api, inbox, slack, teams)
 
@@ -16,4 +18,6 @@ def build_app(core: HttpCore) -> Starlette:
     routes: list[BaseRoute] = []
     for surface in SURFACES:
         routes += surface.routes(core)
-    return Starlette(routes=routes)
+    # Sessions (the inbox's login, read by the JSON API too) and strict headers on every page.
+    sessions = sessions_for(core.settings)
+    return Starlette(routes=routes, middleware=[Middleware(SecureHeaders, sessions=sessions)])

@@ -8,7 +8,7 @@ import hashlib
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -407,7 +407,7 @@ def _rule(
     masks = tuple(_mask(ctx, src, rule_id, m) for m in spec.masks)
     approval = None
     if spec.approval is not None:
-        approval = _approval(ctx, src, rule_id, spec.approval)
+        approval = replace(_approval(ctx, src, rule_id, spec.approval), labels=spec.labels)
     if len(ctx.problems) > before:
         return None
     return CompiledRule(
@@ -420,6 +420,7 @@ def _rule(
         masks=masks,
         approval=approval,
         shadow=spec.shadow,
+        labels=spec.labels,
     )
 
 

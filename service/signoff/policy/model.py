@@ -12,6 +12,7 @@ from typing import Any
 import fastjsonschema
 import jsonschema
 
+from signoff.engine.model import Labels
 from signoff.engine.schema import SECTIONS
 from signoff.errors import Problem
 from signoff.policy import source
@@ -119,6 +120,7 @@ class RuleSpec:
     reason: str
     masks: tuple[MaskSpec, ...]
     approval: ApprovalSpec | None
+    labels: Labels = ()
 
     @property
     def rule_id(self) -> str:
@@ -206,6 +208,17 @@ def _strings(value: Any) -> tuple[str, ...] | None:
     return None
 
 
+def _read_labels(value: Any) -> Labels:
+    """`labels: {compliance: [soc2, gdpr]}` as sorted pairs; the schema has vetted the shape."""
+    if not isinstance(value, dict):
+        return ()
+    return tuple(
+        (key, tuple(sorted(set(values))))
+        for key, written in sorted(value.items(), key=lambda kv: str(kv[0]))
+        if isinstance(key, str) and (values := _strings(written))
+    )
+
+
 def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
@@ -283,6 +296,7 @@ def _read_policy(out: PolicyFile, src: source.SourceFile, i: int, spec: Any) -> 
                     if (m := _read_mask((*path, "mask", k), item)) is not None
                 ),
                 _read_approval((*path, "approval"), rule.get("approval")),
+                _read_labels(rule.get("labels")),
             )
         )
     return policy
