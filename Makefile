@@ -22,7 +22,7 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/signoff serve --rules rules
 
-test: $(STAMP)
+test: $(STAMP) inbox-deps
 	$(BIN)/python -m pytest
 
 # The web inbox tests: Debian's Chromium (never a browser download) and the test OpenID
