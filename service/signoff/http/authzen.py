@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
+import re
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -16,7 +17,7 @@ from signoff.engine.evaluator import Engine
 from signoff.errors import InvalidRequest, SignoffError, Unauthenticated
 from signoff.http.core import HttpCore
 from signoff.http.errors import error_for
-from signoff.http.gateway_json import checked, obj, read_json_object, text
+from signoff.http.gateway_json import checked, obj, read_json_object, step, text
 from signoff.limits import Limits
 from signoff.views import masking_doc, requirement_doc
 
@@ -35,6 +36,8 @@ SEMANTICS = ("execute_all", "deny_on_first_deny", "permit_on_first_permit")
 # context keys that fill the signoff request's own fields instead of context attributes.
 CONTEXT_FIELDS = ("environment", "time", "source_ip", "approval_id", "payload", "explain")
 RELEASING = (model.Verdict.ALLOW, model.Verdict.MASK)
+# Where a lower-case letter or digit meets an upper-case one: ownerID -> owner_ID -> owner_id.
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
 def routes(core: HttpCore) -> list[BaseRoute]:
@@ -193,7 +196,7 @@ class AuthZen:
             id=text(subject, "id", where + "subject.id", limits, required=True),
             kind=kind,
             roles=tuple(roles),
-            attributes=checked(subject_props, where + "subject.properties", limits),
+            attributes=_attributes(subject_props, where + "subject.properties", limits),
         )
         action = obj(body, "action", where + "action", required=True)
         action_name = text(action, "name", where + "action.name", limits, required=True)
@@ -219,16 +222,16 @@ class AuthZen:
             resource=model.Resource(
                 kind=text(resource, "type", where + "resource.type", limits, required=True),
                 id=text(resource, "id", where + "resource.id", limits),
-                attributes=checked(resource_props, where + "resource.properties", limits),
+                attributes=_attributes(resource_props, where + "resource.properties", limits),
                 fields=fields,
             ),
             context=model.Context(
                 environment=text(reserved, "environment", where + "context.environment", limits),
                 time=_time(reserved.get("time"), where + "context.time"),
                 source_ip=text(reserved, "source_ip", where + "context.source_ip", limits),
-                attributes=checked(context, where + "context", limits),
+                attributes=_attributes(context, where + "context", limits),
             ),
-            payload=checked(payload, where + "action.properties", limits),
+            payload=_attributes(payload, where + "action.properties", limits),
             approval_id=text(reserved, "approval_id", where + "context.approval_id", limits),
             explain=explain,
         )
@@ -260,6 +263,19 @@ class AuthZen:
             )
             out.append(model.FieldRef(path=path, tags=names))
         return tuple(out)
+
+
+def _attributes(props: dict[str, Any], field: str, limits: Limits) -> dict[str, Any]:
+    """AuthZEN properties as signoff attributes. Policy attribute names are snake_case
+    (`^[a-z][a-z0-9_]*$`), while AuthZEN PEPs often send camelCase (the interop's `ownerID`):
+    top-level names are converted (`ownerID` -> `owner_id`); values are left as they are."""
+    out: dict[str, Any] = {}
+    for key, value in props.items():
+        name = _CAMEL.sub("_", key).lower()
+        if name in out:
+            raise InvalidRequest(field + step(key), f"names the same attribute {name!r} twice")
+        out[name] = value
+    return checked(out, field, limits)
 
 
 def _time(value: Any, field: str) -> dt.datetime | None:
