@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -40,7 +39,8 @@ def client(todo: Gateway) -> Iterator[httpx.Client]:
 
 def test_both_public_decision_files_are_present() -> None:
     assert [p.name[-7:] for p in FILES] == ["01.json", "02.json"]
-    assert len(_cases("evaluation")) == 80 and len(_cases("evaluations")) == 3
+    assert len(_cases("evaluation")) == 80
+    assert len(_cases("evaluations")) == 3
 
 
 @pytest.mark.parametrize("case", _cases("evaluation"))

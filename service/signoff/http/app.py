@@ -69,7 +69,10 @@ class Gateway:
             if message["type"] == "http.response.start":
                 started.append(message["status"])
                 if request_id is not None:
-                    message = {**message, "headers": [*message["headers"], (REQUEST_ID, request_id)]}
+                    message = {
+                        **message,
+                        "headers": [*message["headers"], (REQUEST_ID, request_id)],
+                    }
             await send(message)
 
         try:

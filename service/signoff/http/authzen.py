@@ -1,4 +1,4 @@
-"""AuthZEN 1.0 (the OpenID Authorization API) over the decision core; docs/http.md maps the fields."""
+"""AuthZEN 1.0 (the OpenID Authorization API) over the decision core; mapping: docs/http.md."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from signoff.audit.record import masking_doc
 from signoff.engine import model
 from signoff.engine.evaluator import Engine
 from signoff.errors import InvalidRequest, SignoffError, Unauthenticated
@@ -19,7 +20,7 @@ from signoff.http.core import HttpCore
 from signoff.http.errors import error_for
 from signoff.http.gateway_json import checked, obj, read_json_object, step, text
 from signoff.limits import Limits
-from signoff.views import masking_doc, requirement_doc
+from signoff.views import requirement_doc
 
 EVALUATION = "/access/v1/evaluation"
 EVALUATIONS = "/access/v1/evaluations"
@@ -275,7 +276,8 @@ def _attributes(props: dict[str, Any], field: str, limits: Limits) -> dict[str, 
         if name in out:
             raise InvalidRequest(field + step(key), f"names the same attribute {name!r} twice")
         out[name] = value
-    return checked(out, field, limits)
+    checked(out, field, limits)
+    return out
 
 
 def _time(value: Any, field: str) -> dt.datetime | None:
@@ -294,4 +296,3 @@ def _time(value: Any, field: str) -> dt.datetime | None:
 
 def _json(body: dict[str, Any], request: Request) -> JSONResponse:
     return JSONResponse(body)
-

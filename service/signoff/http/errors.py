@@ -1,4 +1,4 @@
-"""The one place where errors become HTTP statuses and JSON error bodies (gRPC's: server/status.py)."""
+"""The one place where errors become HTTP statuses and JSON error bodies (gRPC: status.py)."""
 
 from __future__ import annotations
 
