@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 CUSTOMERS = {
@@ -36,12 +37,15 @@ def evaluation(
     environment: str = "prod",
     payload: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    return {
-        "subject": who,
-        "action": {"name": action, "properties": payload or {}},
-        "resource": resource,
-        "context": {"environment": environment},
-    }
+    # A copy each time: tests change the request they get, never the shared entities.
+    return copy.deepcopy(
+        {
+            "subject": who,
+            "action": {"name": action, "properties": payload or {}},
+            "resource": resource,
+            "context": {"environment": environment},
+        }
+    )
 
 
 def allowed_read() -> dict[str, Any]:

@@ -131,7 +131,7 @@ class AuthZen:
                     key: item[key] if key in item else body.get(key)
                     for key in ("subject", "action", "resource", "context")
                 }
-                answer = self._decide(engine, self._to_request(merged, where + "."), i)
+                answer = self._decide(engine, self._to_request(merged, where + "."), i, where + ".")
             except SignoffError as exc:
                 # An error in one item is that item's decision: false, with the error, as the
                 # spec's per-evaluation errors say; the others still count.
@@ -145,9 +145,13 @@ class AuthZen:
         return results
 
     def _decide(
-        self, engine: Engine, request: model.Request, item_index: int | None
+        self, engine: Engine, request: model.Request, item_index: int | None, where: str = ""
     ) -> dict[str, Any]:
-        outcome = self._core.decisions.decide(engine, request, item_index=item_index)
+        try:
+            outcome = self._core.decisions.decide(engine, request, item_index=item_index)
+        except InvalidRequest as exc:
+            # The schema check names the signoff request's fields; the caller sent AuthZEN's.
+            raise InvalidRequest(where + authzen_field(exc.field), exc.message) from None
         decision = outcome.decision
         context: dict[str, Any] = {
             "verdict": decision.verdict.name,
@@ -264,6 +268,29 @@ class AuthZen:
             )
             out.append(model.FieldRef(path=path, tags=names))
         return tuple(out)
+
+
+# signoff request fields (as the schema check names them) -> the AuthZEN fields they came from.
+_FIELDS = (
+    ("principal.attributes", "subject.properties"),
+    ("principal.roles", "subject.properties.roles"),
+    ("principal.id", "subject.id"),
+    ("principal.kind", "subject.type"),
+    ("resource.attributes", "resource.properties"),
+    ("resource.fields", "resource.properties.fields"),
+    ("resource.kind", "resource.type"),
+    ("context.attributes", "context"),
+    ("payload", "action.properties"),
+    ("action", "action.name"),
+)
+
+
+def authzen_field(field: str) -> str:
+    """`field` of a signoff Request as the AuthZEN request named it."""
+    for ours, theirs in _FIELDS:
+        if field == ours or field.startswith((ours + ".", ours + "[")):
+            return theirs + field[len(ours) :]
+    return field
 
 
 def _attributes(props: dict[str, Any], field: str, limits: Limits) -> dict[str, Any]:
