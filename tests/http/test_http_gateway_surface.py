@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import secrets
+import statistics
+import time
 
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -181,3 +183,16 @@ def test_a_configured_pdp_token_is_required(make_gateway: MakeGateway) -> None:
     assert (missing.status_code, wrong.status_code, right.status_code) == (401, 401, 200)
     assert missing.headers["www-authenticate"] == "Bearer"
     assert json.loads(wrong.text)["error"]["code"] == "unauthenticated"
+
+
+def test_answers_do_not_wait_for_the_callers_delayed_ack(gateway: Gateway) -> None:
+    # Without TCP_NODELAY every answer on a kept-alive connection took 40+ ms (head and body
+    # written apart, the body held until the caller's delayed ACK); with it, about 1 ms.
+    with gateway.client() as client:
+        client.get("/healthz")
+        took = []
+        for _ in range(15):
+            started = time.perf_counter()
+            client.get("/healthz")
+            took.append(time.perf_counter() - started)
+    assert statistics.median(took) < 0.02

@@ -27,6 +27,9 @@ def listen_socket(address: str, *, share_port: bool) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted connections inherit it. Without it, a response written in two parts (head,
+        # then body) waits for the caller's delayed ACK: every answer took 40+ ms (measured).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if share_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((bare or "0.0.0.0", int(port)))  # noqa: S104 (an empty host means all)
