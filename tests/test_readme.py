@@ -108,6 +108,7 @@ def address() -> Iterator[str]:
     prefix = f"signoff-test:readme:{uuid.uuid4().hex}:"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNOFF_")}
     env |= {"SIGNOFF_HASH_KEY": HASH_KEY, "SIGNOFF_REDIS_PREFIX": prefix, "REDIS_URL": REDIS_URL}
+    env["SIGNOFF_HTTP_ADDRESS"] = "127.0.0.1:0"  # the default 8080 may be taken
     serve = [sys.executable, "-m", "signoff.cli", "serve", "--rules", str(RULES)]
     process = subprocess.Popen(
         [*serve, "--address", "127.0.0.1:0"],

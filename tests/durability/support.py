@@ -184,6 +184,7 @@ def service_environment(
             "SIGNOFF_JWKS": str(jwks),
             "SIGNOFF_JWT_ISSUER": DEV_ISSUER,
             "SIGNOFF_JWT_AUDIENCE": DEV_AUDIENCE,
+            "SIGNOFF_HTTP_ADDRESS": "127.0.0.1:0",  # the default 8080 may be taken
         }
     )
     if hash_key is not None:

@@ -121,7 +121,7 @@ def prefix() -> Iterator[str]:
 def _serve(env: dict[str, str]) -> tuple[subprocess.Popen[str], int]:
     process = subprocess.Popen(
         [sys.executable, "-m", "signoff.cli", "serve", "--rules", str(RULES)],
-        env=env,
+        env={**env, "SIGNOFF_HTTP_ADDRESS": "127.0.0.1:0"},  # the default 8080 may be taken
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -104,6 +104,7 @@ def serve_environment(prefix: str, extra: Mapping[str, str] | None = None) -> di
     `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNOFF_")}
     env["SIGNOFF_REDIS_PREFIX"] = prefix
+    env["SIGNOFF_HTTP_ADDRESS"] = "127.0.0.1:0"  # the default 8080 may be taken
     env.update(extra or {})
     return env
 

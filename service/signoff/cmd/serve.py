@@ -11,6 +11,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -30,8 +31,13 @@ from signoff.server.convert import Limits
 from signoff.server.tls import TLSFiles
 
 if TYPE_CHECKING:
+    from signoff.approvals.service import Approvals
     from signoff.approvals.store import ApprovalStore
+    from signoff.audit import AuditLog
+    from signoff.http.gateway_server import RunningHttp
     from signoff.identity import CallerAuthenticator, IdentityConfig
+    from signoff.server.app import Running
+    from signoff.views import Views
 
 LOG_LEVELS = options.LOG_LEVELS
 
@@ -54,6 +60,21 @@ def _serve_settings() -> tuple[Setting, ...]:
         env="SIGNOFF_ADDRESS",
         default="127.0.0.1:50051",
         help="host:port to listen on (SIGNOFF_ADDRESS; default 127.0.0.1:50051)",
+    )
+    option(
+        "--http-address",
+        env="SIGNOFF_HTTP_ADDRESS",
+        default="127.0.0.1:8080",
+        help="host:port of the HTTP gateway (AuthZEN, health; docs/http.md), served beside "
+        "gRPC with the same TLS files; off: no HTTP (SIGNOFF_HTTP_ADDRESS; default "
+        "127.0.0.1:8080)",
+    )
+    option(
+        "--authzen-token-file",
+        env="SIGNOFF_AUTHZEN_TOKEN_FILE",
+        default="",
+        help="file holding the bearer token AuthZEN callers (PEPs) must present; unset: the "
+        "AuthZEN endpoints answer any caller that can reach them (SIGNOFF_AUTHZEN_TOKEN_FILE)",
     )
     option(
         "--tls-cert",
@@ -319,6 +340,39 @@ def child_environment(args: argparse.Namespace, address: str) -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class HttpOptions:
+    """The HTTP gateway's share of the serve options (docs/http.md)."""
+
+    address: str  # "" = no HTTP
+    authzen_token: str = ""
+
+
+def http_options(args: argparse.Namespace, tls: TLSFiles | None) -> HttpOptions:
+    """--http-address and --authzen-token-file, checked like their gRPC counterparts."""
+    address = args.http_address.strip()
+    if address.lower() == "off":
+        return HttpOptions("")
+    _, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"--http-address must be host:port or off, not {address!r}")
+    if tls is None and args.allow_plaintext != "on" and not is_loopback(address):
+        raise ConfigError(
+            f"refusing to serve HTTP on {address} without TLS: bearer tokens would cross the "
+            "network in clear; give --tls-cert and --tls-key, or --allow-plaintext on behind "
+            "a proxy that terminates TLS"
+        )
+    token = ""
+    if args.authzen_token_file:
+        try:
+            token = Path(args.authzen_token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read --authzen-token-file: {exc.strerror}") from None
+        if len(token) < 16:
+            raise ConfigError("--authzen-token-file must hold a token of 16 characters or more")
+    return HttpOptions(address, token)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from signoff.identity import authenticator_for, from_env
 
@@ -330,10 +384,9 @@ def _serve(args: argparse.Namespace) -> int:
     logsetup.configure(args.log_level)
     try:
         cfg = from_args(args)
+        http = http_options(args, cfg.tls)
         if cfg.processes > 1:
-            from signoff.supervisor import supervise
-
-            return supervise(args.address, child_environment(args, args.address), cfg.processes)
+            return _supervise(args, cfg.processes, http)
         identity_config = from_env(os.environ)
         identity = authenticator_for(identity_config)
         telemetry = Telemetry.from_env(os.environ, prometheus_address=cfg.metrics_address or None)
@@ -348,9 +401,32 @@ def _serve(args: argparse.Namespace) -> int:
         "approver authentication: %s", approver_authentication(identity_config)
     )
     try:
-        return _serve_with(cfg, identity, telemetry)
+        return _serve_with(cfg, identity, telemetry, http)
     finally:
         telemetry.shutdown()
+
+
+def _supervise(args: argparse.Namespace, processes: int, http: HttpOptions) -> int:
+    """`--processes N`: the children share the gRPC address and, with SO_REUSEPORT, the
+    HTTP one; an HTTP port 0 is resolved here and held until they listen, so all take one."""
+    from signoff.supervisor import supervise
+
+    env = child_environment(args, args.address)
+    if not http.address:
+        return supervise(args.address, env, processes)
+    from signoff.http.gateway_server import listen_socket
+
+    try:
+        reservation = listen_socket(http.address, share_port=True)
+    except OSError as exc:
+        print(f"signoff: {exc}", file=sys.stderr)
+        return 1
+    try:
+        host = http.address.rpartition(":")[0]
+        env["SIGNOFF_HTTP_ADDRESS"] = f"{host}:{reservation.getsockname()[1]}"
+        return supervise(args.address, env, processes)
+    finally:
+        reservation.close()
 
 
 def approver_authentication(config: IdentityConfig | None) -> str:
@@ -377,6 +453,7 @@ def _serve_with(
     cfg: config_mod.Config,
     identity: CallerAuthenticator,
     telemetry: Telemetry,
+    http: HttpOptions | None = None,
 ) -> int:
     from signoff.approvals.service import Approvals
     from signoff.approvals.store import ApprovalStore
@@ -483,6 +560,14 @@ def _serve_with(
     except OSError as exc:
         print(f"signoff: {exc}", file=sys.stderr)
         return 1
+    gateway = None
+    if http is not None and http.address:
+        try:
+            gateway = _start_http(cfg, http, running, approvals, identity, telemetry, audit, views)
+        except OSError as exc:
+            running.stop(grace=None)
+            print(f"signoff: {exc}", file=sys.stderr)
+            return 1
     telemetry.observe_pending(store.pending_count)
     logging.getLogger("signoff.server").info("telemetry: %s", telemetry.description)
     sweeper = threading.Thread(
@@ -497,18 +582,63 @@ def _serve_with(
     print(
         f"signoff listening on {cfg.address.rsplit(':', 1)[0]}:{running.port} "
         f"revision {bundle.revision[:12]} ({bundle.rule_count} rules)"
-        + ("" if tls is None else f" over {tls.mode}"),
+        + ("" if tls is None else f" over {tls.mode}")
+        + ("" if gateway is None else f"; HTTP on {_host(http)}:{gateway.port}"),
         flush=True,
     )
     if auditor is not None:
         auditor.start()
     stop.wait()
+    if gateway is not None:  # first, so no HTTP request lands on a stopped gRPC core
+        gateway.stop()
     running.stop()
     if auditor is not None:
         auditor.stop()
     if audit is not None:
         audit.close(timeout=5.0)
     return 0
+
+
+def _host(http: HttpOptions | None) -> str:
+    return "" if http is None else http.address.rpartition(":")[0]
+
+
+def _start_http(
+    cfg: config_mod.Config,
+    http: HttpOptions,
+    running: Running,
+    approvals: Approvals,
+    identity: CallerAuthenticator,
+    telemetry: Telemetry,
+    audit: AuditLog | None,
+    views: Views,
+) -> RunningHttp:
+    """The HTTP gateway beside gRPC: the same engine (reloads included), approvals, audit."""
+    import redis
+
+    from signoff.decisions import Decisions
+    from signoff.http.app import build_app
+    from signoff.http.core import HttpCore
+    from signoff.http.gateway_server import start_http
+
+    def ready() -> bool:
+        try:
+            return bool(approvals.store.redis.ping())
+        except (redis.RedisError, OSError):
+            return False
+
+    core = HttpCore(
+        decisions=Decisions(approvals=approvals, telemetry=telemetry, audit=audit, views=views),
+        engine=lambda: running.decisions.engine,
+        approvals=approvals,
+        authenticator=identity,
+        telemetry=telemetry,
+        ready=ready,
+        hash_key_id=views.hash_key_id,
+        settings={"authzen_token": http.authzen_token},
+        limits=Limits(max_batch_items=cfg.max_batch_items, max_message_bytes=cfg.max_message_bytes),
+    )
+    return start_http(build_app(core), http.address, tls=cfg.tls, share_port=cfg.share_port)
 
 
 def _dev_secret(store: ApprovalStore, wait_seconds: float = 30.0) -> bytes | None:

@@ -10,6 +10,7 @@ from signoff.approvals.service import Approvals
 from signoff.decisions import Decisions
 from signoff.engine.evaluator import Engine
 from signoff.identity import CallerAuthenticator
+from signoff.limits import Limits
 from signoff.observability import Telemetry
 
 
@@ -26,3 +27,4 @@ class HttpCore:
     hash_key_id: str
     # Per-surface settings (public base URL, dev login, OIDC, Slack, Teams), each module's own.
     settings: dict[str, Any] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)  # the same bounds gRPC requests get
