@@ -77,6 +77,14 @@ def _serve_settings() -> tuple[Setting, ...]:
         "AuthZEN endpoints answer any caller that can reach them (SIGNOFF_AUTHZEN_TOKEN_FILE)",
     )
     option(
+        "--dev-login",
+        choices=("on", "off"),
+        env="SIGNOFF_DEV_LOGIN",
+        default="off",
+        help="offer the web inbox's development login, where anyone names any identity and "
+        "roles: demos on loopback only, never in production (SIGNOFF_DEV_LOGIN; default off)",
+    )
+    option(
         "--tls-cert",
         env="SIGNOFF_TLS_CERT",
         default="",
@@ -346,6 +354,7 @@ class HttpOptions:
 
     address: str  # "" = no HTTP
     authzen_token: str = ""
+    dev_login: bool = False
 
 
 def http_options(args: argparse.Namespace, tls: TLSFiles | None) -> HttpOptions:
@@ -362,6 +371,11 @@ def http_options(args: argparse.Namespace, tls: TLSFiles | None) -> HttpOptions:
             "network in clear; give --tls-cert and --tls-key, or --allow-plaintext on behind "
             "a proxy that terminates TLS"
         )
+    dev_login = args.dev_login == "on"
+    if dev_login and not is_loopback(address):
+        raise ConfigError(
+            "--dev-login on lets anyone sign in as anyone: it is refused beyond loopback"
+        )
     token = ""
     if args.authzen_token_file:
         try:
@@ -370,7 +384,7 @@ def http_options(args: argparse.Namespace, tls: TLSFiles | None) -> HttpOptions:
             raise ConfigError(f"cannot read --authzen-token-file: {exc.strerror}") from None
         if len(token) < 16:
             raise ConfigError("--authzen-token-file must hold a token of 16 characters or more")
-    return HttpOptions(address, token)
+    return HttpOptions(address, token, dev_login)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -620,6 +634,7 @@ def _start_http(
     from signoff.http.app import build_app
     from signoff.http.core import HttpCore
     from signoff.http.gateway_server import start_http
+    from signoff.http.oidc import settings_from_env
 
     def ready() -> bool:
         try:
@@ -635,7 +650,12 @@ def _start_http(
         telemetry=telemetry,
         ready=ready,
         hash_key_id=views.hash_key_id,
-        settings={"authzen_token": http.authzen_token},
+        settings={
+            # The inbox's login and sessions (SIGNOFF_OIDC_*, SIGNOFF_SESSION_*, public URL).
+            **settings_from_env(os.environ),
+            "authzen_token": http.authzen_token,
+            "dev_login": http.dev_login,
+        },
         limits=Limits(max_batch_items=cfg.max_batch_items, max_message_bytes=cfg.max_message_bytes),
     )
     return start_http(build_app(core), http.address, tls=cfg.tls, share_port=cfg.share_port)
