@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 
 install: $(STAMP)
 
+# The demo: gRPC on 127.0.0.1:50051, HTTP (AuthZEN, the web inbox with its development login)
+# on 127.0.0.1:8080; both on loopback, so the development login is allowed.
 run: $(STAMP)
-	$(BIN)/signoff serve --rules rules
+	$(BIN)/signoff serve --rules rules --dev-login on
 
 test: $(STAMP) inbox-deps
 	$(BIN)/python -m pytest
