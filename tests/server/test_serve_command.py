@@ -382,7 +382,10 @@ def test_sighup_reloads_the_bundle_and_a_refused_one_keeps_the_old(tmp_path: Pat
         before = revision()
         (rules / "guardrails.yaml").write_text("policies: [\n")
         served.process.send_signal(signal.SIGHUP)
-        time.sleep(1.0)
+        # The refusal shows as signoff.policy NOT_SERVING; waiting for it (not for a fixed
+        # time) keeps a slow reload from reading the repaired file written next.
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        assert wait_for(lambda: _health(served.port, "signoff.policy") == not_serving)
         assert revision() == before
         (rules / "guardrails.yaml").write_text((RULES / "guardrails.yaml").read_text() + "\n#\n")
         served.process.send_signal(signal.SIGHUP)
