@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import httpx
 import uvicorn
+from starlette.applications import Starlette
 
 from signoff.approvals.digest import digest_key
 from signoff.approvals.model import ApprovalRecord, State
@@ -78,6 +79,7 @@ class Gateway:
     store: ApprovalStore
     channel: grpc.Channel
     approvals: Approvals
+    asgi: Starlette
 
     def check(self, request: pb.CheckRequest, approval_id: str = "") -> pb.CheckResponse:
         if approval_id:
@@ -150,8 +152,9 @@ def gateway(
     )
     channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
     try:
-        with uvicorn_on_free_port(build_app(core)) as url:
-            yield Gateway(url, store, channel, approvals)
+        asgi = build_app(core)
+        with uvicorn_on_free_port(asgi) as url:
+            yield Gateway(url, store, channel, approvals, asgi)
     finally:
         channel.close()
         running.stop(grace=None)
