@@ -127,7 +127,7 @@ def test_two_approvers_approve_over_http_the_watch_sees_each_vote_and_the_rechec
     with gw.client(idp.token("carl@acme.io", "security")) as http:
         late = http.post(f"/v1/approvals/{approval_id}/approve", json={"reason": "me too"})
     assert late.status_code == 409
-    assert error_of(late)["code"] == "conflict"
+    assert error_of(late)["code"] == "failed_precondition"
     assert len(gw.record(approval_id).votes) == 2
 
 
@@ -151,7 +151,7 @@ def test_the_requester_cannot_approve_its_own_request(gw: Gateway, idp: DevIdP) 
     with gw.client(idp.token("sam@acme.io", "staff", "security")) as http:
         refused = http.post(f"/v1/approvals/{approval_id}/approve", json={"reason": "mine"})
     assert refused.status_code == 403
-    assert error_of(refused)["code"] == "self_approval"
+    assert error_of(refused)["reason"] == "self_approval"
     assert gw.record(approval_id).votes == ()
     assert gw.state(approval_id) is State.PENDING
 
@@ -161,7 +161,7 @@ def test_an_agents_owner_cannot_approve_the_agents_request(gw: Gateway, idp: Dev
     with gw.client(idp.token("olivia@acme.io", "security")) as http:
         refused = http.post(f"/v1/approvals/{approval_id}/approve", json={"reason": "my bot"})
     assert refused.status_code == 403
-    assert error_of(refused)["code"] == "self_approval"
+    assert error_of(refused)["reason"] == "self_approval"
     assert gw.record(approval_id).votes == ()
 
 
@@ -173,7 +173,7 @@ def test_a_caller_without_the_role_can_neither_see_nor_approve(gw: Gateway, idp:
         voted = http.post(f"/v1/approvals/{approval_id}/approve", json={"reason": "hm"})
     assert seen.status_code == 403
     assert voted.status_code == 403
-    assert error_of(voted)["code"] == "not_eligible"
+    assert error_of(voted)["reason"] == "not_eligible"
     assert gw.record(approval_id).votes == ()
 
 
@@ -198,7 +198,7 @@ def test_only_the_requester_side_may_cancel(gw: Gateway, idp: DevIdP) -> None:
     with gw.client(idp.token("alice@acme.io", "security")) as http:
         refused = http.post(f"/v1/approvals/{approval_id}/cancel")
     assert refused.status_code == 403
-    assert error_of(refused)["code"] == "not_requester"
+    assert error_of(refused)["reason"] == "not_requester"
     assert gw.state(approval_id) is State.PENDING
     with gw.client(idp.token("sam@acme.io", "staff")) as http:
         cancelled = http.post(f"/v1/approvals/{approval_id}/cancel", json={"reason": "not needed"})

@@ -76,7 +76,7 @@ def test_an_agent_token_cannot_vote(gw: Gateway, pending: str, idp: DevIdP) -> N
     with gw.client(idp.token("agent:helper", "security", kind="agent")) as http:
         response = http.post(f"/v1/approvals/{pending}/approve", json={"reason": "ok"})
     assert response.status_code == 403
-    assert error_of(response)["code"] == "not_human"
+    assert error_of(response)["reason"] == "not_human"
     assert gw.record(pending).votes == ()
 
 

@@ -92,7 +92,7 @@ def test_watches_are_bounded_per_caller_and_a_closed_stream_frees_its_slot(
         with gw.client(token) as other:
             refused = other.get(f"/v1/approvals/{approval_id}/watch")
         assert refused.status_code == 429
-        assert error_of(refused)["code"] == "overloaded"
+        assert error_of(refused)["code"] == "resource_exhausted"
 
         first.close()  # the client goes away: the server notices and frees the slot
         deadline = time.monotonic() + 5

@@ -72,7 +72,7 @@ responses:
     content: {application/json: {schema: {$ref: '#/components/schemas/Error'}}}
   Forbidden:
     description: >-
-      The caller may not do this (`error.code`: not_eligible, self_approval, not_human,
+      The caller may not do this (`error.reason`: not_eligible, self_approval, not_human,
       not_requester, csrf).
     content: {application/json: {schema: {$ref: '#/components/schemas/Error'}}}
   NotFound:
@@ -94,11 +94,12 @@ schemas:
     properties:
       error:
         type: object
-        required: [code, message, field]
+        required: [code, message]
         properties:
           code: {type: string}
           message: {type: string}
-          field: {type: string, description: The offending input, or empty.}
+          field: {type: string, description: 'The offending input (400 only).'}
+          reason: {type: string, description: 'Why the caller may not (403 only).'}
   Time:
     type: [string, 'null']
     format: date-time

@@ -25,13 +25,12 @@ from signoff.approvals.model import ApprovalRecord, Identity
 from signoff.approvals.service import DEFAULT_PAGE, MAX_PAGE, Approvals
 from signoff.errors import (
     InvalidRequest,
-    PermissionDenied,
     SignoffError,
     StoreUnavailable,
     Unauthenticated,
 )
 from signoff.http import api_openapi
-from signoff.http.api_errors import error_response
+from signoff.http.api_errors import error_for, error_response
 from signoff.http.api_json import approval_json, page_position, page_token
 from signoff.http.core import HttpCore
 
@@ -40,21 +39,20 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_TOKEN_CHARS = 200
 DEFAULT_HEARTBEAT_SECONDS = 15.0
 SESSION_MODULE = "signoff.http.security"
+CSRF_HEADER = "x-csrf-token"
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def _session_hooks() -> tuple[Callable[[Request], Any] | None, Callable[[Request], Any] | None]:
-    """The web inbox's `session_identity(request) -> Identity | None` and its
-    `csrf_ok(request) -> bool`, when the inbox is part of this build; (None, None) otherwise."""
+def _optional_module(name: str) -> Any:
     try:
-        security = importlib.import_module(SESSION_MODULE)
+        return importlib.import_module(name)
     except ModuleNotFoundError:
-        return None, None
-    return getattr(security, "session_identity", None), getattr(security, "csrf_ok", None)
+        return None
 
 
-# Module-level so a deployment without the inbox (or a test) sees exactly what is in use.
-session_identity, csrf_ok = _session_hooks()
+# The web inbox's sessions (`session_identity`, `session_of`, `check_csrf`), when the inbox is
+# part of this build; module-level so what is in use is plain to see.
+security = _optional_module(SESSION_MODULE)
 
 
 class ApprovalsApi:
@@ -89,14 +87,14 @@ class ApprovalsApi:
             # The same parsing and verification as gRPC metadata: one header, "Bearer <jwt>".
             headers = request.headers.items()
             return await run_in_threadpool(self.core.authenticator.from_metadata, headers)
-        if session_identity is not None:
-            who = session_identity(request)
-            if isinstance(who, Identity):
-                # A cookie rides along on cross-site requests: a state change by session needs
-                # the inbox's CSRF token too, and without a check to ask it is refused.
-                if changes and (csrf_ok is None or not csrf_ok(request)):
-                    raise PermissionDenied("csrf", "missing or wrong CSRF token for this session")
-                return who
+        who = security.session_identity(request) if security is not None else None
+        if isinstance(who, Identity):
+            # A cookie rides along on cross-site requests: a state change by session needs the
+            # session's CSRF token too (header X-CSRF-Token), checked by the inbox's own rule.
+            if changes:
+                token = request.headers.get(CSRF_HEADER, "")
+                security.check_csrf(request, security.session_of(request), token)
+            return who
         raise Unauthenticated("send Authorization: Bearer <token>, or sign in to the inbox")
 
     # --- endpoints -------------------------------------------------------------------
@@ -290,7 +288,7 @@ def _guarded(endpoint: Endpoint) -> Endpoint:
         try:
             return await endpoint(request)
         except SignoffError as exc:
-            return error_response(exc)
+            return error_response(*error_for(exc))
 
     # Keeps the docstring (the OpenAPI operation) and the name of the endpoint.
     run.__doc__ = endpoint.__doc__
@@ -410,7 +408,7 @@ async def _events(
                 last = item
                 yield _event("approval", approval_json(item))
             elif kind == "error":
-                yield _event("error", json.loads(bytes(error_response(item).body)))
+                yield _event("error", {"error": error_for(item)[1]})
                 return
             else:
                 yield _event("end", {"id": last.id, "state": last.state.value})
