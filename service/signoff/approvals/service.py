@@ -155,11 +155,17 @@ class Approvals:
 
     # --- reviewers and requesters -----------------------------------------------------
 
-    def list(self, who: Identity, page_size: int = 0) -> list[ApprovalRecord]:
-        """Pending approvals `who` may vote on, soonest to expire first."""
+    def list(
+        self, who: Identity, page_size: int = 0, *, after: tuple[int, str] | None = None
+    ) -> list[ApprovalRecord]:
+        """Pending approvals `who` may vote on, soonest to expire first (ties by id), only
+        those past `after` = (pending_expires_ms, id) when given: the store's own order, so
+        pages that continue from their last entry never repeat or skip one."""
         size = min(page_size or DEFAULT_PAGE, MAX_PAGE)
         out: list[ApprovalRecord] = []
         for record in self.store.pending(limit=10_000):
+            if after is not None and (record.pending_expires_ms, record.id) <= after:
+                continue
             try:
                 check_approver(record, who)
             except PermissionDenied:
