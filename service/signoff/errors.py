@@ -77,6 +77,10 @@ class StoreUnavailable(SignoffError):
     """The approval store (Redis) cannot be reached; never treated as permission."""
 
 
+class ProviderUnavailable(SignoffError):
+    """A party outside signoff that a surface relies on (an OpenID provider) cannot be reached."""
+
+
 class Overloaded(SignoffError):
     """A bounded resource (e.g. concurrent watch streams) is at its limit; retry or poll."""
 

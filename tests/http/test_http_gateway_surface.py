@@ -162,7 +162,13 @@ def test_the_span_continues_the_callers_traceparent(make_gateway: MakeGateway) -
         EVALUATION, allowed_read(), headers={"traceparent": f"00-{trace_id}-{parent_id}-01"}
     )
     assert answer.status_code == 200
-    by_name = {s.name: s for s in spans.get_finished_spans()}
+    # The server span ends just after the answer is sent: wait for it, not for luck.
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        by_name = {s.name: s for s in spans.get_finished_spans()}
+        if f"POST {EVALUATION}" in by_name:
+            break
+        time.sleep(0.01)
     server = by_name[f"POST {EVALUATION}"]
     assert format(server.context.trace_id, "032x") == trace_id
     assert server.parent is not None

@@ -30,12 +30,15 @@ from signoff.errors import (
     Unauthenticated,
 )
 from signoff.http import api_openapi
-from signoff.http.api_errors import error_for, error_response
 from signoff.http.api_json import approval_json, page_position, page_token
 from signoff.http.core import HttpCore
+from signoff.http.errors import error_for, error_response
+from signoff.http.gateway_json import read_json_object
+from signoff.limits import Limits
 
 PREFIX = "/v1/approvals"
-MAX_BODY_BYTES = 64 * 1024
+# A vote's body is a reason of at most 2,000 characters: nothing near a decision's size.
+VOTE_LIMITS = Limits(max_message_bytes=64 * 1024)
 MAX_TOKEN_CHARS = 200
 DEFAULT_HEARTBEAT_SECONDS = 15.0
 SESSION_MODULE = "signoff.http.security"
@@ -204,7 +207,7 @@ class ApprovalsApi:
     async def _vote(self, request: Request, *, approve: bool) -> Response:
         approval_id = _id(request)
         who = await self._who(request, changes=True)
-        reason = _reason(await _body(request))
+        reason = _reason(await _body(request, VOTE_LIMITS))
         record = await run_in_threadpool(
             lambda: self._approvals.vote(approval_id, who, reason, approve=approve)
         )
@@ -230,7 +233,7 @@ class ApprovalsApi:
         """
         approval_id = _id(request)
         who = await self._who(request, changes=True)
-        reason = _reason(await _body(request))
+        reason = _reason(await _body(request, VOTE_LIMITS))
         record = await run_in_threadpool(self._approvals.cancel, approval_id, who, reason)
         return JSONResponse(approval_json(record))
 
@@ -326,26 +329,14 @@ def _page_after(values: list[str]) -> tuple[int, str] | None:
     return page_position(values[0])
 
 
-async def _body(request: Request) -> dict[str, Any]:
-    """The request's JSON object (empty when there is no body), read at most MAX_BODY_BYTES."""
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_BODY_BYTES:
-            raise InvalidRequest("body", f"larger than {MAX_BODY_BYTES} bytes")
-    if not raw.strip():
+async def _body(request: Request, limits: Limits) -> dict[str, Any]:
+    """The request's JSON object; empty when no body was sent (a vote without a reason)."""
+    headers = request.headers
+    if headers.get("content-length") == "0" or not (
+        "content-length" in headers or "transfer-encoding" in headers
+    ):
         return {}
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media != "application/json":
-        # Also keeps plain cross-site forms out: they cannot send application/json.
-        raise InvalidRequest("content-type", "must be application/json")
-    try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
-        raise InvalidRequest("body", "is not valid JSON") from None
-    if not isinstance(doc, dict):
-        raise InvalidRequest("body", "must be a JSON object")
-    return doc
+    return await read_json_object(request, limits)
 
 
 def _reason(doc: dict[str, Any]) -> str:

@@ -62,6 +62,28 @@ class AuthZen:
     # --- endpoints ------------------------------------------------------------------------
 
     async def evaluation(self, request: Request) -> Response:
+        """One AuthZEN 1.0 access evaluation (docs/http.md has the mapping).
+        ---
+        post:
+          summary: AuthZEN access evaluation
+          tags: [authzen]
+          requestBody:
+            required: true
+            content:
+              application/json:
+                schema: {type: object, required: [subject, action, resource]}
+          responses:
+            '200':
+              description: The decision (a deny is `decision` false); signoff's answer in `context`.
+              content:
+                application/json:
+                  schema:
+                    type: object
+                    required: [decision]
+                    properties: {decision: {type: boolean}}
+            '400': {$ref: '#/components/responses/BadRequest'}
+            '401': {$ref: '#/components/responses/Unauthenticated'}
+        """
         self._authenticate(request)
         body = await read_json_object(request, self._limits)
         item = self._to_request(body, "")
@@ -70,6 +92,28 @@ class AuthZen:
         return _json(answer, request)
 
     async def evaluations(self, request: Request) -> Response:
+        """Several AuthZEN 1.0 evaluations, with defaults and `options.evaluations_semantic`.
+        ---
+        post:
+          summary: AuthZEN access evaluations
+          tags: [authzen]
+          requestBody:
+            required: true
+            content:
+              application/json:
+                schema: {type: object, required: [evaluations]}
+          responses:
+            '200':
+              description: One decision per evaluation, in order.
+              content:
+                application/json:
+                  schema:
+                    type: object
+                    required: [evaluations]
+                    properties: {evaluations: {type: array}}
+            '400': {$ref: '#/components/responses/BadRequest'}
+            '401': {$ref: '#/components/responses/Unauthenticated'}
+        """
         self._authenticate(request)
         body = await read_json_object(request, self._limits)
         items = body.get("evaluations")
@@ -93,6 +137,16 @@ class AuthZen:
         return _json({"evaluations": results}, request)
 
     async def configuration(self, request: Request) -> Response:
+        """The AuthZEN policy decision point's metadata.
+        ---
+        get:
+          summary: AuthZEN configuration
+          tags: [authzen]
+          responses:
+            '200':
+              description: The PDP's endpoints.
+              content: {application/json: {schema: {type: object}}}
+        """
         base = str(self._core.settings.get("public_url", "")).rstrip("/")
         if not base:
             base = f"{request.url.scheme}://{request.url.netloc}"

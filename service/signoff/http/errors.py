@@ -20,6 +20,7 @@ from signoff.errors import (
     Overloaded,
     PermissionDenied,
     PolicyError,
+    ProviderUnavailable,
     SignoffError,
     StoreUnavailable,
     Unauthenticated,
@@ -60,6 +61,8 @@ def error_for(exc: BaseException) -> tuple[int, dict[str, Any]]:
             "code": "unavailable",
             "message": f"{exc}; decisions needing an approval fail closed",
         }
+    if isinstance(exc, ProviderUnavailable):
+        return 503, {"code": "unavailable", "message": str(exc)}
     if isinstance(exc, PolicyError | ConfigError):
         return 503, {"code": "unavailable", "message": "the service has no usable policy bundle"}
     if isinstance(exc, SignoffError):

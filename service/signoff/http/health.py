@@ -12,9 +12,26 @@ from signoff.http.core import HttpCore
 
 def routes(core: HttpCore) -> list[BaseRoute]:
     async def healthz(request: Request) -> Response:
+        """Whether the process answers.
+        ---
+        get:
+          summary: Liveness
+          tags: [health]
+          responses:
+            '200': {description: The process is up.}
+        """
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
+        """Whether the gateway can decide and keep approvals.
+        ---
+        get:
+          summary: Readiness
+          tags: [health]
+          responses:
+            '200': {description: The bundle is loaded and Redis answers.}
+            '503': {description: Not ready (Redis does not answer).}
+        """
         # ready() may ask Redis, which blocks: off the event loop.
         if await run_in_threadpool(core.ready):
             return JSONResponse({"status": "ready"})

@@ -34,6 +34,7 @@ from signoff.errors import (
     Unauthenticated,
 )
 from signoff.http.core import HttpCore
+from signoff.http.errors import error_for
 from signoff.http.oidc import OidcConfig, OidcLogin
 from signoff.http.security import Session, Sessions, check_csrf, session_of
 from signoff.safetext import escape_line
@@ -59,26 +60,24 @@ _templates = Environment(
 def routes(core: HttpCore) -> list[BaseRoute]:
     inbox = Inbox(core)
     return [
-        Route(PREFIX, inbox.index, methods=["GET"]),
-        Route(PREFIX + "/events", inbox.events, methods=["GET"]),
-        Route(PREFIX + "/a/{approval_id}", inbox.approval, methods=["GET"]),
-        Route(PREFIX + "/a/{approval_id}/vote", inbox.vote, methods=["POST"]),
-        Route(PREFIX + "/login", inbox.login, methods=["GET"]),
-        Route(PREFIX + "/login/callback", inbox.callback, methods=["GET"]),
-        Route(PREFIX + "/login/dev", inbox.dev_login, methods=["POST"]),
-        Route(PREFIX + "/logout", inbox.logout, methods=["POST"]),
+        Route(PREFIX, inbox.index, methods=["GET"], include_in_schema=False),
+        Route(PREFIX + "/events", inbox.events, methods=["GET"], include_in_schema=False),
+        Route(
+            PREFIX + "/a/{approval_id}", inbox.approval, methods=["GET"], include_in_schema=False
+        ),
+        Route(
+            PREFIX + "/a/{approval_id}/vote", inbox.vote, methods=["POST"], include_in_schema=False
+        ),
+        Route(PREFIX + "/login", inbox.login, methods=["GET"], include_in_schema=False),
+        Route(PREFIX + "/login/callback", inbox.callback, methods=["GET"], include_in_schema=False),
+        Route(PREFIX + "/login/dev", inbox.dev_login, methods=["POST"], include_in_schema=False),
+        Route(PREFIX + "/logout", inbox.logout, methods=["POST"], include_in_schema=False),
         Mount(PREFIX + "/static", StaticFiles(directory=HERE / "static"), name="inbox-static"),
     ]
 
 
 # Until http/errors.py (the gateway's one mapping) lands, the inbox's HTML error pages use
 # these statuses, matching server/status.py's gRPC codes.
-_STATUS: tuple[tuple[type[SignoffError], int], ...] = (
-    (InvalidRequest, 400),
-    (Unauthenticated, 401),
-    (PermissionDenied, 403),
-    (NotFound, 404),
-)
 
 
 class Inbox:
@@ -267,10 +266,11 @@ class Inbox:
     def _error(
         self, request: Request, exc: SignoffError, session: Session | None = None
     ) -> HTMLResponse:
-        status = next((code for kind, code in _STATUS if isinstance(exc, kind)), 503)
-        field = exc.field if isinstance(exc, InvalidRequest) else ""
-        message = exc.message if isinstance(exc, InvalidRequest) else str(exc)
-        if status == 503:
+        # The gateway's one mapping of errors to statuses, as a page rather than JSON.
+        status, error = error_for(exc)
+        field = str(error.get("field", ""))
+        message = str(error["message"])
+        if status >= 500:
             log.warning("inbox: %s", escape_line(repr(exc)))
             message = "a service the inbox needs is unavailable; try again shortly"
         return self._page(

@@ -14,7 +14,7 @@ from authlib.deprecate import AuthlibDeprecationWarning  # type: ignore[import-u
 from starlette.concurrency import run_in_threadpool
 
 from signoff.approvals.model import Identity
-from signoff.errors import ConfigError, SignoffError, Unauthenticated
+from signoff.errors import ConfigError, ProviderUnavailable, Unauthenticated
 
 with warnings.catch_warnings():
     # Authlib 1.9 prefers the `httpx2` fork and warns when it falls back to httpx, which is
@@ -107,7 +107,7 @@ class OidcLogin:
                     reply.raise_for_status()
                     doc = reply.json()
                 except (httpx.HTTPError, ValueError) as exc:
-                    raise SignoffError("the identity provider cannot be reached") from exc
+                    raise ProviderUnavailable("the identity provider cannot be reached") from exc
                 # The discovery document must speak for the issuer we trust (OIDC Discovery 4.3).
                 if not isinstance(doc, dict) or doc.get("issuer") != self.config.issuer:
                     raise ConfigError("oidc: the discovery document names another issuer")

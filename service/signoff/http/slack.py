@@ -32,6 +32,7 @@ from signoff.errors import (
     Unauthenticated,
 )
 from signoff.http.core import HttpCore
+from signoff.http.errors import error_for, error_response
 from signoff.http.slack_directory import RoleSource, SlackDirectory
 from signoff.notify.render import (
     APPROVE_ACTION,
@@ -282,18 +283,9 @@ def routes(core: HttpCore) -> list[BaseRoute]:
         except SignoffError as exc:
             return _refused(exc)
 
-    return [Route(PATH, interaction, methods=["POST"])]
+    return [Route(PATH, interaction, methods=["POST"], include_in_schema=False)]
 
 
 def _refused(exc: SignoffError) -> Response:
-    # Slack reads only the status; the body keeps the gateway's error shape for people.
-    status, code = {
-        Unauthenticated: (401, "unauthenticated"),
-        PermissionDenied: (403, "permission_denied"),
-        InvalidRequest: (400, "invalid_argument"),
-        StoreUnavailable: (503, "unavailable"),
-    }.get(type(exc), (500, "internal"))
-    error: dict[str, str] = {"code": code, "message": plain_line(str(exc))[:300]}
-    if isinstance(exc, InvalidRequest):
-        error["field"] = exc.field
-    return JSONResponse({"error": error}, status_code=status)
+    # Slack reads only the status; the body is the gateway's error for people.
+    return error_response(*error_for(exc))
