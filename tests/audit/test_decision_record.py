@@ -175,3 +175,53 @@ def test_a_masking_entry_naming_no_operator_is_a_malformed_record() -> None:
     written["masking"][0]["operator"] = "scramble"
     with pytest.raises(MalformedRecord, match=r"masking\[0\]\.operator is not a masking"):
         DecisionRecord.parse(written, 7)
+
+
+LABELLED_APPROVAL = (
+    "      - {id: approve, effect: require_approval, approval: {approvers: {roles: [boss]}},"
+    " labels: {compliance: [soc2, gdpr]}}\n"
+    "      - {id: approve-data, effect: require_approval, approval: {approvers: {roles: [dpo]}},"
+    " labels: {data: [customer], compliance: [gdpr]}}"
+)
+
+
+def test_a_decision_record_carries_the_labels_of_the_rules_that_asked_and_still_verifies(
+    write_rules: WriteRules, make_log: MakeLog, r: redis.Redis
+) -> None:
+    root = write_rules(schema=SCHEMA, policies=one_policy(LABELLED_APPROVAL))
+    engine = Engine(load_bundle(root), clock=fixed_clock("2026-03-02T14:00:00Z"))
+    decision = engine.decide(req())
+    assert decision.verdict is Verdict.REQUIRE_APPROVAL
+    log = make_log()
+
+    log.submit(
+        DecisionRecord.of(
+            "d-4", decision, decision, "a-4", "", "", VIEWS.audit_view(req(), decision)
+        )
+    )
+
+    assert log.flush()
+    [stored] = records(r, log.keys["decisions"].stream)
+    assert stored["labels"] == {"compliance": ["gdpr", "soc2"], "data": ["customer"]}
+    assert log.verify("decisions").ok
+    back = DecisionRecord.parse(stored, 1)
+    assert back.labels == (("compliance", ("gdpr", "soc2")), ("data", ("customer",)))
+
+
+def test_a_record_without_labels_has_no_labels_key_and_reads_back_with_none() -> None:
+    decision = Decision(Verdict.ALLOW, "rev-1", matched_rules=("allow",))
+    written = DecisionRecord.of("d-5", decision, decision, "", "", "", {}).doc()
+    assert "labels" not in written
+    written["at"] = "2026-03-02T14:00:00.000Z"
+    written["request"] = VIEWS.audit_view(req(), decision)
+    assert DecisionRecord.parse(written, 1).labels == ()
+
+
+def test_labels_of_the_wrong_shape_are_a_malformed_record_naming_the_field() -> None:
+    decision = Decision(Verdict.ALLOW, "rev-1")
+    written = DecisionRecord.of("d-6", decision, decision, "", "", "", {}).doc()
+    written["request"] = VIEWS.audit_view(req(), decision)
+    written["at"] = "2026-03-02T14:00:00.000Z"
+    written["labels"] = {"compliance": "soc2"}
+    with pytest.raises(MalformedRecord, match=r"labels\.compliance is not a list of strings"):
+        DecisionRecord.parse(written, 3)

@@ -9,7 +9,7 @@ from typing import Any
 
 from signoff.audit.chain import Canonical
 from signoff.engine import model
-from signoff.engine.model import FieldMask, MaskOp, Verdict
+from signoff.engine.model import FieldMask, Labels, MaskOp, Verdict
 from signoff.errors import SignoffError
 
 DECISION = "decision"
@@ -170,6 +170,9 @@ class DecisionRecord:
     shadow: model.ShadowOutcome | None = None
     masked_fields: tuple[str, ...] | None = None  # as read; written from `masking`
     at: dt.datetime | None = None  # set by the log when written
+    # The labels of the rules that asked for approval (e.g. compliance: soc2), for auditors;
+    # written only when there are some, so records without them keep their old shape.
+    labels: Labels = ()
 
     @staticmethod
     def of(
@@ -196,6 +199,7 @@ class DecisionRecord:
             request,
             caller,
             policy.shadow,
+            labels=policy.approval.labels if policy.approval is not None else (),
         )
 
     @property
@@ -232,6 +236,8 @@ class DecisionRecord:
         }
         if self.caller:
             out["caller"] = self.caller
+        if self.labels:
+            out["labels"] = {name: list(values) for name, values in self.labels}
         out["request"] = self.request
         if self.shadow is not None:
             out["shadow"] = {
@@ -264,6 +270,7 @@ class DecisionRecord:
             caller=_str(doc.get("caller", ""), index, "caller"),
             masked_fields=_strs(doc.get("masked_fields", []), index, "masked_fields"),
             at=_time(doc.get("at"), index),
+            labels=_labels(doc.get("labels", {}), index),
         )
 
 
@@ -291,6 +298,11 @@ def _strs(value: Any, index: int, where: str) -> tuple[str, ...]:
     ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
     _need(ok, index, f"{where} is not a list of strings")
     return tuple(value)
+
+
+def _labels(value: Any, index: int) -> Labels:
+    labels = _obj(value, index, "labels")
+    return tuple((name, _strs(labels[name], index, f"labels.{name}")) for name in sorted(labels))
 
 
 def _verdict(value: Any, index: int, where: str) -> Verdict:

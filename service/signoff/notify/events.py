@@ -49,6 +49,8 @@ class Summary:
     pending_ttl_seconds: int = 0
     grant_ttl_seconds: int = 0
     pending_expires_at: str = ""
+    # The asking rules' labels (e.g. compliance: soc2, gdpr) as sorted (name, values) pairs.
+    labels: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,16 @@ def parse_summary(raw: str) -> Summary:
         pending_ttl_seconds=_int(requirement, "pending_ttl_seconds"),
         grant_ttl_seconds=_int(requirement, "grant_ttl_seconds"),
         pending_expires_at=_str(data, "pending_expires_at"),
+        labels=_labels(requirement),
     )
+
+
+def _labels(requirement: Mapping[str, Any]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    value = requirement.get("labels")
+    if not isinstance(value, dict):
+        return ()
+    pairs = ((name, _strs(value, name)) for name in sorted(value) if isinstance(name, str))
+    return tuple((name, values) for name, values in pairs if values)
 
 
 def parse_event(fields: Mapping[str, str]) -> Event:

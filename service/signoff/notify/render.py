@@ -144,6 +144,14 @@ def _approver_set(a: ApproverSet) -> str:
     return "; ".join(parts) or "anyone allowed to approve"
 
 
+def _label_lines(s: Summary) -> list[str]:
+    """One plain line per label of the asking rules, e.g. "compliance: soc2, gdpr"."""
+    return [
+        f"{plain(name)}: " + ", ".join(plain(v) for v in values[:MAX_ITEMS])
+        for name, values in s.labels[:MAX_ITEMS]
+    ]
+
+
 def _field_line(f: FieldRef) -> tuple[str, str]:
     tags = ", ".join(plain(t) for t in f.tags[:MAX_ITEMS])
     return plain(f.path), tags
@@ -245,6 +253,9 @@ def _slack_request(event: Event, approve_url_template: str | None) -> dict[str, 
         if s.matched_rules:
             rules = ", ".join(_md_code(r) for r in s.matched_rules[:MAX_ITEMS])
             lines.append(f"_Rules:_ {rules}")
+        blocks.append(_slack_section(_capped_lines(lines, SLACK_SECTION_LIMIT)))
+    if s.labels:
+        lines = ["*Labels*", *(f"• {slack_escape(line)}" for line in _label_lines(s))]
         blocks.append(_slack_section(_capped_lines(lines, SLACK_SECTION_LIMIT)))
     if s.fields:
         lines = ["*Fields touched* (values withheld)"]
@@ -350,6 +361,9 @@ def _teams_request(event: Event, approve_url_template: str | None) -> dict[str, 
     if s.matched_rules:
         rules = ", ".join(plain(r) for r in s.matched_rules[:MAX_ITEMS])
         body.append(_rich(_run("Rules: ", isSubtle=True), _run(rules, fontType="Monospace")))
+    if s.labels:
+        body.append(_heading("Labels"))
+        body += [_rich(_run(f"• {line}")) for line in _label_lines(s)]
     if s.fields:
         body.append(_heading("Fields touched (values withheld)"))
         rows = []
@@ -444,6 +458,9 @@ def slack_app_message(
         lines = ["*Why it needs sign-off*", *(f"• {_md(r)}" for r in s.reasons)]
         if s.matched_rules:
             lines.append("_Rules:_ " + ", ".join(_md_code(r) for r in s.matched_rules[:MAX_ITEMS]))
+        blocks.append(SectionBlock(text=_mrkdwn(_capped_lines(lines, SLACK_SECTION_LIMIT))))
+    if s.labels:
+        lines = ["*Labels*", *(f"• {slack_escape(line)}" for line in _label_lines(s))]
         blocks.append(SectionBlock(text=_mrkdwn(_capped_lines(lines, SLACK_SECTION_LIMIT))))
     if s.fields:
         lines = ["*Fields touched* (values withheld)"]
