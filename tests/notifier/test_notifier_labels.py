@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from signoff.identity import NoAuthenticator
 from signoff.notify.events import parse_event
 from signoff.notify.render import slack_app_message, slack_message, teams_message
-from tests.notifier.support import event, summary
+from tests.approvals.support import lab_files, serve
+from tests.http.inbox_support import staging_read
+from tests.notifier.conftest import MakeNotifier
+from tests.notifier.support import SLACK_PATH, TEAMS_PATH, Webhooks, event, summary
 from tests.notifier.test_notifier_rendering import card, slack_mrkdwn, strings
 
 TEMPLATE = "https://signoff.example/approvals/{approval_id}"
@@ -59,3 +64,23 @@ def test_labels_of_the_wrong_shape_are_ignored() -> None:
     texts = slack_mrkdwn(slack_message(odd))
     assert not any("soc2" in t for t in texts)
     assert any("data: customer" in t for t in texts)
+
+
+STAGING_RULE = "      - id: staging-needs-a-reviewer\n"
+LABELS = "        labels: {compliance: [soc2, gdpr]}\n"
+
+
+def test_a_real_approval_request_posts_its_rules_labels_to_slack_and_teams(
+    tmp_path: Path, redis_server_url: str, webhooks: Webhooks, make_notifier: MakeNotifier
+) -> None:
+    for name, text in lab_files().items():
+        text = text.replace(STAGING_RULE, STAGING_RULE + LABELS)
+        (tmp_path / f"{name}.yaml").write_text(text.lstrip("\n"), encoding="utf-8")
+    with serve(tmp_path, auth=NoAuthenticator(), redis_url=redis_server_url) as server:
+        notifier = make_notifier(stream=server.store.events_stream)
+        server.ask(staging_read())
+        assert notifier.run_once(block_ms=1000) == 1
+    (slack,) = webhooks.to(SLACK_PATH)
+    (teams,) = webhooks.to(TEAMS_PATH)
+    assert any("compliance: gdpr, soc2" in t for t in slack_mrkdwn(slack.body))
+    assert any("compliance: gdpr, soc2" in t for t in strings(card(teams.body)["body"]))
