@@ -39,9 +39,12 @@ def test_a_deny_is_200_with_decision_false_and_the_reasons(gateway: Gateway) -> 
     assert answer.json()["context"]["reasons"]
 
 
-def test_a_mask_carries_the_plan_the_client_applies(gateway: Gateway) -> None:
+def test_a_mask_is_no_plain_permit_and_carries_the_plan_the_client_applies(
+    gateway: Gateway,
+) -> None:
     body = gateway.post(EVALUATION, masked_export()).json()
-    assert body["decision"] is True
+    # A PEP that ignores `context` must not release unmasked data: MASK is not `true`.
+    assert body["decision"] is False
     assert body["context"]["verdict"] == "MASK"
     plan = {f["path"]: f for f in body["context"]["masking_plan"]["fields"]}
     assert plan["customers.*.email"]["operator"] == "email"

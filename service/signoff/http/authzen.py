@@ -36,7 +36,10 @@ KINDS = {
 SEMANTICS = ("execute_all", "deny_on_first_deny", "permit_on_first_permit")
 # context keys that fill the signoff request's own fields instead of context attributes.
 CONTEXT_FIELDS = ("environment", "time", "source_ip", "approval_id", "payload", "explain")
-RELEASING = (model.Verdict.ALLOW, model.Verdict.MASK)
+# Only ALLOW is a plain `true`. MASK releases data only once masked, which a PEP that knows
+# nothing of signoff's context would not do: it gets `false`, and a PEP that applies
+# `context.masking_plan` proceeds on `context.verdict == "MASK"` (fail safe by default).
+RELEASING = (model.Verdict.ALLOW,)
 # Where a lower-case letter or digit meets an upper-case one: ownerID -> owner_ID -> owner_id.
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
