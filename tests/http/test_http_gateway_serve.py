@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import http.client
+import json
+import os
 import re
 import signal
+import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -25,6 +30,7 @@ from tests.server.harness import (
     serve_command,
     serve_environment,
 )
+from tests.server.test_serve_command import _alive, _children
 
 HTTP = re.compile(r"; HTTP on (?P<host>[^\s;]+):(?P<port>\d+)")
 
@@ -60,6 +66,67 @@ def test_serve_answers_authzen_and_health_beside_grpc_and_stops_cleanly() -> Non
         assert answer.json()["decision"] is True
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=STARTUP_SECONDS) == 0
+
+
+def _endpoint(port: int) -> str:
+    """127.0.0.1:`port` as /proc/net/tcp spells it."""
+    return f"0100007F:{port:04X}"
+
+
+def _accepting_pid(server_port: int, client_port: int, pids: list[int]) -> int:
+    """Which of `pids` holds the server end of the open connection from `client_port`:
+    the responses are identical, so the kernel's socket table is what tells children apart."""
+    wanted = (_endpoint(server_port), _endpoint(client_port))
+    rows = (line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
+    inodes = {row[9] for row in rows if (row[1], row[2]) == wanted}
+    assert inodes, f"no server socket for the connection from port {client_port}"
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except FileNotFoundError:  # closed while we looked
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                return pid
+    raise AssertionError(f"none of {pids} holds the connection from port {client_port}")
+
+
+def test_processes_share_the_http_port_and_stop_together_on_sigterm() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ("--processes", "2", "--workers", "2", "--http-address", f"127.0.0.1:{port}")
+    with served(*args) as (process, line):
+        assert f"; HTTP on 127.0.0.1:{port}" in line, line
+        children = _children(process.pid)
+        assert len(children) == 2
+        body = json.dumps(allowed_read())
+        answered_by: set[int] = set()
+        # The kernel spreads new connections over the SO_REUSEPORT listeners by a hash of
+        # the client's port: 40 connections all landing on one child is a 2**-39 chance. All
+        # 40 are sent, so a stray listener that never accepts (one held by the parent, say)
+        # would leave some unanswered.
+        for _ in range(40):
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5.0)
+            try:
+                connection.request(
+                    "POST",
+                    "/access/v1/evaluation",
+                    body,
+                    {"Content-Type": "application/json"},
+                )
+                answer = connection.getresponse()
+                assert answer.status == 200
+                assert json.loads(answer.read())["decision"] is True
+                assert connection.sock is not None
+                client_port = connection.sock.getsockname()[1]
+                answered_by.add(_accepting_pid(port, client_port, children))
+            finally:
+                connection.close()
+        assert answered_by == set(children)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=STARTUP_SECONDS) == 0
+    assert not any(_alive(c) for c in children)
 
 
 def test_http_address_off_serves_grpc_only() -> None:
