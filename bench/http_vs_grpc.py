@@ -24,7 +24,7 @@ import grpc
 import httpx
 
 from bench.loadgen import cpu_seconds
-from bench.vs_cerbos import start_signoff
+from bench.signoff_server import start_signoff
 from signoff.v1 import signoff_pb2 as pb
 from signoff.v1 import signoff_pb2_grpc as pb_grpc
 

@@ -14,112 +14,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import select
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from bench import cerbos, loadgen, workload
-
-REPO = Path(__file__).resolve().parent.parent
-HASH_KEY = "bench-secret-bench-secret-bench-secret-0123"
-
-
-@dataclass
-class SignoffServer:
-    """A running `signoff serve` with its own Redis key prefix."""
-
-    proc: subprocess.Popen[str]
-    port: int
-    prefix: str
-    redis_url: str
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        """Stop the server and delete every Redis key under its prefix."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        client = redis.Redis.from_url(self.redis_url)
-        keys = list(client.scan_iter(match=f"{self.prefix}*", count=1000))
-        for i in range(0, len(keys), 1000):
-            client.delete(*keys[i : i + 1000])
-        client.close()
-
-    def __enter__(self) -> SignoffServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def start_signoff(
-    rules: Path, audit: bool = True, *extra: str, timeout: float = 60.0
-) -> SignoffServer:
-    """`signoff serve` on `rules` with `extra` options, on a free loopback port; waits for its
-    ready line."""
-    prefix = f"signoff:bench:{uuid.uuid4().hex[:12]}:"
-    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    env = {
-        **os.environ,
-        "SIGNOFF_HASH_KEY": HASH_KEY,
-        "SIGNOFF_REDIS_PREFIX": prefix,
-        "SIGNOFF_JWKS": "",
-        "SIGNOFF_LOG_LEVEL": "WARNING",
-        "SIGNOFF_AUDIT": "on" if audit else "off",
-        "OTEL_TRACES_EXPORTER": "none",
-        "OTEL_METRICS_EXPORTER": "none",
-    }
-    proc = subprocess.Popen(
-        [
-            str(REPO / ".venv" / "bin" / "python"),
-            "-m",
-            "signoff.cli",
-            "serve",
-            "--address",
-            "127.0.0.1:0",
-            "--rules",
-            str(rules),
-            *extra,
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
-    server = SignoffServer(proc, 0, prefix, redis_url)
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    line = proc.stdout.readline() if ready else ""  # "" also when the process exited
-    if not line.startswith("signoff listening on "):
-        server.stop()
-        raise RuntimeError(f"signoff serve did not start in {timeout} s: {line!r}")
-    server.port = int(line.split()[3].rsplit(":", 1)[1])
-    return server
-
+from bench.signoff_server import SignoffServer, start_signoff
 
 # (shape, checks per request, signoff method and payload name, Cerbos payload name)
 SHAPES = (
