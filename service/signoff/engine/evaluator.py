@@ -369,21 +369,26 @@ def _holds_static(wanted: frozenset[str], held: frozenset[str]) -> bool:
 def _plain_text(request: Request) -> None:
     """Refuse NUL in the request's own strings (attributes are checked by the schema)."""
     p, r, c = request.principal, request.resource, request.context
-    named = [
+    # One membership test per string on the hot path; names are built only for a refusal.
+    for where, value in (
         ("principal.id", p.id),
         ("action", request.action),
         ("resource.kind", r.kind),
         ("resource.id", r.id),
         ("context.environment", c.environment),
         ("context.source_ip", c.source_ip),
-    ]
-    named += [(f"principal.roles[{i}]", role) for i, role in enumerate(p.roles)]
-    for i, f in enumerate(r.fields):
-        named.append((f"resource.fields[{i}].path", f.path))
-        named += [(f"resource.fields[{i}].tags", t) for t in f.tags]
-    for where, value in named:
+    ):
         if "\0" in value:
             text(value, where)
+    for i, role in enumerate(p.roles):
+        if "\0" in role:
+            text(role, f"principal.roles[{i}]")
+    for i, f in enumerate(r.fields):
+        if "\0" in f.path:
+            text(f.path, f"resource.fields[{i}].path")
+        for t in f.tags:
+            if "\0" in t:
+                text(t, f"resource.fields[{i}].tags")
 
 
 def _decided_by(decision: Decision, trace: list[RuleTrace]) -> tuple[str, ...]:
