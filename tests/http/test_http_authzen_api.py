@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.http.conftest import MakeGateway
 from tests.http.gateway_requests import (
     ALICE,
     CUSTOMERS,
@@ -155,3 +156,32 @@ def test_camel_case_properties_reach_snake_case_attributes(gateway: Gateway) -> 
     answer = gateway.post(EVALUATION, twice)
     assert answer.status_code == 400
     assert answer.json()["error"]["field"] == "subject.properties.Tenant"
+
+
+def test_a_time_that_overflows_utc_is_a_400_and_in_a_batch_that_items_error(
+    gateway: Gateway,
+) -> None:
+    # Year 1 at +01:00 is before the first UTC instant Python can hold: refused, never a 500.
+    body = allowed_read()
+    body["context"] = {**body.get("context", {}), "time": "0001-01-01T00:00:00+01:00"}
+    answer = gateway.post(EVALUATION, body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["field"].endswith("context.time")
+    batch = gateway.post(EVALUATIONS, {"evaluations": [allowed_read(), body]})
+    assert batch.status_code == 200, batch.text
+    first, second = batch.json()["evaluations"]
+    assert first["decision"] is True
+    assert second["decision"] is False
+
+
+def test_a_pdp_token_in_two_authorization_headers_is_refused(
+    make_gateway: MakeGateway,
+) -> None:
+    token = "a-pdp-token-of-sufficient-length"
+    running = make_gateway(settings={"authzen_token": token})
+    twice = running.post(
+        EVALUATION,
+        allowed_read(),
+        headers=[("Authorization", f"Bearer {token}"), ("Authorization", f"Bearer {token}")],
+    )
+    assert twice.status_code == 401

@@ -106,7 +106,8 @@ def text(value: str, where: str) -> str:
     return value
 
 
-def _timestamp(value: Any, where: str) -> dt.datetime:
+def timestamp(value: Any, where: str) -> dt.datetime:
+    """An RFC 3339 timestamp with an offset, as UTC; InvalidRequest naming `where` otherwise."""
     if isinstance(value, dt.datetime):
         result = value
     elif isinstance(value, str):
@@ -166,7 +167,7 @@ def convert(type_name: str, value: Any, where: str) -> Any:
             raise InvalidRequest(where, "expected a bool")
         return value
     if type_name == "timestamp":
-        return _timestamp(value, where)
+        return timestamp(value, where)
     if type_name == "duration":
         return _duration(value, where)
     if type_name.startswith("list<"):

@@ -13,13 +13,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from signoff.audit.record import masking_doc
-from signoff.engine import model
+from signoff.engine import model, schema
 from signoff.engine.evaluator import Engine
 from signoff.errors import InvalidRequest, SignoffError, Unauthenticated
 from signoff.http.core import HttpCore
 from signoff.http.errors import error_for
-from signoff.http.gateway_json import checked, obj, read_json_object, step, text
-from signoff.limits import Limits
+from signoff.http.gateway_json import checked, obj, read_json_object, text
+from signoff.identity import bearer_token
+from signoff.limits import Limits, step
 from signoff.views import requirement_doc
 
 EVALUATION = "/access/v1/evaluation"
@@ -168,10 +169,11 @@ class AuthZen:
         """When a PDP token is configured, the PEP must present it as a bearer token."""
         if not self._token:
             return
-        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not presented:
-            raise Unauthenticated("this PDP requires Authorization: Bearer <token>")
-        if not hmac.compare_digest(presented.strip().encode(), self._token):
+        try:
+            presented = bearer_token(request.headers.items())
+        except Unauthenticated:
+            raise Unauthenticated("this PDP requires Authorization: Bearer <token>") from None
+        if not hmac.compare_digest(presented.encode(), self._token):
             raise Unauthenticated("the bearer token is not this PDP's")
 
     def _batch(
@@ -365,17 +367,7 @@ def _attributes(props: dict[str, Any], field: str, limits: Limits) -> dict[str, 
 
 
 def _time(value: Any, field: str) -> dt.datetime | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidRequest(field, "must be an RFC 3339 timestamp string")
-    try:
-        when = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidRequest(field, "not a valid RFC 3339 timestamp") from None
-    if when.tzinfo is None:
-        raise InvalidRequest(field, "needs a UTC offset, e.g. 2026-03-02T14:00:00Z")
-    return when.astimezone(dt.UTC)
+    return None if value is None else schema.timestamp(value, field)
 
 
 def _json(body: dict[str, Any], request: Request) -> JSONResponse:

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any
 
 from starlette.requests import Request
 
 from signoff.errors import InvalidRequest
 from signoff.http.errors import BodyTooLarge
-from signoff.limits import Limits
+from signoff.limits import MAX_STRUCT_DEPTH, Limits, step
 
-# The same nesting bound as server/convert.MAX_STRUCT_DEPTH (a test keeps the two equal): a
-# request must mean the same, and be refused the same, over gRPC and HTTP.
-MAX_DEPTH = 20
-_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# The bound gRPC requests have too: a request means the same over gRPC and HTTP.
+MAX_DEPTH = MAX_STRUCT_DEPTH
 
 
 def _refuse_constant(name: str) -> Any:
@@ -48,12 +45,6 @@ async def read_json_object(request: Request, limits: Limits) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidRequest("body", "must be a JSON object")
     return value
-
-
-def step(key: str) -> str:
-    """A path step for `key`: keys are caller data, so anything but a plain name is quoted and
-    the path stays one unambiguous line."""
-    return f".{key}" if _PLAIN_KEY.fullmatch(key) else f"[{json.dumps(key)}]"
 
 
 def checked(value: Any, field: str, limits: Limits, depth: int = 1) -> Any:

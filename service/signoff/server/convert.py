@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
-import re
 from typing import Any
 
 from google.protobuf import struct_pb2
 
 from signoff.engine import model
 from signoff.errors import InvalidRequest
+from signoff.limits import MAX_STRUCT_DEPTH as MAX_STRUCT_DEPTH
 from signoff.limits import Limits as Limits
+from signoff.limits import step
 from signoff.server.protos import plan_proto, requirement_proto
 from signoff.v1 import signoff_pb2 as pb
 
-# How deep objects and lists may nest in any Struct a request carries, counting the Struct
-# itself as 1. Protobuf parsers refuse messages nested past 100 levels, and each JSON object
-# level costs 3 message levels (Struct, map entry, Value; a list costs 2). The deepest place
-# request data comes back is a payload in ListApprovals/WatchApproval responses, 3 messages
-# down: 33 object levels there (3 + 3 x 33 > 100) break every approver's client. 20 levels
-# (at most 3 + 3 x 20 = 63 message levels) leave room for the API to nest further.
-MAX_STRUCT_DEPTH = 20
 _TOO_DEEP = f"nested deeper than {MAX_STRUCT_DEPTH} levels of objects and lists"
-_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 _KINDS = {
     pb.PRINCIPAL_KIND_HUMAN: model.PrincipalKind.HUMAN,
@@ -85,15 +77,9 @@ def _struct(s: struct_pb2.Struct, depth: int) -> dict[str, Any]:
         try:
             out[key] = _value(v, depth)
         except _BadValue as bad:
-            bad.steps.append(_step(key))
+            bad.steps.append(step(key))
             raise
     return out
-
-
-def _step(key: str) -> str:
-    # Keys are caller data: anything but a plain name is quoted, so the path stays one line
-    # and unambiguous.
-    return f".{key}" if _PLAIN_KEY.fullmatch(key) else f"[{json.dumps(key)}]"
 
 
 def _bounded_struct(s: struct_pb2.Struct, field: str, limits: Limits) -> dict[str, Any]:
