@@ -118,7 +118,7 @@ class Decisions:
                     raise StoreUnavailable("approvals are not configured on this service")
                 held = self._approvals.apply(request, decision, decision_id)
                 decision, approval_id = held.decision, held.approval_id
-            policy = decided.decision
+            shadow = decided.decision.shadow  # the policy's own, before any approval step
             span.set_decision(
                 decision_id=decision_id,
                 verdict=decision.verdict.name,
@@ -130,9 +130,7 @@ class Decisions:
                 principal_kind=request.principal.kind.value,
                 approval_id=approval_id,
                 errored_rules=decision.errored_rules,
-                shadow=None
-                if policy.shadow is None
-                else (policy.shadow.verdict.name, policy.shadow.matched_rules),
+                shadow=None if shadow is None else (shadow.verdict.name, shadow.matched_rules),
             )
             self._telemetry.record_decision(decision.verdict.name, time.perf_counter() - started)
             if self._audit is not None:
@@ -186,8 +184,9 @@ class Decisions:
                 # Encoded once for every repeat of the request, instead of once per record.
                 view = Canonical.of(plain)
             except (TypeError, ValueError):
-                # Not JSON (e.g. a NaN kept for audit): the writer records a placeholder in
-                # its place, so the chain still shows a decision was made.
+                # Not JSON: only a Request built in-process (the surfaces refuse NaN and the
+                # like) can hold such a value; the writer then records a placeholder, so the
+                # chain still shows a decision was made.
                 return plain
             decided.derived["audit"] = view
         return view

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import json
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
@@ -29,7 +28,7 @@ from signoff.errors import (
     StoreUnavailable,
     Unauthenticated,
 )
-from signoff.http import api_openapi
+from signoff.http import api_openapi, security
 from signoff.http.api_json import approval_json, page_position, page_token
 from signoff.http.core import HttpCore
 from signoff.http.errors import error_for, error_response
@@ -41,21 +40,8 @@ PREFIX = "/v1/approvals"
 VOTE_LIMITS = Limits(max_message_bytes=64 * 1024)
 MAX_TOKEN_CHARS = 200
 DEFAULT_HEARTBEAT_SECONDS = 15.0
-SESSION_MODULE = "signoff.http.security"
 CSRF_HEADER = "x-csrf-token"
 Endpoint = Callable[[Request], Awaitable[Response]]
-
-
-def _optional_module(name: str) -> Any:
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError:
-        return None
-
-
-# The web inbox's sessions (`session_identity`, `session_of`, `check_csrf`), when the inbox is
-# part of this build; module-level so what is in use is plain to see.
-security = _optional_module(SESSION_MODULE)
 
 
 class ApprovalsApi:
@@ -90,14 +76,13 @@ class ApprovalsApi:
             # The same parsing and verification as gRPC metadata: one header, "Bearer <jwt>".
             headers = request.headers.items()
             return await run_in_threadpool(self.core.authenticator.from_metadata, headers)
-        who = security.session_identity(request) if security is not None else None
-        if isinstance(who, Identity):
+        session = security.session_of(request)
+        if session is not None:
             # A cookie rides along on cross-site requests: a state change by session needs the
             # session's CSRF token too (header X-CSRF-Token), checked by the inbox's own rule.
             if changes:
-                token = request.headers.get(CSRF_HEADER, "")
-                security.check_csrf(request, security.session_of(request), token)
-            return who
+                security.check_csrf(request, session, request.headers.get(CSRF_HEADER, ""))
+            return session.identity
         raise Unauthenticated("send Authorization: Bearer <token>, or sign in to the inbox")
 
     # --- endpoints -------------------------------------------------------------------

@@ -36,7 +36,7 @@ from signoff.errors import (
 from signoff.http.core import HttpCore
 from signoff.http.errors import error_for
 from signoff.http.oidc import OidcConfig, OidcLogin
-from signoff.http.security import Session, Sessions, check_csrf, session_of
+from signoff.http.security import SESSIONS_KEY, Session, Sessions, check_csrf, session_of
 from signoff.safetext import escape_line
 
 log = logging.getLogger("signoff.http.inbox")
@@ -74,10 +74,6 @@ def routes(core: HttpCore) -> list[BaseRoute]:
         Route(PREFIX + "/logout", inbox.logout, methods=["POST"], include_in_schema=False),
         Mount(PREFIX + "/static", StaticFiles(directory=HERE / "static"), name="inbox-static"),
     ]
-
-
-# Until http/errors.py (the gateway's one mapping) lands, the inbox's HTML error pages use
-# these statuses, matching server/status.py's gRPC codes.
 
 
 class Inbox:
@@ -279,7 +275,7 @@ class Inbox:
 
 
 def sessions(request: Request) -> Sessions:
-    found = request.scope.get("state", {}).get("signoff.sessions")
+    found = request.scope.get("state", {}).get(SESSIONS_KEY)
     if not isinstance(found, Sessions):
         raise RuntimeError("the gateway app must be wrapped in security.SecureHeaders")
     return found

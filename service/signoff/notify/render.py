@@ -243,26 +243,7 @@ def _slack_request(event: Event, approve_url_template: str | None) -> dict[str, 
         },
         {"type": "section", "fields": facts},
     ]
-    if s.approvers:
-        lines = [f"• {slack_escape(_approver_set(a))}" for a in s.approvers]
-        blocks.append(
-            _slack_section(_capped_lines(["*Who may approve*", *lines], SLACK_SECTION_LIMIT))
-        )
-    if s.reasons or s.matched_rules:
-        lines = ["*Why it needs sign-off*", *(f"• {_md(r)}" for r in s.reasons)]
-        if s.matched_rules:
-            rules = ", ".join(_md_code(r) for r in s.matched_rules[:MAX_ITEMS])
-            lines.append(f"_Rules:_ {rules}")
-        blocks.append(_slack_section(_capped_lines(lines, SLACK_SECTION_LIMIT)))
-    if s.labels:
-        lines = ["*Labels*", *(f"• {slack_escape(line)}" for line in _label_lines(s))]
-        blocks.append(_slack_section(_capped_lines(lines, SLACK_SECTION_LIMIT)))
-    if s.fields:
-        lines = ["*Fields touched* (values withheld)"]
-        for f in s.fields:
-            path, tags = _field_line(f)
-            lines.append(f"• {_md_code(path)}" + (f" ({slack_escape(tags)})" if tags else ""))
-        blocks.append(_slack_section(_capped_lines(lines, SLACK_SECTION_LIMIT)))
+    blocks += [_slack_section(text) for text in _slack_request_sections(s)]
     if approve_url_template:
         url = approval_url(approve_url_template, event.approval_id)
         # "|" ends the URL part of a Slack link; it is percent-encoded to keep the link whole.
@@ -282,6 +263,30 @@ def _slack_request(event: Event, approve_url_template: str | None) -> dict[str, 
         {"type": "context", "elements": [{"type": "mrkdwn", "text": " · ".join(context)}]}
     )
     return {"text": _fit(slack_escape(_headline(event)), SLACK_SECTION_LIMIT), "blocks": blocks}
+
+
+def _slack_request_sections(s: Summary) -> list[str]:
+    """The mrkdwn of the request's sections (who may approve, why, labels, fields), escaped and
+    capped: one text for the webhook message and the app message alike."""
+    sections: list[list[str]] = []
+    if s.approvers:
+        sections.append(
+            ["*Who may approve*", *(f"• {slack_escape(_approver_set(a))}" for a in s.approvers)]
+        )
+    if s.reasons or s.matched_rules:
+        lines = ["*Why it needs sign-off*", *(f"• {_md(r)}" for r in s.reasons)]
+        if s.matched_rules:
+            lines.append("_Rules:_ " + ", ".join(_md_code(r) for r in s.matched_rules[:MAX_ITEMS]))
+        sections.append(lines)
+    if s.labels:
+        sections.append(["*Labels*", *(f"• {slack_escape(line)}" for line in _label_lines(s))])
+    if s.fields:
+        lines = ["*Fields touched* (values withheld)"]
+        for f in s.fields:
+            path, tags = _field_line(f)
+            lines.append(f"• {_md_code(path)}" + (f" ({slack_escape(tags)})" if tags else ""))
+        sections.append(lines)
+    return [_capped_lines(lines, SLACK_SECTION_LIMIT) for lines in sections]
 
 
 def slack_message(
@@ -449,25 +454,7 @@ def slack_app_message(
         HeaderBlock(text=plain(f"Approval requested: {s.action}", SLACK_HEADER_LIMIT)),
         SectionBlock(fields=facts[:10]),
     ]
-    if s.approvers:
-        lines = [f"• {slack_escape(_approver_set(a))}" for a in s.approvers]
-        blocks.append(
-            SectionBlock(text=_mrkdwn(_capped_lines(["*Who may approve*", *lines], 3000)))
-        )
-    if s.reasons or s.matched_rules:
-        lines = ["*Why it needs sign-off*", *(f"• {_md(r)}" for r in s.reasons)]
-        if s.matched_rules:
-            lines.append("_Rules:_ " + ", ".join(_md_code(r) for r in s.matched_rules[:MAX_ITEMS]))
-        blocks.append(SectionBlock(text=_mrkdwn(_capped_lines(lines, SLACK_SECTION_LIMIT))))
-    if s.labels:
-        lines = ["*Labels*", *(f"• {slack_escape(line)}" for line in _label_lines(s))]
-        blocks.append(SectionBlock(text=_mrkdwn(_capped_lines(lines, SLACK_SECTION_LIMIT))))
-    if s.fields:
-        lines = ["*Fields touched* (values withheld)"]
-        for f in s.fields:
-            path, tags = _field_line(f)
-            lines.append(f"• {_md_code(path)}" + (f" ({slack_escape(tags)})" if tags else ""))
-        blocks.append(SectionBlock(text=_mrkdwn(_capped_lines(lines, SLACK_SECTION_LIMIT))))
+    blocks += [SectionBlock(text=_mrkdwn(text)) for text in _slack_request_sections(s)]
     if voters:
         lines = ["*Votes*"]
         for who, approved in voters[:MAX_ITEMS]:
