@@ -65,7 +65,8 @@ class Coalescing:
                 raise InvalidInput(f"Coalescing.{name} must be a positive integer, not {value!r}")
 
 
-_QUEUED, _SENT, _DONE, _ABANDONED = range(4)
+# Where an Entry is: waiting in the queue, in a call, answered, given up by its caller.
+QUEUED, SENT, DONE, ABANDONED = range(4)
 
 
 def _varint(n: int) -> bytes:
@@ -106,7 +107,7 @@ class Entry:
         self.size = sum(len(p) + 1 + len(_varint(len(p))) for p in payloads)
         self.deadline = deadline
         self.queued_at = 0.0
-        self.state = _QUEUED
+        self.state = QUEUED
         self.answer: Any = None
         self.error: SignoffClientError | None = None
         self.flight: Flight | None = None
@@ -165,18 +166,18 @@ class Flight:
         if len(results) != total:
             error = ProtocolError(f"CheckBatch returned {len(results)} results for {total} items")
             for entry in self.entries:
-                if entry.state == _SENT:
+                if entry.state == SENT:
                     entry.error = error
             return
         at = 0
         for entry in self.entries:
-            if entry.state == _SENT:
+            if entry.state == SENT:
                 entry.answer = results[at : at + entry.count]
             at += entry.count
 
     def fail(self, err: grpc.RpcError) -> None:
         for entry in self.entries:
-            if entry.state == _SENT:
+            if entry.state == SENT:
                 entry.error = rpc_error(entry.method, err)
 
 
@@ -219,7 +220,7 @@ class Queue:
 
     def due(self) -> float | None:
         """When the oldest queued check has waited the window, or None when none waits."""
-        while self._queued and self._queued[0].state == _ABANDONED:
+        while self._queued and self._queued[0].state == ABANDONED:
             self._queued.popleft()
         return self._queued[0].queued_at + self.policy.window if self._queued else None
 
@@ -239,14 +240,14 @@ class Queue:
         items = size = 0
         while self._queued:
             entry = self._queued[0]
-            if entry.state == _ABANDONED:
+            if entry.state == ABANDONED:
                 self._queued.popleft()
                 continue
             full = items + entry.count > self.max_items or size + entry.size > self.max_bytes
             if batch and full:
                 break
             self._queued.popleft()
-            entry.state = _SENT
+            entry.state = SENT
             batch.append(entry)
             items += entry.count
             size += entry.size
@@ -261,13 +262,13 @@ class Queue:
     def abandon(self, entry: Entry) -> Callable[[], Any] | None:
         """The caller gave up on `entry`: drop it if queued. Returns the cancel of its call
         when nobody waits for that call any more."""
-        state, entry.state = entry.state, _ABANDONED
-        if state == _QUEUED:
+        state, entry.state = entry.state, ABANDONED
+        if state == QUEUED:
             self._items -= entry.count
             self._bytes -= entry.size
             return None
         flight = entry.flight
-        if state == _SENT and flight is not None:
+        if state == SENT and flight is not None:
             flight.live -= 1
             if flight.live == 0:
                 return flight.cancel
@@ -286,7 +287,7 @@ class Queue:
 
     def drain(self) -> list[Entry]:
         """Every entry still queued (the client is closing)."""
-        out = [entry for entry in self._queued if entry.state == _QUEUED]
+        out = [entry for entry in self._queued if entry.state == QUEUED]
         self._queued.clear()
         self._items = self._bytes = 0
         return out
@@ -376,7 +377,7 @@ class ThreadCoalescer:
 
     def _give_up(self, entry: Entry) -> None:
         with self._lock:
-            if entry.state == _DONE:
+            if entry.state == DONE:
                 return  # answered as the wait ended: keep the answer
             cancel = self._queue.abandon(entry)
             entry.error = deadline_error(entry.method)
@@ -415,8 +416,8 @@ class ThreadCoalescer:
             flights = self._take(time.monotonic())
             if refused:
                 for entry in flight.entries:
-                    if entry.state == _SENT:
-                        entry.state = _QUEUED
+                    if entry.state == SENT:
+                        entry.state = QUEUED
                         self._queue.add(entry, entry.queued_at)
                 flights += self._take(time.monotonic())
             else:
@@ -426,8 +427,8 @@ class ThreadCoalescer:
     def _finish(self, entries: list[Entry]) -> None:
         # Under the lock, so a caller giving up at this moment sees DONE and takes the answer.
         for entry in entries:
-            if entry.state == _SENT or entry.state == _QUEUED:
-                entry.state = _DONE
+            if entry.state == SENT or entry.state == QUEUED:
+                entry.state = DONE
                 entry.signal.release()
 
     def _time(self) -> None:
