@@ -1,0 +1,195 @@
+"""Coalesced checks get exactly the answers and errors of unary calls, against the real server."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from signoff.client import (
+    CheckItem,
+    Coalescing,
+    Context,
+    Decision,
+    Field,
+    ItemFailure,
+    Principal,
+    Resource,
+    SignoffClient,
+    SignoffClientError,
+)
+from signoff.client.aio import AsyncSignoffClient
+from signoff.client.coalesce import CHECK_BATCH
+
+PROD = Context(environment="prod")
+ALICE = Principal("alice@acme.io", roles=("analyst",), attributes={"tenant": "acme"})
+EVE = Principal("eve@globex.io", roles=("analyst",), attributes={"tenant": "globex"})
+IVAN = Principal("ivan@acme.io", roles=("iam_admin",), attributes={"tenant": "acme"})
+BOT = Principal(
+    "agent:export-bot",
+    kind="agent",
+    roles=("analyst",),
+    attributes={"tenant": "acme", "owner": "alice@acme.io", "owner_mfa": True},
+)
+CUSTOMERS = Resource(
+    "customer_table",
+    id="crm.customers",
+    attributes={"tenant": "acme"},
+    fields=(
+        Field("customers.*.id", ("pii.customer_id",)),
+        Field("customers.*.email", ("pii.email",)),
+        Field("customers.*.country"),
+    ),
+)
+DB_ADMIN = Resource("iam_role", id="roles/db-admin", attributes={"tenant": "acme"})
+
+# Valid, invalid and approval-requiring checks; the server runs at night, when the agent's
+# export and every prod role grant are held for sign-off.
+ITEMS = {
+    "read": CheckItem(ALICE, "read", CUSTOMERS, PROD, {"row_limit": 20}),
+    "export masked": CheckItem(ALICE, "export", CUSTOMERS, PROD, {"target": "s3://a/b"}),
+    "explained": CheckItem(ALICE, "export", CUSTOMERS, PROD, explain=True),
+    "other tenant": CheckItem(EVE, "read", CUSTOMERS, PROD),
+    "agent export held": CheckItem(BOT, "export", CUSTOMERS, PROD, {"target": "s3://a/b"}),
+    "grant held": CheckItem(
+        IVAN, "grant_role", DB_ADMIN, PROD, {"grantee": "bob@acme.io", "role": "db-admin"}
+    ),
+    "unknown approval": CheckItem(BOT, "export", CUSTOMERS, PROD, approval_id="apr_nothing"),
+    "no principal id": CheckItem(Principal(""), "read", CUSTOMERS, PROD),
+    "no action": CheckItem(ALICE, "", CUSTOMERS, PROD),
+    "undeclared attribute": CheckItem(
+        Principal("alice@acme.io", roles=("analyst",), attributes={"shoe_size": 42}),
+        "read",
+        CUSTOMERS,
+    ),
+    "empty path segment": CheckItem(
+        ALICE, "read", Resource("customer_table", fields=(Field("a..b"),))
+    ),
+    "mistyped payload": CheckItem(ALICE, "read", CUSTOMERS, PROD, {"row_limit": "twenty"}),
+}
+
+# One caller: a single check, or a check_batch of a few items.
+Call = tuple[str, tuple[str, ...]]
+calls = st.one_of(
+    st.builds(lambda name: ("check", (name,)), st.sampled_from(sorted(ITEMS))),
+    st.builds(
+        lambda names: ("batch", tuple(names)),
+        st.lists(st.sampled_from(sorted(ITEMS)), min_size=1, max_size=3),
+    ),
+)
+mixes = st.lists(calls, min_size=2, max_size=8)
+
+
+def normal(outcome: Any) -> Any:
+    """What must agree: everything but the ids that are new on every decision."""
+    if isinstance(outcome, list):
+        return [normal(item) for item in outcome]
+    if isinstance(outcome, Decision):
+        view = outcome.to_dict()
+        view["decision_id"] = bool(view["decision_id"])
+        view["approval_id"] = bool(view.get("approval_id"))
+        return view
+    if isinstance(outcome, ItemFailure):
+        return outcome
+    assert isinstance(outcome, SignoffClientError), outcome
+    return (type(outcome).__name__, str(outcome))
+
+
+def ask(client: SignoffClient, call: Call) -> Any:
+    kind, names = call
+    items = [ITEMS[name] for name in names]
+    try:
+        return client.check_item(items[0]) if kind == "check" else client.check_batch(items)
+    except SignoffClientError as err:
+        return err
+
+
+class CountCalls(grpc.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    """Counts the CheckBatch calls that carried more than one caller's checks."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, Any], Any],
+        client_call_details: grpc.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        if client_call_details.method == CHECK_BATCH:
+            self.batches += 1
+        return continuation(client_call_details, request)
+
+
+@pytest.fixture(scope="module")
+def unary(approvals_address: str) -> Iterator[SignoffClient]:
+    with SignoffClient(approvals_address, coalescing=None) as client:
+        yield client
+
+
+def test_coalesced_threads_get_the_answers_and_errors_of_unary_calls(
+    approvals_address: str, unary: SignoffClient
+) -> None:
+    counter = CountCalls()
+    channel = grpc.intercept_channel(grpc.insecure_channel(approvals_address), counter)
+    # A wide window, so the callers that queue behind the first call go together.
+    coalesced = SignoffClient(approvals_address, channel=channel, coalescing=Coalescing(0.05))
+
+    @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(mixes)
+    def check(mix: list[Call]) -> None:
+        expected = [normal(ask(unary, call)) for call in mix]
+        got: list[Any] = [None] * len(mix)
+        start = threading.Barrier(len(mix))
+
+        def run(i: int) -> None:
+            start.wait()
+            got[i] = normal(ask(coalesced, mix[i]))
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(mix))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert got == expected
+
+    try:
+        check()
+    finally:
+        coalesced.close()
+        channel.close()
+    # Some calls carried several callers' checks: coalescing was exercised, not bypassed.
+    assert counter.batches > 0
+
+
+def test_coalesced_tasks_get_the_answers_and_errors_of_unary_calls(
+    approvals_address: str, unary: SignoffClient
+) -> None:
+    @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(mixes)
+    def check(mix: list[Call]) -> None:
+        expected = [normal(ask(unary, call)) for call in mix]
+
+        async def one(client: AsyncSignoffClient, call: Call) -> Any:
+            kind, names = call
+            items = [ITEMS[name] for name in names]
+            try:
+                if kind == "check":
+                    return await client.check_item(items[0])
+                return await client.check_batch(items)
+            except SignoffClientError as err:
+                return err
+
+        async def main() -> list[Any]:
+            async with AsyncSignoffClient(approvals_address) as client:
+                return await asyncio.gather(*(one(client, call) for call in mix))
+
+        assert [normal(outcome) for outcome in asyncio.run(main())] == expected
+
+    check()
