@@ -444,7 +444,9 @@ def section(quick: bool = False) -> Section:
     return _full(rounds=3, seconds=4.0, warmup=1.0)
 
 
-def _full(rounds: int, seconds: float, warmup: float) -> Section:
+def _full(
+    rounds: int, seconds: float, warmup: float, serve_args: Sequence[str] = ()
+) -> Section:
     from bench import cerbos, workload
 
     binary = cerbos.install()
@@ -456,7 +458,7 @@ def _full(rounds: int, seconds: float, warmup: float) -> Section:
     work = cerbos_workload()
     try:
         with (
-            start_signoff(signoff_dir, True, *FREE_HTTP) as server,
+            start_signoff(signoff_dir, True, *FREE_HTTP, *serve_args) as server,
             cerbos.start(cerbos_dir, binary) as cb,
         ):
             print(f"signoff pid {server.pid} on {server.target}; cerbos pid {cb.pid}", flush=True)
@@ -523,8 +525,12 @@ def main(argv: list[str] | None = None) -> Section:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument(
+        "--serve-args", default="", help="extra `signoff serve` options, e.g. '--processes 2'"
+    )
     args = parser.parse_args(argv)
-    result = _quick() if args.quick else _full(args.rounds, args.seconds, args.warmup)
+    serve_args = args.serve_args.split()
+    result = _quick() if args.quick else _full(args.rounds, args.seconds, args.warmup, serve_args)
     print()
     print(result.markdown)
     print()

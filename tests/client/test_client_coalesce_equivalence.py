@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 import pytest
+import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from signoff.audit import AuditConfig, AuditLog, audit_key
 from signoff.client import (
     CheckItem,
     Coalescing,
@@ -26,6 +31,11 @@ from signoff.client import (
 )
 from signoff.client.aio import AsyncSignoffClient
 from signoff.client.coalesce import CHECK_BATCH
+from signoff.engine.evaluator import Engine
+from signoff.server import app
+from signoff.views import Views
+from tests.conftest import fixed_clock
+from tests.server.harness import DAY, KEY, KEY_ID, REDIS_URL, bundled, drop_prefix
 
 PROD = Context(environment="prod")
 ALICE = Principal("alice@acme.io", roles=("analyst",), attributes={"tenant": "acme"})
@@ -193,3 +203,66 @@ def test_coalesced_tasks_get_the_answers_and_errors_of_unary_calls(
         assert [normal(outcome) for outcome in asyncio.run(main())] == expected
 
     check()
+
+
+VOLATILE = ("at", "decision_id", "entry_id", "hash", "prev", "seq", "trace_id")
+
+
+def audit_records(audit: AuditLog) -> list[str]:
+    """The decision records, without what is new on every record, in a stable order."""
+    assert audit.flush(10.0)
+    out = io.StringIO()
+    audit.export("decisions", None, None, out)
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    return sorted(
+        json.dumps({k: v for k, v in r.items() if k not in VOLATILE}, sort_keys=True)
+        for r in records
+    )
+
+
+AUDITED = ["read", "export masked", "explained", "other tenant"] * 3
+
+
+def records_of(coalescing: Coalescing | None, counter: CountCalls) -> list[str]:
+    """The audit records a server with a fresh trail keeps of AUDITED, asked all at once."""
+    prefix = f"signoff:test:coalesce-audit:{uuid.uuid4().hex}:"
+    audit = AuditLog(REDIS_URL, audit_key(KEY), prefix=prefix, config=AuditConfig(batch_ms=5.0))
+    running = app.start(
+        Engine(bundled(), clock=fixed_clock(DAY)),
+        "127.0.0.1:0",
+        hash_key_id=KEY_ID,
+        audit=audit,
+        views=Views(hash_key=KEY, hash_key_id=KEY_ID),
+    )
+    address = f"127.0.0.1:{running.port}"
+    channel = grpc.intercept_channel(grpc.insecure_channel(address), counter)
+    client = SignoffClient(address, channel=channel, coalescing=coalescing)
+    start = threading.Barrier(len(AUDITED))
+
+    def run(name: str) -> None:
+        start.wait()
+        client.check_item(ITEMS[name])
+
+    try:
+        threads = [threading.Thread(target=run, args=(name,)) for name in AUDITED]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return audit_records(audit)
+    finally:
+        client.close()
+        channel.close()
+        running.stop(grace=None)
+        audit.close(timeout=1.0)
+        drop_prefix(redis.Redis.from_url(REDIS_URL), prefix)
+
+
+def test_coalesced_checks_leave_the_audit_records_unary_checks_leave() -> None:
+    counter = CountCalls()
+    unary = records_of(None, counter)
+    assert counter.batches == 0
+    coalesced = records_of(Coalescing(0.05), counter)
+    assert counter.batches > 0
+    assert len(unary) == len(AUDITED)
+    assert coalesced == unary
