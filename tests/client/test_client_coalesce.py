@@ -311,3 +311,26 @@ def test_without_coalescing_concurrent_checks_are_each_their_own_call(
 def test_coalescing_refuses_settings_that_cannot_work(options: dict[str, Any]) -> None:
     with pytest.raises(InvalidInput, match="Coalescing"):
         Coalescing(**options)
+
+
+def test_checks_queued_when_the_callers_own_channel_closes_fail_as_calls_on_it_would(
+    scripted: ScriptedServer,
+) -> None:
+    channel = grpc.insecure_channel(scripted.address)
+    client = SignoffClient(scripted.address, channel=channel, coalescing=PATIENT)
+    callers = Callers()
+    queue_behind_a_stalled_check(scripted, client, callers, lead_timeout=5.0)
+    callers.start("queued", lambda: client.check_item(item(0), timeout=5.0))
+    time.sleep(0.1)
+    channel.close()
+    callers.join()
+    client.close()
+    # The stalled call is cancelled by the close; the queued check is then sent on a closed
+    # channel, which refuses it at once, as it refuses a plain call.
+    lead = callers.outcomes["lead"]
+    assert isinstance(lead, SignoffRpcError)
+    assert lead.code == "CANCELLED"
+    queued = callers.outcomes["queued"]
+    assert isinstance(queued, ValueError)
+    assert "closed" in str(queued)
+    assert callers.took["queued"] < 2.0

@@ -307,6 +307,8 @@ class _TaskCoalescer:
                 flight.fail(err)
         except asyncio.CancelledError:
             pass  # every caller in it gave up
+        except Exception as err:  # refused before any call, e.g. the channel is closed
+            flight.fail(err)
         finally:
             self._queue.in_flight -= 1
             if refused:

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import grpc
 
 from signoff.client.calls import batch_results, deadline_error, rpc_error, single_result
-from signoff.client.errors import InvalidInput, ProtocolError, SignoffClientError, SignoffRpcError
+from signoff.client.errors import InvalidInput, ProtocolError, SignoffRpcError
 from signoff.client.types import Decision, ItemFailure
 from signoff.v1 import signoff_pb2
 
@@ -109,7 +109,7 @@ class Entry:
         self.queued_at = 0.0
         self.state = QUEUED
         self.answer: Any = None
-        self.error: SignoffClientError | None = None
+        self.error: Exception | None = None
         self.flight: Flight | None = None
         self.signal: Any = None  # how the sender wakes the caller: a Lock, an asyncio Future
 
@@ -175,10 +175,14 @@ class Flight:
                 entry.answer = results[at : at + entry.count]
             at += entry.count
 
-    def fail(self, err: grpc.RpcError) -> None:
+    def fail(self, err: Exception) -> None:
+        """Fail every entry still waiting: with the client's error for a failed call, or with
+        what grpc raised before any call (e.g. ValueError on a closed channel), as unary."""
         for entry in self.entries:
             if entry.state == SENT:
-                entry.error = rpc_error(entry.method, err)
+                entry.error = (
+                    rpc_error(entry.method, err) if isinstance(err, grpc.RpcError) else err
+                )
 
 
 def refused_shape(err: grpc.RpcError) -> bool:
@@ -393,9 +397,21 @@ class ThreadCoalescer:
     def _send(self, flights: list[Flight]) -> None:
         for flight in flights:
             now = time.monotonic()
-            future = self._batch.future(flight.request(), timeout=flight.timeout(now))
+            try:
+                future = self._batch.future(flight.request(), timeout=flight.timeout(now))
+            except Exception as err:  # refused before any call, e.g. the channel is closed
+                self._refused(flight, err)
+                continue
             flight.cancel = future.cancel
             future.add_done_callback(functools.partial(self._settle, flight))
+
+    def _refused(self, flight: Flight, err: Exception) -> None:
+        with self._lock:
+            flight.fail(err)
+            self._queue.in_flight -= 1
+            self._finish(flight.entries)
+            flights = self._take(time.monotonic())
+        self._send(flights)
 
     def _settle(self, flight: Flight, done: Any) -> None:
         refused = False
