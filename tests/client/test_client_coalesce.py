@@ -127,6 +127,8 @@ def test_checks_asked_while_a_call_is_in_flight_go_together_in_one_check_batch(
     assert one.decision_id == ids[0]
     assert [d.decision_id for d in pair] == [ids[1], ids[2]]
     assert isinstance(callers.outcomes["lead"], SignoffRpcError)
+    # With nothing queued or in flight, the client holds no thread of its own.
+    wait_for(lambda: not any(t.name == "signoff-coalesce" for t in threading.enumerate()))
 
 
 def test_an_item_error_raises_what_unary_check_raises_and_check_batch_keeps_it_as_a_failure(

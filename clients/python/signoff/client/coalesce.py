@@ -315,7 +315,6 @@ class ThreadCoalescer:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._timer: threading.Thread | None = None
-        self._timer_idle = False
         self._closed = False
         # Bytes in: every item is serialized once, to size it, and framed into the batch as is.
         self._check = channel.unary_unary(CHECK, None, signoff_pb2.CheckResponse.FromString)
@@ -346,8 +345,6 @@ class ThreadCoalescer:
                         target=self._time, name="signoff-coalesce", daemon=True
                     )
                     self._timer.start()
-                elif self._timer_idle:
-                    self._wake.notify()
         if lead:
             self._lead(entry, counted=not alone)
             return
@@ -448,18 +445,16 @@ class ThreadCoalescer:
 
     def _time(self) -> None:
         # While calls are in flight the timer polls every window rather than being woken for
-        # each check that queues: under load that is far fewer wake-ups. Idle, it sleeps until
-        # a check queues.
+        # each check that queues: under load that is far fewer wake-ups. Once nothing is in
+        # flight or queued it ends (the next check to queue starts another), so an idle or
+        # forgotten client holds no thread.
         window = self._queue.policy.window
         with self._lock:
             while not self._closed:
                 due = self._queue.due()
                 now = time.monotonic()
                 if due is None and not self._queue.in_flight:
-                    self._timer_idle = True
-                    self._wake.wait()
-                    self._timer_idle = False
-                    continue
+                    break
                 if due is None or due > now:
                     self._wake.wait(window if due is None else due - now)
                     continue
@@ -469,6 +464,8 @@ class ThreadCoalescer:
                     self._send(flights)
                 finally:
                     self._lock.acquire()
+            if self._timer is threading.current_thread():
+                self._timer = None
 
     def close(self) -> None:
         """Fail what is still queued, as a closing channel fails its calls; stop the timer."""
