@@ -445,7 +445,11 @@ def section(quick: bool = False) -> Section:
 
 
 def _full(
-    rounds: int, seconds: float, warmup: float, serve_args: Sequence[str] = ()
+    rounds: int,
+    seconds: float,
+    warmup: float,
+    serve_args: Sequence[str] = (),
+    processes: int = PROCESSES,
 ) -> Section:
     from bench import cerbos, workload
 
@@ -474,10 +478,13 @@ def _full(
                     warmup,
                 )
 
-            runs, cerbos_runs = compare(server, work, rounds, seconds, warmup, cerbos_run)
+            runs, cerbos_runs = compare(
+                server, work, rounds, seconds, warmup, cerbos_run, MODES, CONCURRENCY, processes
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return _section(runs, cerbos_runs, rounds, seconds)
+    callers = f"{CONCURRENCY} callers in {processes} client processes"
+    return _section(runs, cerbos_runs, rounds, seconds, callers)
 
 
 def _quick() -> Section:
@@ -498,7 +505,7 @@ def _section(
     cerbos_runs: list[loadgen.Result],
     rounds: int,
     seconds: float,
-    callers: str = f"{CONCURRENCY} callers in {PROCESSES} client processes",
+    callers: str,
 ) -> Section:
     note = (
         f"{callers}, each calling "
@@ -528,9 +535,14 @@ def main(argv: list[str] | None = None) -> Section:
     parser.add_argument(
         "--serve-args", default="", help="extra `signoff serve` options, e.g. '--processes 2'"
     )
+    parser.add_argument("--client-processes", type=int, default=PROCESSES)
     args = parser.parse_args(argv)
-    serve_args = args.serve_args.split()
-    result = _quick() if args.quick else _full(args.rounds, args.seconds, args.warmup, serve_args)
+    serve = args.serve_args.split()
+    result = (
+        _quick()
+        if args.quick
+        else _full(args.rounds, args.seconds, args.warmup, serve, args.client_processes)
+    )
     print()
     print(result.markdown)
     print()
