@@ -32,10 +32,11 @@ from signoff.client import (
 from signoff.client.aio import AsyncSignoffClient
 from signoff.client.coalesce import CHECK_BATCH
 from signoff.engine.evaluator import Engine
+from signoff.limits import Limits
 from signoff.server import app
 from signoff.views import Views
 from tests.conftest import fixed_clock
-from tests.server.harness import DAY, KEY, KEY_ID, REDIS_URL, bundled, drop_prefix
+from tests.server.harness import DAY, KEY, KEY_ID, REDIS_URL, bundled, drop_prefix, serving
 
 PROD = Context(environment="prod")
 ALICE = Principal("alice@acme.io", roles=("analyst",), attributes={"tenant": "acme"})
@@ -121,10 +122,12 @@ def ask(client: SignoffClient, call: Call) -> Any:
 
 
 class CountCalls(grpc.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
-    """Counts the CheckBatch calls that carried more than one caller's checks."""
+    """Counts the CheckBatch calls (the coalescing client's; the unary one sends none) and
+    those the server refused with RESOURCE_EXHAUSTED."""
 
     def __init__(self) -> None:
         self.batches = 0
+        self.exhausted = 0
 
     def intercept_unary_unary(
         self,
@@ -132,9 +135,16 @@ class CountCalls(grpc.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
         client_call_details: grpc.ClientCallDetails,
         request: Any,
     ) -> Any:
-        if client_call_details.method == CHECK_BATCH:
-            self.batches += 1
-        return continuation(client_call_details, request)
+        if client_call_details.method != CHECK_BATCH:
+            return continuation(client_call_details, request)
+        self.batches += 1
+        outcome = continuation(client_call_details, request)
+        outcome.add_done_callback(self._done)
+        return outcome
+
+    def _done(self, outcome: Any) -> None:
+        if outcome.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+            self.exhausted += 1
 
 
 @pytest.fixture(scope="module")
@@ -266,3 +276,46 @@ def test_coalesced_checks_leave_the_audit_records_unary_checks_leave() -> None:
     assert counter.batches > 0
     assert len(unary) == len(AUDITED)
     assert coalesced == unary
+
+
+def test_a_server_taking_smaller_messages_than_the_clients_batches_still_answers_each_check() -> (
+    None
+):
+    # Each check is about 700 bytes and fits the server's 3000; five queued together do not.
+    # The server refuses that batch whole, before deciding anything; the client resends the
+    # checks in smaller batches, and every caller gets the answer a plain Check gets.
+    wide = Resource(
+        "customer_table",
+        id="crm.customers",
+        attributes={"tenant": "acme"},
+        fields=tuple(Field(f"customers.*.{'x' * 150}{n}") for n in range(4)),
+    )
+    asked = CheckItem(ALICE, "read", wide, PROD, {"row_limit": 20})
+    counter = CountCalls()
+    with serving(limits=Limits(max_message_bytes=3000)) as running:
+        address = f"127.0.0.1:{running.port}"
+        with SignoffClient(address, coalescing=None) as unary:
+            expected = normal(unary.check_item(asked))
+        channel = grpc.intercept_channel(grpc.insecure_channel(address), counter)
+        client = SignoffClient(address, channel=channel, coalescing=Coalescing(0.05))
+        got: list[Any] = [None] * 12
+        start = threading.Barrier(len(got))
+
+        def run(i: int) -> None:
+            start.wait()
+            try:
+                got[i] = normal(client.check_item(asked))
+            except SignoffClientError as err:
+                got[i] = normal(err)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(got))]
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            client.close()
+            channel.close()
+    assert got == [expected] * len(got)
+    assert counter.exhausted >= 1  # a batch was refused, and its checks answered all the same
