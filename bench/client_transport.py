@@ -29,9 +29,12 @@ from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from bench import loadgen
 from bench.signoff_server import SignoffServer, start_signoff
 from bench.targets import Section, Target, ratio_target
+from signoff.audit import StreamKeys
 from signoff.client import (
     CheckItem,
     Coalescing,
@@ -74,6 +77,10 @@ class Run:
     p99_ms: float
     server_cpu_s: float
     client_cpu_s: float
+    # Audit records the server wrote per check it decided (warm-up included). Below 1 means
+    # its audit queue overflowed and records were dropped (and counted): the CPU they would
+    # have cost is then missing from server_cpu_s.
+    audit_kept: float = float("nan")
 
     @property
     def rps(self) -> float:
@@ -100,6 +107,7 @@ def _caller_loop(
 ) -> None:
     while time.monotonic() < until:
         t0 = time.perf_counter()
+        counts[2] += 1
         try:
             results = call()
         except Exception:
@@ -116,23 +124,19 @@ def _threads(
     coalescing = None if mode == "unary" else Coalescing()
     client = SignoffClient(target, timeout=30, coalescing=coalescing)
     lats = [array("d") for _ in range(callers)]
-    counts = [[0, 0] for _ in range(callers)]
+    counts = [[0, 0, 0] for _ in range(callers)]
+    warm = [[0, 0, 0] for _ in range(callers)]
     go = threading.Barrier(callers + 1)
     ends: list[float] = []
 
+    def call() -> Sequence[object]:
+        return client.check_batch(work.items)
+
     def run(i: int) -> None:
-        _caller_loop(
-            lambda: client.check_batch(work.items),
-            (),
-            time.monotonic() + warmup,
-            array("d"),
-            [0, 0],
-        )
+        _caller_loop(call, work.expected, time.monotonic() + warmup, array("d"), warm[i])
         go.wait()
         go.wait()
-        _caller_loop(
-            lambda: client.check_batch(work.items), work.expected, ends[0], lats[i], counts[i]
-        )
+        _caller_loop(call, work.expected, ends[0], lats[i], counts[i])
 
     threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(callers)]
     for t in threads:
@@ -144,19 +148,21 @@ def _threads(
     for t in threads:
         t.join()
     client.close()
-    return _merge(lats), [sum(c[0] for c in counts), sum(c[1] for c in counts)]
+    return _merge(lats), _totals(counts, warm)
 
 
 def _tasks(
     target: str, work: Workload, callers: int, warmup: float, seconds: float, sync: Any
 ) -> tuple[array[float], list[int]]:
     lats = [array("d") for _ in range(callers)]
-    counts = [[0, 0] for _ in range(callers)]
+    counts = [[0, 0, 0] for _ in range(callers)]
+    warm = [[0, 0, 0] for _ in range(callers)]
 
     async def caller(client: AsyncSignoffClient, i: int, until: float, measure: bool) -> None:
-        lat, cnt = (lats[i], counts[i]) if measure else (array("d"), [0, 0])
+        lat, cnt = (lats[i], counts[i]) if measure else (array("d"), warm[i])
         while time.monotonic() < until:
             t0 = time.perf_counter()
+            cnt[2] += 1
             try:
                 results = await client.check_batch(work.items)
             except Exception:
@@ -175,7 +181,16 @@ def _tasks(
             await asyncio.gather(*(caller(client, i, until, True) for i in range(callers)))
 
     asyncio.run(main())
-    return _merge(lats), [sum(c[0] for c in counts), sum(c[1] for c in counts)]
+    return _merge(lats), _totals(counts, warm)
+
+
+def _totals(counts: list[list[int]], warm: list[list[int]]) -> list[int]:
+    """Errors and wrong answers measured, and every call made (warm-up included)."""
+    return [
+        sum(c[0] for c in counts),
+        sum(c[1] for c in counts),
+        sum(c[2] for c in counts) + sum(c[2] for c in warm),
+    ]
 
 
 def _merge(lats: list[array[float]]) -> array[float]:
@@ -236,6 +251,9 @@ def measure(
         )
         for n in shares
     ]
+    audit = redis.Redis.from_url(server.redis_url)
+    stream = StreamKeys.of(server.prefix, "decisions").stream
+    written0 = audit.xlen(stream)
     for p in procs:
         p.start()
     try:
@@ -252,15 +270,18 @@ def measure(
             if p.is_alive() and isinstance(p, multiprocessing.process.BaseProcess):
                 p.kill()
     lat = array("d")
-    errors = wrong = 0
+    errors = wrong = made = 0
     client_cpu = 0.0
-    for raw, (errs, bad), used in reports:
+    for raw, (errs, bad, calls), used in reports:
         part = array("d")
         part.frombytes(raw)
         lat.extend(part)
         errors += errs
         wrong += bad
+        made += calls
         client_cpu += used
+    written = _settled_length(audit, stream) - written0
+    audit.close()
     q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else [float("nan")] * 99
     return Run(
         mode=mode,
@@ -273,7 +294,20 @@ def measure(
         p99_ms=q[98],
         server_cpu_s=sum(v - cpu0.get(pid, 0.0) for pid, v in cpu1.items()),
         client_cpu_s=client_cpu,
+        audit_kept=written / (made * len(work.items)) if made else float("nan"),
     )
+
+
+def _settled_length(audit: redis.Redis, stream: str) -> int:
+    """The stream's length once the server's audit writer has caught up (stops growing)."""
+    length = audit.xlen(stream)
+    for _ in range(50):
+        time.sleep(0.1)
+        now = audit.xlen(stream)
+        if now == length:
+            break
+        length = now
+    return int(length)
 
 
 def _server_cpu(pid: int) -> dict[int, float]:
@@ -362,7 +396,8 @@ def compare(
             print(
                 f"  signoff {mode:<9} {run.rps:8.0f} req/s  p50 {run.p50_ms:6.2f} ms  "
                 f"p99 {run.p99_ms:6.2f} ms  cpu {run.cpu_us_per_check:6.1f} µs/check  "
-                f"client {run.client_cpu_s / max(1, run.checks) * 1e6:6.1f} µs/check"
+                f"client {run.client_cpu_s / max(1, run.checks) * 1e6:6.1f} µs/check  "
+                f"audit kept {run.audit_kept:.0%}"
                 + (f"  ERRORS {run.errors} WRONG {run.wrong}" if run.errors or run.wrong else ""),
                 flush=True,
             )
@@ -372,7 +407,8 @@ def compare(
 def _table(runs: dict[str, list[Run]], cerbos_runs: list[loadgen.Result]) -> str:
     head = (
         "| system | requests/s | checks/s | p50 ms | p99 ms | server CPU µs/check "
-        "| client CPU µs/check | errors |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
+        "| client CPU µs/check | audit records kept | errors |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     )
     lines = [head]
     for mode, rs in runs.items():
@@ -382,6 +418,7 @@ def _table(runs: dict[str, list[Run]], cerbos_runs: list[loadgen.Result]) -> str
             f"| {_median(rs, lambda r: r.p99_ms):.2f} "
             f"| {_median(rs, lambda r: r.cpu_us_per_check):.1f} "
             f"| {_median(rs, lambda r: r.client_cpu_s / max(1, r.checks) * 1e6):.1f} "
+            f"| {min(r.audit_kept for r in rs):.0%} "
             f"| {sum(r.errors + r.wrong for r in rs)} |"
         )
     if cerbos_runs:
@@ -392,7 +429,7 @@ def _table(runs: dict[str, list[Run]], cerbos_runs: list[loadgen.Result]) -> str
             f"| {statistics.median(r.p99_ms for r in cerbos_runs):.2f} "
             f"| {statistics.median(r.cpu_us_per_call() / 3 for r in cerbos_runs):.1f} "
             f"| {statistics.median(r.client_cpu_s / r.calls / 3 * 1e6 for r in cerbos_runs):.1f} "
-            f"| {sum(r.errors for r in cerbos_runs)} |"
+            f"| (audit off) | {sum(r.errors for r in cerbos_runs)} |"
         )
     return "\n".join(lines)
 

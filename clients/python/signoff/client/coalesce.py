@@ -36,7 +36,7 @@ CHECK_BATCH = "/signoff.v1.DecisionService/CheckBatch"
 Method = Literal["Check", "CheckBatch"]
 
 # The server refuses a batch as a whole, before deciding any item, when it has more items or
-# bytes than it accepts: such a batch is safe to resend item by item.
+# bytes than it accepts: its checks are safe to resend in smaller batches.
 _ITEMS_REFUSAL = "invalid request: items:"
 _SIZE_REFUSAL = "larger than max"
 
@@ -92,6 +92,7 @@ class Entry:
         "deadline",
         "error",
         "flight",
+        "frames",
         "method",
         "payloads",
         "queued_at",
@@ -104,7 +105,9 @@ class Entry:
         self.method: Method = method
         self.payloads = payloads
         self.count = len(payloads)
-        self.size = sum(len(p) + 1 + len(_varint(len(p))) for p in payloads)
+        # Framed once: the size is then exact, and a batch is these bytes joined.
+        self.frames = [_framed(p) for p in payloads]
+        self.size = sum(len(frame) for frame in self.frames)
         self.deadline = deadline
         self.queued_at = 0.0
         self.state = QUEUED
@@ -117,7 +120,7 @@ class Entry:
         """This entry sent on its own, as the call the caller asked for."""
         if self.method == "Check":
             return self.payloads[0]
-        return b"".join(_framed(p) for p in self.payloads)
+        return b"".join(self.frames)
 
     def outcome(self) -> Any:
         """The caller's answer: a Decision for a check, the list for a batch; or its error."""
@@ -152,7 +155,7 @@ class Flight:
         self.cancel: Callable[[], Any] | None = None
 
     def request(self) -> bytes:
-        return b"".join(_framed(p) for entry in self.entries for p in entry.payloads)
+        return b"".join(frame for entry in self.entries for frame in entry.frames)
 
     def timeout(self, now: float) -> float:
         # The call lives as long as its most patient caller; each of the others stops waiting
