@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import random
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -28,6 +30,7 @@ from signoff.client import (
     Resource,
     SignoffClient,
     SignoffClientError,
+    SignoffRpcError,
 )
 from signoff.client.aio import AsyncSignoffClient
 from signoff.client.coalesce import CHECK_BATCH
@@ -319,3 +322,51 @@ def test_a_server_taking_smaller_messages_than_the_clients_batches_still_answers
             channel.close()
     assert got == [expected] * len(got)
     assert counter.exhausted >= 1  # a batch was refused, and its checks answered all the same
+
+
+def test_under_load_every_coalesced_check_ends_by_its_own_deadline_with_the_unary_answer(
+    signoff_address: str,
+) -> None:
+    # 16 threads, each asking 25 checks with timeouts from half a millisecond to a second:
+    # whatever is coalesced with what, each check gets the unary answer or DEADLINE_EXCEEDED,
+    # and returns by its own deadline (plus slack for a loaded machine), never by another's.
+    names = ["read", "export masked", "other tenant", "no action", "explained"]
+    with SignoffClient(signoff_address, coalescing=None) as unary:
+        expected = {name: normal(ask(unary, ("check", (name,)))) for name in names}
+    client = SignoffClient(signoff_address)
+    late: list[str] = []
+    wrong: list[str] = []
+    timed_out = 0
+
+    def run(seed: int) -> None:
+        nonlocal timed_out
+        rng = random.Random(seed)
+        for _ in range(25):
+            name = rng.choice(names)
+            timeout = rng.choice([0.0005, 0.002, 0.01, 1.0])
+            began = time.monotonic()
+            try:
+                got = normal(client.check_item(ITEMS[name], timeout=timeout))
+            except SignoffRpcError as err:
+                if err.code == "DEADLINE_EXCEEDED":
+                    timed_out += 1
+                    got = expected[name]
+                else:
+                    got = normal(err)
+            took = time.monotonic() - began
+            if took > timeout + 1.0:
+                late.append(f"{name} took {took:.3f} s of {timeout} s")
+            if got != expected[name]:
+                wrong.append(name)
+
+    threads = [threading.Thread(target=run, args=(seed,)) for seed in range(16)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        client.close()
+    assert not late
+    assert not wrong
+    assert timed_out > 0  # the tiny timeouts did run out, some while queued
