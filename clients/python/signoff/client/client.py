@@ -54,6 +54,11 @@ class SignoffClient:
     every ApprovalService call and never with checks. It is opaque here: never parsed, logged
     or shown in a repr or an error. A token is never sent in plaintext beyond this machine:
     with a token, a target that is not loopback needs `tls` (or a `channel` of your own).
+
+    Checks asked from several threads at once are coalesced into CheckBatch calls as
+    `coalescing` says (see `signoff.client.coalesce` and docs/client.md): a lone check is
+    still sent at once as a plain Check, and every check gets the answer, error and deadline
+    it would get alone. Share one client between threads; None sends every check by itself.
     """
 
     def __init__(
