@@ -9,6 +9,7 @@ from signoff.client.approvals import (
     Vote,
 )
 from signoff.client.client import SignoffClient
+from signoff.client.coalesce import Coalescing
 from signoff.client.errors import (
     InvalidInput,
     MaskingError,
@@ -54,6 +55,7 @@ __all__ = [
     "ApprovalState",
     "ApproverSet",
     "CheckItem",
+    "Coalescing",
     "Context",
     "Decision",
     "Denied",
