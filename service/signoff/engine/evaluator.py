@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any, NamedTuple
 
-from signoff.engine.cel import CelEvalError
+from signoff.engine.cel import Backend, CelEvalError, Program, Programs
 from signoff.engine.celscan import CLOCK_FREE, clock_steady_for
 from signoff.engine.compiled import ANY_ROLE, Bundle, CompiledPolicy, CompiledRule, DerivedRole
 from signoff.engine.model import (
@@ -25,7 +25,7 @@ from signoff.engine.model import (
     Verdict,
     merge_labels,
 )
-from signoff.engine.schema import convert_section, text
+from signoff.engine.schema import SECTIONS, section_converter, text
 from signoff.identities import is_blank_identity
 
 NO_MATCH = "no_matching_rule"
@@ -39,12 +39,27 @@ def system_clock() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+# A rule for the combined evaluation: the rule, the index of its condition's value (-1: it has
+# none), and for each derived role it names, the role's parent roles and its condition's index.
+_FastRule = tuple[CompiledRule, int, tuple[tuple[frozenset[str], int], ...]]
+
+
+class _Fast(NamedTuple):
+    """Every condition the candidates of one (kind, action) can need, derived roles' too, as
+    one program: one call of the runtime instead of one per rule."""
+
+    programs: Programs | None  # None: no rule has a condition
+    rules: tuple[_FastRule, ...]  # enforced, strongest first
+    shadow: tuple[_FastRule, ...]
+
+
 class _Candidates(NamedTuple):
     every: tuple[CompiledRule, ...]  # enforced and shadow, strongest first
     rules: tuple[CompiledRule, ...]  # enforced
     shadow: tuple[CompiledRule, ...]  # audit only
     # For how long the time of a decision cannot change its outcome (see clock_steady_for).
     steady_for: float
+    fast: _Fast | None  # None: the conditions could not be combined; evaluate rule by rule
 
 
 class _Index:
@@ -54,8 +69,10 @@ class _Index:
         self,
         policies: Iterable[CompiledPolicy],
         derived_roles: Mapping[str, DerivedRole],
+        backend: Backend | None = None,
         max_entries: int = 8192,
     ) -> None:
+        self._backend = backend
         self._exact: dict[str, list[CompiledPolicy]] = {}
         self._globbed: list[CompiledPolicy] = []
         for policy in policies:
@@ -85,11 +102,10 @@ class _Index:
             for rule in p.rules
         ]
         ordered = sorted(rules, key=lambda r: r.sort_key)
+        enforced = tuple(r for r in ordered if not r.shadow)
+        shadow = tuple(r for r in ordered if r.shadow)
         result = _Candidates(
-            tuple(ordered),
-            tuple(r for r in ordered if not r.shadow),
-            tuple(r for r in ordered if r.shadow),
-            self._clock(rules),
+            tuple(ordered), enforced, shadow, self._clock(rules), self._fast(enforced, shadow)
         )
         with self._lock:
             # Bounded so a caller inventing kinds or actions cannot grow memory without limit.
@@ -97,6 +113,39 @@ class _Index:
                 self._cache.clear()
             self._cache[key] = result
         return result
+
+    def _fast(
+        self, enforced: tuple[CompiledRule, ...], shadow: tuple[CompiledRule, ...]
+    ) -> _Fast | None:
+        if self._backend is None:
+            return None
+        programs: list[Program] = []
+        where: dict[int, int] = {}
+
+        def index(program: Program) -> int:
+            # One condition shared by several rules (or derived roles) is evaluated once.
+            key = id(program)
+            if key not in where:
+                where[key] = len(programs)
+                programs.append(program)
+            return where[key]
+
+        def entry(rule: CompiledRule) -> _FastRule:
+            cond = -1 if rule.program is None else index(rule.program)
+            roles = tuple(
+                (self._derived[n].parent_roles, index(self._derived[n].program))
+                for n in rule.derived_roles
+            )
+            return rule, cond, roles
+
+        fast_rules = tuple(entry(r) for r in enforced)
+        fast_shadow = tuple(entry(r) for r in shadow)
+        combined = None
+        if programs:
+            combined = self._backend.compile_many([p.source for p in programs])
+            if combined is None:
+                return None
+        return _Fast(combined, fast_rules, fast_shadow)
 
     def _clock(self, rules: Iterable[CompiledRule]) -> float:
         programs = [r.program for r in rules if r.program is not None]
@@ -107,10 +156,18 @@ class _Index:
 class Engine:
     """Evaluates requests against one immutable bundle; safe to share between threads."""
 
-    def __init__(self, bundle: Bundle, clock: Clock | None = None) -> None:
+    def __init__(
+        self, bundle: Bundle, clock: Clock | None = None, *, combined: bool = True
+    ) -> None:
+        """`combined=False` evaluates rule by rule only (the reference the combined
+        evaluation is tested against)."""
         self.bundle = bundle
         self._clock = clock or system_clock
-        self._index = _Index(bundle.policies, bundle.derived_roles)
+        self._index = _Index(
+            bundle.policies, bundle.derived_roles, bundle.backend if combined else None
+        )
+        self._sections = {s: section_converter(bundle.schema, s) for s in SECTIONS}
+        self._declared_payload = bundle.schema.attrs("payload")
 
     def candidates(self, kind: str, action: str) -> tuple[CompiledRule, ...]:
         """Every rule that applies to (kind, action), enforced and shadow, strongest first."""
@@ -128,37 +185,44 @@ class Engine:
     def activation_data(self, request: Request, at: dt.datetime | None = None) -> dict[str, Any]:
         """The CEL variables for `request` decided at `at` (default: now); raises
         InvalidRequest on undeclared or mistyped data."""
-        schema = self.bundle.schema
+        sections = self._sections
         p, r, c = request.principal, request.resource, request.context
         _plain_text(request)
         context: dict[str, Any] = {
             "environment": c.environment,
             "source_ip": c.source_ip,
-            "attr": convert_section(schema, "context", c.attributes, "context.attributes"),
+            "attr": sections["context"](c.attributes, "context.attributes"),
         }
         if c.time is not None:
             context["time"] = c.time
-        declared_payload = schema.attrs("payload")
+        declared_payload = self._declared_payload
         payload = {k: v for k, v in request.payload.items() if k in declared_payload}
-        tags = sorted({t for f in r.fields for t in f.tags})
+        principal_attr = sections["principal"](p.attributes, "principal.attributes")
+        resource_attr = sections["resource"](r.attributes, "resource.attributes")
+        if r.fields:
+            fields = [{"path": f.path, "tags": list(f.tags)} for f in r.fields]
+            tags = sorted({t for f in r.fields for t in f.tags})
+            paths = [f.path for f in r.fields]
+        else:
+            fields, tags, paths = [], [], []
         return {
             "principal": {
                 "id": p.id,
                 "kind": p.kind.value,
                 "roles": list(p.roles),
-                "attr": convert_section(schema, "principal", p.attributes, "principal.attributes"),
+                "attr": principal_attr,
             },
             "action": request.action,
             "resource": {
                 "kind": r.kind,
                 "id": r.id,
-                "attr": convert_section(schema, "resource", r.attributes, "resource.attributes"),
-                "fields": [{"path": f.path, "tags": list(f.tags)} for f in r.fields],
+                "attr": resource_attr,
+                "fields": fields,
                 "tags": tags,
-                "paths": [f.path for f in r.fields],
+                "paths": paths,
             },
             "context": context,
-            "payload": convert_section(schema, "payload", payload, "payload"),
+            "payload": sections["payload"](payload, "payload"),
             "now": at or self._clock(),
         }
 
@@ -185,6 +249,57 @@ class Engine:
                 errored_rules=tuple(sorted(r.rule_id for r in rules)),
             )
         roles = frozenset(request.principal.roles)
+        fast = found.fast
+        if fast is not None and not request.explain:
+            values = () if fast.programs is None else fast.programs.evaluate(activation)
+            if values is not None:
+                return self._decide_fast(fast, values, roles, request, data)
+        return self._decide_by_rule(found, roles, request, data, activation)
+
+    def _decide_fast(
+        self,
+        fast: _Fast,
+        values: tuple[bool, ...],
+        roles: frozenset[str],
+        request: Request,
+        data: dict[str, Any],
+    ) -> Decision:
+        """The decision from every condition's value, all of which evaluated without error:
+        the same walk as `_decide_by_rule`, which then meets no error."""
+        matched: list[CompiledRule] = []
+        deny = False
+        for entry in fast.rules:
+            rule = entry[0]
+            if deny and rule.effect is not Verdict.DENY:
+                break  # rules are sorted strongest first: nothing weaker can change a DENY
+            if _fast_holds(entry, values, roles):
+                matched.append(rule)
+                deny = deny or rule.effect is Verdict.DENY
+        revision = self.bundle.revision
+        attrs = data["principal"]["attr"]
+        decision = _combine(revision, matched, [], request, attrs)
+        if not fast.shadow:
+            return decision
+        hit = [e[0] for e in fast.shadow if _fast_holds(e, values, roles)]
+        would = _combine(revision, [*matched, *hit], [], request, attrs)
+        return replace(
+            decision,
+            shadow=ShadowOutcome(
+                would.verdict, tuple(sorted(r.rule_id for r in hit)), (), would.reasons
+            ),
+        )
+
+    def _decide_by_rule(
+        self,
+        found: _Candidates,
+        roles: frozenset[str],
+        request: Request,
+        data: dict[str, Any],
+        activation: Any,
+    ) -> Decision:
+        """The decision, evaluating rule by rule: exact errors and the explanation."""
+        rules = found.rules
+        revision = self.bundle.revision
         derived: dict[str, bool | CelEvalError] = {}
         matched: list[CompiledRule] = []
         errored: list[str] = []
@@ -359,6 +474,19 @@ class Engine:
                 except CelEvalError as exc:
                     memo[name] = CelEvalError(f"derived role {name}: {exc}")
         return memo[name]
+
+
+def _fast_holds(entry: _FastRule, values: tuple[bool, ...], roles: frozenset[str]) -> bool:
+    """`Engine._holds` from conditions already evaluated (none failed)."""
+    rule, cond, derived = entry
+    selected = (
+        not (rule.static_roles or derived)
+        or _holds_static(rule.static_roles, roles)
+        or any(
+            values[i] and (not parents or _holds_static(parents, roles)) for parents, i in derived
+        )
+    )
+    return selected and (cond < 0 or values[cond])
 
 
 def _holds_static(wanted: frozenset[str], held: frozenset[str]) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,3 +206,57 @@ def convert_section(
             continue  # JSON null means absent: reading it fails closed like a missing key
         out[key] = convert(type_name, value, f"{where}.{key}")
     return out
+
+
+# Per declared type, the values that `convert` returns unchanged, told apart by a type test: a
+# section of only such values skips the general conversion, with exactly its result.
+_MIN_I, _MAX_I = _MIN_INT64, _MAX_INT64
+
+
+def _is_plain_string(v: Any) -> bool:
+    return type(v) is str and "\0" not in v
+
+
+def _is_plain_int(v: Any) -> bool:
+    return type(v) is int and _MIN_I <= v <= _MAX_I
+
+
+def _is_plain_double(v: Any) -> bool:
+    return type(v) is float and math.isfinite(v)
+
+
+def _is_plain_bool(v: Any) -> bool:
+    return type(v) is bool
+
+
+_PLAIN_OF: dict[str, Callable[[Any], bool]] = {
+    "string": _is_plain_string,
+    "int": _is_plain_int,
+    "double": _is_plain_double,
+    "bool": _is_plain_bool,
+}
+
+
+def _never(v: Any) -> bool:
+    return False
+
+
+SectionConverter = Callable[[Mapping[str, Any], str], dict[str, Any]]
+
+
+def section_converter(schema: AttributeSchema, section: str) -> SectionConverter:
+    """`convert_section` for one section, with the declarations looked up once: a value its
+    declared type keeps as it is costs one type test; anything else (and every refusal) goes
+    through `convert_section` itself, so the results and errors are its own."""
+    plain = {k: _PLAIN_OF.get(t, _never) for k, t in schema.attrs(section).items()}
+
+    def run(values: Mapping[str, Any], where: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            check = plain.get(key)
+            if check is None or value is None or not check(value):
+                return convert_section(schema, section, values, where)
+            out[key] = value
+        return out
+
+    return run
