@@ -13,6 +13,7 @@ records in batches to the service's audit trail.
 from __future__ import annotations
 
 import collections
+import copy
 import itertools
 import json
 import logging
@@ -125,7 +126,7 @@ class EmbeddedDecider:
             collections.deque()
         )
         self._buffer_max = buffer_max
-        self._decided = 0
+        self._count_lock = threading.Lock()
         self._shipped = 0
         self._dropped = 0
         self._closed = threading.Event()
@@ -159,8 +160,8 @@ class EmbeddedDecider:
         if len(pending) < self._buffer_max:
             pending.append((request, decision, decision_id, time.time()))
         else:
-            self._dropped += 1
-        self._decided += 1
+            with self._count_lock:
+                self._dropped += 1
         return decision, decision_id
 
     def check(self, item: CheckItem, *, timeout: float | None = None) -> Decision:
@@ -277,23 +278,29 @@ class EmbeddedDecider:
                     )
                 except grpc.RpcError as exc:
                     if exc.code() is grpc.StatusCode.INVALID_ARGUMENT:
-                        self._dropped += len(batch)
+                        self._count_drops(len(batch))
                         log.error("the service refused %d decision records", len(batch))
                         continue
                     room = self._buffer_max - len(pending)
                     kept = batch[:room] if room > 0 else []
                     pending.extendleft(reversed(kept))
-                    self._dropped += len(batch) - len(kept)
+                    self._count_drops(len(batch) - len(kept))
                     break
                 accepted += reply.accepted
-                self._dropped += len(batch) - reply.accepted
+                self._count_drops(len(batch) - reply.accepted)
         self._shipped += accepted
         return accepted
 
+    def _count_drops(self, n: int) -> None:
+        with self._count_lock:
+            self._dropped += n
+
     def stats(self) -> EmbeddedStats:
+        # The id counter is the count of local decisions (a copy reads it without a step).
+        decided = next(copy.copy(self._ids)) - 1
         return EmbeddedStats(
             self._engine.bundle.revision,
-            self._decided,
+            decided,
             self._shipped,
             self._dropped,
             len(self._pending),
