@@ -51,6 +51,12 @@ class _Fast(NamedTuple):
     programs: Programs | None  # None: no rule has a condition
     rules: tuple[_FastRule, ...]  # enforced, strongest first
     shadow: tuple[_FastRule, ...]
+    # Decisions that depend on nothing but which enforced rules matched (by position).
+    combined: dict[tuple[int, ...], Decision]
+
+
+# Distinct sets of matched rules remembered per (kind, action); a few in practice.
+_MAX_COMBINED = 256
 
 
 class _Candidates(NamedTuple):
@@ -145,7 +151,7 @@ class _Index:
             combined = self._backend.compile_many([p.source for p in programs])
             if combined is None:
                 return None
-        return _Fast(combined, fast_rules, fast_shadow)
+        return _Fast(combined, fast_rules, fast_shadow, {})
 
     def _clock(self, rules: Iterable[CompiledRule]) -> float:
         programs = [r.program for r in rules if r.program is not None]
@@ -267,17 +273,28 @@ class Engine:
         """The decision from every condition's value, all of which evaluated without error:
         the same walk as `_decide_by_rule`, which then meets no error."""
         matched: list[CompiledRule] = []
+        which: list[int] = []
         deny = False
-        for entry in fast.rules:
+        for position, entry in enumerate(fast.rules):
             rule = entry[0]
             if deny and rule.effect is not Verdict.DENY:
                 break  # rules are sorted strongest first: nothing weaker can change a DENY
             if _fast_holds(entry, values, roles):
                 matched.append(rule)
+                which.append(position)
                 deny = deny or rule.effect is Verdict.DENY
         revision = self.bundle.revision
         attrs = data["principal"]["attr"]
-        decision = _combine(revision, matched, [], request, attrs)
+        key = tuple(which)
+        decision = fast.combined.get(key)
+        if decision is None:
+            decision = _combine(revision, matched, [], request, attrs)
+            # Without a mask or an approval (or with a deny, which ends before either), the
+            # decision is a function of the matched rules alone: kept, and shared.
+            if (deny or all(r.effect is Verdict.ALLOW for r in matched)) and len(
+                fast.combined
+            ) < _MAX_COMBINED:
+                fast.combined[key] = decision
         if not fast.shadow:
             return decision
         hit = [e[0] for e in fast.shadow if _fast_holds(e, values, roles)]
@@ -497,7 +514,11 @@ def _holds_static(wanted: frozenset[str], held: frozenset[str]) -> bool:
 def _plain_text(request: Request) -> None:
     """Refuse NUL in the request's own strings (attributes are checked by the schema)."""
     p, r, c = request.principal, request.resource, request.context
-    # One membership test per string on the hot path; names are built only for a refusal.
+    # One membership test over every string on the hot path; each is looked at, and the
+    # field named, only when a NUL is somewhere.
+    joined = "".join((p.id, request.action, r.kind, r.id, c.environment, c.source_ip, *p.roles))
+    if "\0" not in joined and not r.fields:
+        return
     for where, value in (
         ("principal.id", p.id),
         ("action", request.action),

@@ -251,6 +251,8 @@ def section_converter(schema: AttributeSchema, section: str) -> SectionConverter
     plain = {k: _PLAIN_OF.get(t, _never) for k, t in schema.attrs(section).items()}
 
     def run(values: Mapping[str, Any], where: str) -> dict[str, Any]:
+        if not values:
+            return {}
         out: dict[str, Any] = {}
         for key, value in values.items():
             check = plain.get(key)
