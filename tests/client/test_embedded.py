@@ -315,3 +315,18 @@ def test_an_unchanged_bundle_is_not_sent_again(service: Service) -> None:
     again = stub.GetBundle(epb.GetBundleRequest(known_etag=first.etag), timeout=TIMEOUT)
     assert again.not_modified
     assert not again.bundle
+
+
+def test_a_service_without_a_signed_bundle_says_so(service: Service) -> None:
+    running = app.start(
+        Engine(load_bundle(RULES)), "127.0.0.1:0", hash_key_id=KEY_ID, embedded=Embedded(None)
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = epb_grpc.EmbeddedServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.GetBundle(epb.GetBundleRequest(), timeout=TIMEOUT)
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "signed bundle" in (refused.value.details() or "")
+    finally:
+        running.stop(grace=None)

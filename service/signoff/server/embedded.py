@@ -16,7 +16,7 @@ import grpc
 from signoff.audit import AuditLog
 from signoff.audit.chain import RESERVED
 from signoff.audit.record import DecisionRecord, MalformedRecord
-from signoff.errors import ConfigError, InvalidRequest
+from signoff.errors import ConfigError, Conflict, InvalidRequest
 from signoff.server.status import guarded
 from signoff.v1 import embedded_pb2 as epb
 from signoff.v1 import embedded_pb2_grpc as epb_grpc
@@ -75,7 +75,10 @@ class EmbeddedService(epb_grpc.EmbeddedServiceServicer):
 
     def _read(self) -> tuple[str, bytes]:
         if self._bundle is None:
-            raise ConfigError("this service decides from an unsigned rules directory")
+            raise Conflict(
+                "this service decides from an unsigned rules directory; embedded deciders "
+                "need a signed bundle (signoff serve --bundle-public-key)"
+            )
         try:
             st = os.stat(self._bundle)
         except OSError:
@@ -97,7 +100,7 @@ class EmbeddedService(epb_grpc.EmbeddedServiceServicer):
         self, request: epb.SubmitDecisionRecordsRequest, caller: str
     ) -> epb.SubmitDecisionRecordsResponse:
         if self._audit is None:
-            raise ConfigError("this service keeps no audit trail")
+            raise Conflict("this service keeps no audit trail to take decision records into")
         if len(request.records) > MAX_RECORDS_PER_BATCH:
             raise InvalidRequest("records", f"at most {MAX_RECORDS_PER_BATCH} per batch")
         if len(request.decider) > MAX_DECIDER_LENGTH:
