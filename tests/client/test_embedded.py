@@ -29,8 +29,9 @@ from signoff.client.types import Decision
 from signoff.cmd.audit import register as add_audit_arguments
 from signoff.engine.evaluator import Engine
 from signoff.identity import NoAuthenticator
+from signoff.limits import Limits
 from signoff.policy.loader import load_bundle
-from signoff.server import app
+from signoff.server import app, convert
 from signoff.server.approvals import ApprovalService
 from signoff.server.embedded import Embedded
 from signoff.v1 import embedded_pb2 as epb
@@ -46,7 +47,9 @@ from tests.server.harness import (
     REDIS_URL,
     TIMEOUT,
     alice,
+    allowed_read,
     check_request,
+    closed_port,
     customers,
     dana,
     deploy_bot,
@@ -330,3 +333,26 @@ def test_a_service_without_a_signed_bundle_says_so(service: Service) -> None:
         assert "signed bundle" in (refused.value.details() or "")
     finally:
         running.stop(grace=None)
+
+
+def test_records_wait_while_the_service_is_unreachable_and_are_counted_when_lost(
+    service: Service,
+) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{closed_port()}") as unreachable:
+        decider = EmbeddedDecider(
+            unreachable,
+            public_key=service.public_key,
+            bundle_file=service.bundle,
+            clock=fixed_clock(DAY),
+            buffer_max=2,
+            flush_interval=3600.0,
+            poll_interval=3600.0,
+            timeout=0.5,
+        )
+        for _ in range(3):
+            decision, _ = decider.decide(convert.to_request(allowed_read(), Limits()))
+            assert decision.verdict.name == "ALLOW"
+        assert decider.flush() == 0
+        assert (decider.stats().pending, decider.stats().dropped) == (2, 1)
+        decider.close()
+        assert (decider.stats().pending, decider.stats().dropped) == (0, 3)

@@ -116,6 +116,7 @@ class EmbeddedDecider:
         self._source = SignedBundleSource(path, public_key, backend=backend)
         self._from_service = bundle_file is None
         self._etag = ""
+        self._refresh_lock = threading.Lock()
         self._stamp: tuple[int, int, int] | None = None
         self._refusals = 0
         self._engine = self._load_first()
@@ -213,6 +214,10 @@ class EmbeddedDecider:
     def refresh(self) -> bool:
         """Look for a newer bundle now; True when one was verified and swapped in. A bundle
         that fails verification is refused (logged and counted) and the current one stays."""
+        with self._refresh_lock:
+            return self._refresh()
+
+    def _refresh(self) -> bool:
         try:
             if self._from_service:
                 changed = self._fetch()
@@ -254,13 +259,19 @@ class EmbeddedDecider:
 
     def _poll_loop(self) -> None:
         while not self._closed.wait(self._poll_interval):
-            self.refresh()
+            try:
+                self.refresh()
+            except Exception as exc:  # the thread must outlive any one failure
+                log.error("looking for a newer bundle failed: %s", type(exc).__name__)
 
     # --- the records -------------------------------------------------------------------------
 
     def _ship_loop(self) -> None:
         while not self._closed.wait(self._flush_interval):
-            self.flush()
+            try:
+                self.flush()
+            except Exception as exc:  # the thread must outlive any one failure
+                log.error("shipping decision records failed: %s", type(exc).__name__)
 
     def flush(self) -> int:
         """Send every pending record now; how many the service accepted. Records the service
@@ -270,25 +281,36 @@ class EmbeddedDecider:
             pending = self._pending
             while pending:
                 batch = [pending.popleft() for _ in range(min(MAX_BATCH, len(pending)))]
+                records, good = [], []
+                for entry in batch:
+                    try:
+                        records.append(_record_json(self._views, *entry))
+                        good.append(entry)
+                    except (TypeError, ValueError):
+                        # Not JSON (NaN, a set...): only a Request built in-process can hold
+                        # one; the record is lost, and counted, rather than the whole batch.
+                        self._count_drops(1)
+                        log.error("decision record %s cannot be encoded", entry[2])
+                if not records:
+                    continue
                 try:
-                    records = [_record_json(self._views, *entry) for entry in batch]
                     reply = self._stub.SubmitDecisionRecords(
                         epb.SubmitDecisionRecordsRequest(records=records, decider=self._decider),
                         timeout=self._timeout,
                     )
                 except grpc.RpcError as exc:
                     if exc.code() is grpc.StatusCode.INVALID_ARGUMENT:
-                        self._count_drops(len(batch))
-                        log.error("the service refused %d decision records", len(batch))
+                        self._count_drops(len(records))
+                        log.error("the service refused %d decision records", len(records))
                         continue
                     room = self._buffer_max - len(pending)
-                    kept = batch[:room] if room > 0 else []
+                    kept = good[:room] if room > 0 else []
                     pending.extendleft(reversed(kept))
-                    self._count_drops(len(batch) - len(kept))
+                    self._count_drops(len(good) - len(kept))
                     break
                 accepted += reply.accepted
-                self._count_drops(len(batch) - reply.accepted)
-        self._shipped += accepted
+                self._count_drops(len(records) - reply.accepted)
+            self._shipped += accepted
         return accepted
 
     def _count_drops(self, n: int) -> None:
@@ -319,6 +341,11 @@ class EmbeddedDecider:
         while self._pending and time.monotonic() < deadline:
             if not self.flush() and self._pending:
                 time.sleep(0.05)
+        if self._pending:
+            lost = len(self._pending)
+            self._pending.clear()
+            self._count_drops(lost)
+            log.error("%d decision records lost: the service could not be reached", lost)
         for name in os.listdir(self._private):
             os.unlink(self._private / name)
         os.rmdir(self._private)
