@@ -7,6 +7,7 @@ import io
 import itertools
 import json
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -254,8 +255,11 @@ def test_a_bundle_signed_with_another_key_is_refused_at_start(
     service: Service, tmp_path: Path
 ) -> None:
     _, other_public = generate_keys(tmp_path / "other")
+    before = set(Path(tempfile.gettempdir()).glob("signoff-embedded-*"))
     with pytest.raises(SignoffClientError, match="refused"):
         EmbeddedDecider(service.channel, public_key=other_public, timeout=TIMEOUT)
+    # Nothing fetched is left behind.
+    assert set(Path(tempfile.gettempdir()).glob("signoff-embedded-*")) <= before
 
 
 def test_an_older_bundle_is_refused_as_a_rollback(service: Service, tmp_path: Path) -> None:

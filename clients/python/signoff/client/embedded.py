@@ -119,7 +119,11 @@ class EmbeddedDecider:
         self._refresh_lock = threading.Lock()
         self._stamp: tuple[int, int, int] | None = None
         self._refusals = 0
-        self._engine = self._load_first()
+        try:
+            self._engine = self._load_first()
+        except BaseException:
+            self._remove_private()
+            raise
         # Decision ids: unique per decider without a uuid4 per decision on the hot path.
         self._id_prefix = uuid.uuid4().hex[:20]
         self._ids = itertools.count(1)
@@ -346,6 +350,9 @@ class EmbeddedDecider:
             self._pending.clear()
             self._count_drops(lost)
             log.error("%d decision records lost: the service could not be reached", lost)
+        self._remove_private()
+
+    def _remove_private(self) -> None:
         for name in os.listdir(self._private):
             os.unlink(self._private / name)
         os.rmdir(self._private)
