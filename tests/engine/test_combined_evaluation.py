@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -186,3 +187,28 @@ policies:
     fast, slow = _engines(root, backend)
     assert fast._index.lookup("db", "read").fast is not None
     assert slow._index.lookup("db", "read").fast is None
+
+
+def test_many_candidate_rules_are_still_combined_and_decide_alike(
+    write_rules: WriteRules, backend: str
+) -> None:
+    # 120 conditions: joined naively, CEL's parser would refuse them (32 levels at most).
+    rules = "\n".join(
+        f"      - {{id: r{i}, effect: {EFFECTS[i % 2]}, when: {json.dumps(CONDITIONS[1 + i % 10])}}}"
+        for i in range(120)
+    )
+    root = write_rules(
+        schema=SCHEMA_YAML,
+        policies=f"""
+policies:
+  - id: p
+    resources: [db]
+    actions: [read]
+    rules:
+{rules}
+""",
+    )
+    fast, slow = _engines(root, backend)
+    assert fast._index.lookup("db", "read").fast is not None
+    for request in REQUESTS[:: 4 if backend == "cel-expr" else 24]:
+        assert fast.decide(request) == slow.decide(request)

@@ -258,26 +258,41 @@ class _CelExprProgram:
 class _CelExprPrograms:
     """Conditions as one string, a character per condition: `(c) ? 't' : 'f'` fails on an
     error or a non-bool, and the concatenation fails when any part does, so a result means
-    every condition yielded a plain boolean."""
+    every condition yielded a plain boolean. Conditions too deep to join in one expression
+    are joined in several, each evaluated in turn."""
 
-    __slots__ = ("_count", "_expr")
+    __slots__ = ("_count", "_exprs")
 
-    def __init__(self, expr: Any, count: int) -> None:
-        self._expr = expr
+    def __init__(self, exprs: list[Any], count: int) -> None:
+        self._exprs = exprs
         self._count = count
 
     def evaluate(self, activation: Any) -> tuple[bool, ...] | None:
-        try:
-            value = self._expr.eval(activation)
-        except Exception:
-            return None
-        # An error comes back as a value whose text is a string too: the type tells them apart.
-        if value.type() != _STRING:
-            return None
-        flags = value.value()
-        if type(flags) is not str or len(flags) != self._count:
+        flags = ""
+        for expr in self._exprs:
+            try:
+                value = expr.eval(activation)
+            except Exception:
+                return None
+            # An error comes back as a value whose text is a string too: the type tells.
+            if value.type() != _STRING:
+                return None
+            part = value.value()
+            if type(part) is not str:
+                return None
+            flags += part
+        if len(flags) != self._count:
             return None
         return tuple(map(_TRUE.__eq__, flags))
+
+
+def _joined(parts: Sequence[str]) -> str:
+    """`parts` concatenated as a balanced tree: the parser's recursion limit (32 levels) is
+    met by the depth of the expression, which then grows with the log of the count."""
+    if len(parts) == 1:
+        return parts[0]
+    half = len(parts) // 2
+    return f"({_joined(parts[:half])} + {_joined(parts[half:])})"
 
 
 _TRUE = "t"
@@ -382,11 +397,21 @@ class CelExprBackend:
             raise CelCompileError(_issues(str(exc))) from None
 
     def compile_many(self, texts: Sequence[str]) -> Programs | None:
-        joined = " + ".join(f"({_wrapped(t)} ? '{_TRUE}' : 'f')" for t in texts)
+        exprs = self._compile_flags(texts)
+        return None if exprs is None else _CelExprPrograms(exprs, len(texts))
+
+    def _compile_flags(self, texts: Sequence[str]) -> list[Any] | None:
+        """Programs whose results, concatenated, are the flags of `texts`: one if they can
+        be joined, else those of each half; None when even one condition cannot be."""
+        flags = [f"({_wrapped(t)} ? '{_TRUE}' : 'f')" for t in texts]
         try:
-            return _CelExprPrograms(self._env.compile(joined), len(texts))
+            return [self._env.compile(_joined(flags))]
         except RuntimeError:
-            return None
+            if len(texts) == 1:
+                return None
+        half = len(texts) // 2
+        first, second = self._compile_flags(texts[:half]), self._compile_flags(texts[half:])
+        return None if first is None or second is None else first + second
 
     def activation(self, data: Mapping[str, Any]) -> Any:
         # Timestamps and durations can only sit in attribute maps, context.time and the
