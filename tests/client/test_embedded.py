@@ -360,3 +360,13 @@ def test_records_wait_while_the_service_is_unreachable_and_are_counted_when_lost
         assert (decider.stats().pending, decider.stats().dropped) == (2, 1)
         decider.close()
         assert (decider.stats().pending, decider.stats().dropped) == (0, 3)
+
+
+def test_records_keep_only_the_allowlisted_attributes(service: Service) -> None:
+    with _decider(service, audit_attributes=["principal.tenant"]) as decider:
+        decider.check_message(check_request(alice(), "read", customers(), payload={"x": 1}))
+    [record] = [r for r in _records(service) if r.get("decided_by") == "embedded"]
+    assert record["request"]["principal"]["attributes"] == {"tenant": "acme"}
+    assert record["request"]["resource"]["attributes"] == {}
+    assert record["request"]["payload"] == {}
+    assert record["request"]["payload_keys"] == ["x"]  # by name only
