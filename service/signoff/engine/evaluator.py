@@ -16,6 +16,7 @@ from signoff.engine.model import (
     Decision,
     Explanation,
     FieldMask,
+    FieldRef,
     MaskOp,
     PrincipalKind,
     Request,
@@ -173,6 +174,7 @@ class Engine:
             bundle.policies, bundle.derived_roles, bundle.backend if combined else None
         )
         self._sections = {s: section_converter(bundle.schema, s) for s in SECTIONS}
+        self._plans = _Plans() if combined else None
         self._declared_payload = bundle.schema.attrs("payload")
 
     def candidates(self, kind: str, action: str) -> tuple[CompiledRule, ...]:
@@ -288,7 +290,7 @@ class Engine:
         key = tuple(which)
         decision = fast.combined.get(key)
         if decision is None:
-            decision = _combine(revision, matched, [], request, attrs)
+            decision = _combine(revision, matched, [], request, attrs, self._plans)
             # Without a mask or an approval (or with a deny, which ends before either), the
             # decision is a function of the matched rules alone: kept, and shared.
             if (deny or all(r.effect is Verdict.ALLOW for r in matched)) and len(
@@ -298,7 +300,7 @@ class Engine:
         if not fast.shadow:
             return decision
         hit = [e[0] for e in fast.shadow if _fast_holds(e, values, roles)]
-        would = _combine(revision, [*matched, *hit], [], request, attrs)
+        would = _combine(revision, [*matched, *hit], [], request, attrs, self._plans)
         return replace(
             decision,
             shadow=ShadowOutcome(
@@ -570,6 +572,7 @@ def _combine(
     errored: list[str],
     request: Request,
     principal_attrs: dict[str, Any],
+    plans: _Plans | None = None,
 ) -> Decision:
     ids = tuple(sorted(r.rule_id for r in matched))
     denies = [r for r in matched if r.effect is Verdict.DENY]
@@ -589,7 +592,11 @@ def _combine(
     if not matched:
         return Decision(Verdict.DENY, revision, reasons=(NO_MATCH,))
     verdict = max(r.effect for r in matched)
-    plan = masking_plan([r for r in matched if r.effect is Verdict.MASK], request)
+    masks = [r for r in matched if r.effect is Verdict.MASK]
+    if plans is None or not masks:
+        plan = masking_plan(masks, request)
+    else:
+        plan = plans.plan(masks, request)
     approval = merge_approvals([r.approval for r in matched if r.approval is not None])
     if approval is not None and verdict is Verdict.REQUIRE_APPROVAL:
         declared = declared_identities(approval.requester_attrs, principal_attrs)
@@ -619,6 +626,27 @@ def _combine(
         masking_plan=plan,
         approval=approval if verdict is Verdict.REQUIRE_APPROVAL else None,
     )
+
+
+class _Plans:
+    """Masking plans of one bundle, by the masking rules that matched and the request's
+    fields: the plan is a function of both alone, and repeats as requests do."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._plans: dict[tuple[tuple[str, ...], tuple[FieldRef, ...]], tuple[FieldMask, ...]]
+        self._plans = {}
+        self._max = max_entries
+
+    def plan(self, rules: list[CompiledRule], request: Request) -> tuple[FieldMask, ...]:
+        # Rule ids are unique within the bundle this cache belongs to.
+        key = (tuple(r.rule_id for r in rules), request.resource.fields)
+        found = self._plans.get(key)
+        if found is None:
+            found = masking_plan(rules, request)
+            if len(self._plans) >= self._max:
+                self._plans.clear()  # bounded: a caller inventing fields cannot grow it
+            self._plans[key] = found
+        return found
 
 
 def masking_plan(rules: list[CompiledRule], request: Request) -> tuple[FieldMask, ...]:
