@@ -6,6 +6,7 @@ import itertools
 import json
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -212,3 +213,33 @@ policies:
     assert fast._index.lookup("db", "read").fast is not None
     for request in REQUESTS[:: 4 if backend == "cel-expr" else 24]:
         assert fast.decide(request) == slow.decide(request)
+
+
+def test_masking_plans_follow_each_requests_fields(write_rules: WriteRules, backend: str) -> None:
+    root = write_rules(
+        schema=SCHEMA_YAML,
+        policies="""
+policies:
+  - id: p
+    resources: [db]
+    actions: [read]
+    rules:
+      - {id: m, effect: mask, mask: [{tags: [pii], operator: redact}, {paths: [n], operator: hash}]}
+""",
+    )
+    fast, slow = _engines(root, backend)
+    base = REQUESTS[0]
+    shapes = [
+        (FieldRef("e", ("pii",)),),
+        (FieldRef("e", ("pii",)), FieldRef("n")),
+        (FieldRef("n"),),
+        (FieldRef("x", ("other",)),),
+    ]
+    plans = []
+    for fields in shapes * 2:  # the second time from the kept plans
+        request = replace(base, resource=replace(base.resource, fields=fields))
+        decision = fast.decide(request)
+        assert decision == slow.decide(request)
+        plans.append(tuple(m.path for m in decision.masking_plan))
+    assert plans[:4] == [("e",), ("e", "n"), ("n",), ()]
+    assert plans[4:] == plans[:4]
