@@ -33,6 +33,7 @@ from signoff.audit import AuditConfig, AuditLog, audit_key
 from signoff.bundles.keys import generate_keys
 from signoff.bundles.signing import sign_bundle
 from signoff.client.embedded import EmbeddedDecider
+from signoff.client.types import CheckItem, Principal, Resource
 from signoff.engine.evaluator import Engine
 from signoff.engine.model import Verdict
 from signoff.policy.loader import load_bundle
@@ -92,6 +93,8 @@ def measure(quick: bool = False, rules_total: int = 30) -> dict[str, Any]:
         cases = cases[:: max(1, len(cases) // 40)]
     checks = [(c, a) for c in cases for a in c.actions]
     reqs = [signoff_request(c.principal, c.resource, a) for c, a in checks]
+    # The client's typed path (CheckItem in, client Decision out), on a sample.
+    items = [_item(c, a) for c, a in checks[:: 1 if quick else 10]]
     policy_set = cedarpy.PolicySet.from_str(workload.cedar_policies(rules_total))
     cedar = [
         (
@@ -103,7 +106,7 @@ def measure(quick: bool = False, rules_total: int = 30) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, _service(Path(tmp), rules_total) as (decider, log):
         wrong = _verify(decider, policy_set, cases)
         decider.flush()
-        embedded_us, cedar_us, ship_us, ship_thread_us = [], [], [], []
+        embedded_us, cedar_us, ship_us, ship_thread_us, check_us = [], [], [], [], []
         for _ in range(rounds):
             start = time.process_time()
             for _ in range(passes):
@@ -115,6 +118,10 @@ def measure(quick: bool = False, rules_total: int = 30) -> dict[str, Any]:
                 for req in reqs:
                     decider.decide(req)
             embedded_us.append((time.process_time() - start) / (passes * len(reqs)) * 1e6)
+            start = time.process_time()
+            for item in items:
+                decider.check(item)
+            check_us.append((time.process_time() - start) / len(items) * 1e6)
             # The shipping thread's share: the records of this round, built and sent.
             start, start_thread = time.process_time(), time.thread_time()
             sent = decider.flush()
@@ -131,6 +138,7 @@ def measure(quick: bool = False, rules_total: int = 30) -> dict[str, Any]:
         "cedar_us": statistics.median(cedar_us),
         "ship_us_per_record": statistics.median(ship_us),
         "ship_thread_us_per_record": statistics.median(ship_thread_us),
+        "check_us": statistics.median(check_us),
         "decided": made,
         "shipped": stats.shipped,
         "dropped": stats.dropped,
@@ -138,6 +146,13 @@ def measure(quick: bool = False, rules_total: int = 30) -> dict[str, Any]:
         "wrong": wrong,
         "cedarpy": _version("cedarpy"),
     }
+
+
+def _item(case: workload.Case, action: str) -> CheckItem:
+    p, r = case.principal, case.resource
+    return CheckItem(
+        Principal(p.id, "human", p.roles, p.attr()), action, Resource(r.kind, r.id, r.attr())
+    )
 
 
 def _verify(decider: EmbeddedDecider, policy_set: Any, cases: list[workload.Case]) -> list[str]:
@@ -203,6 +218,8 @@ def section(quick: bool = False) -> targets.Section:
             "| --- | --- |",
             f"| embedded decide (engine + record hand-off) | {m['embedded_us']:.1f} |",
             f"| cedarpy is_authorized (pre-parsed policies) | {m['cedar_us']:.1f} |",
+            "| embedded check(CheckItem): the service's validation and conversions around it | "
+            f"{m['check_us']:.1f} |",
             "| record, on the shipping thread: audit view and JSON built, sent in batches | "
             f"{m['ship_thread_us_per_record']:.1f} |",
             "| decision and its record, all the caller's process spends (not the target) | "
