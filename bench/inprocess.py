@@ -1,4 +1,4 @@
-"""Per-decision time in-process: signoff's Engine.decide vs cedarpy.is_authorized, same cases.
+"""Per-decision CPU time in-process: signoff's Engine.decide vs cedarpy.is_authorized, same cases.
 
 Both engines get their policies compiled once, then one decision per call with the request's
 data handed over as plain Python values (signoff: a `Request` whose attributes are dicts;
@@ -6,6 +6,7 @@ Cedar: the request and its entities as lists of dicts); that pair gives the rati
 figures show what its options cost: a case's three actions in one `is_authorized_batch` call
 (entities converted once), entities pre-parsed into an `Entities` handle (engine time only),
 and the policy text passed on every call (cedarpy then parses the policies on each call).
+All of them take turns within each round (A B A B), and the medians of the rounds are reported.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 import cedarpy
 
-from bench import workload
+from bench import targets, workload
 from signoff.engine.evaluator import Engine
 from signoff.engine.model import Principal, PrincipalKind, Request, Resource, Verdict
 from signoff.policy.loader import load_bundle
@@ -38,16 +39,22 @@ def signoff_request(p: workload.Principal, r: workload.Resource, action: str) ->
     )
 
 
-def _median_us(run: Callable[[], None], decisions: int, repeats: int, passes: int) -> float:
-    """Median over `repeats` of the time per decision of `passes` calls of `run`."""
-    run()  # warm caches
-    samples = []
+def _alternating_us(
+    runs: Sequence[tuple[Callable[[], None], int, int]], repeats: int
+) -> list[float]:
+    """Per (run, decisions, passes): the median CPU µs per decision over `repeats` rounds,
+    the runs taking turns within each round (A B A B), so load from other processes falls
+    on all of them alike."""
+    for run, _, _ in runs:
+        run()  # warm caches
+    samples: list[list[float]] = [[] for _ in runs]
     for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(passes):
-            run()
-        samples.append((time.perf_counter() - start) / (passes * decisions) * 1e6)
-    return statistics.median(samples)
+        for i, (run, decisions, passes) in enumerate(runs):
+            start = time.process_time()
+            for _ in range(passes):
+                run()
+            samples[i].append((time.process_time() - start) / (passes * decisions) * 1e6)
+    return [statistics.median(s) for s in samples]
 
 
 @dataclass(frozen=True)
@@ -80,9 +87,14 @@ class Figures:
 
 
 def measure(
-    rules_total: int = 30, repeats: int = 7, passes: int = 3, backend: str = "cel-expr"
+    rules_total: int = 30,
+    repeats: int = 7,
+    passes: int = 3,
+    backend: str = "cel-expr",
+    quick: bool = False,
 ) -> list[Figures]:
-    """Figures for every case of the workload and for the hot case alone; answers verified."""
+    """Figures for every case of the workload and for the hot case alone; answers verified
+    (every case, also when `quick` times only a sample of them)."""
     all_cases = workload.cases(rules_total)
     policy_text = workload.cedar_policies(rules_total)
     policy_set = cedarpy.PolicySet.from_str(policy_text)
@@ -90,10 +102,11 @@ def measure(
         workload.write_signoff_rules(Path(tmp), rules_total)
         engine = Engine(load_bundle(Path(tmp), backend=backend))
     _verify(engine, policy_set, all_cases)
+    timed = all_cases[:: max(1, len(all_cases) // 40)] if quick else all_cases
     out = []
     for label, chosen, n in (
-        ("all cases", all_cases, passes),
-        ("hot case", [workload.hot_case()], passes * 200),
+        ("all cases", timed, passes),
+        ("hot case", [workload.hot_case()], passes * (5 if quick else 200)),
     ):
         checks = [(c, a) for c in chosen for a in c.actions]
         reqs = [signoff_request(c.principal, c.resource, a) for c, a in checks]
@@ -134,17 +147,17 @@ def measure(
             run_cedar(items, policy_text)
 
         d = len(checks)
-        out.append(
-            Figures(
-                label,
-                d,
-                _median_us(run_signoff, d, repeats, n),
-                _median_us(run_cedar, d, repeats, n),
-                _median_us(run_cedar_handles, d, repeats, n),
-                _median_us(run_cedar_text, len(sample), repeats, max(1, n // 10)),
-                _median_us(run_cedar_batch, d, repeats, n),
-            )
+        figures = _alternating_us(
+            [
+                (run_signoff, d, n),
+                (run_cedar, d, n),
+                (run_cedar_handles, d, n),
+                (run_cedar_text, len(sample), max(1, n // 10)),
+                (run_cedar_batch, d, n),
+            ],
+            repeats,
         )
+        out.append(Figures(label, d, *figures))
     return out
 
 
@@ -175,10 +188,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--rules", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--passes", type=int, default=3, help="passes over all cases per repeat")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, every answer checked")
     args = parser.parse_args(argv)
-    figures = measure(args.rules, args.repeats, args.passes)
+    if args.quick:
+        args.repeats, args.passes = 2, 1
+    figures = measure(args.rules, args.repeats, args.passes, quick=args.quick)
     print(
-        f"in-process µs per decision, median of {args.repeats} repeats; {args.rules} rules; "
+        f"in-process CPU µs per decision, median of {args.repeats} alternating rounds; "
+        f"{args.rules} rules; "
         f"cedarpy {_cedarpy_version()}"
     )
     print(
@@ -193,6 +210,38 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             f"{f.cedar_policy_text_us:>27.1f}"
         )
     return [f.as_dict() for f in figures]
+
+
+LIMIT = 0.5
+
+
+def section(quick: bool = False) -> targets.Section:
+    """The in-process target: Engine.decide against cedarpy over every workload case."""
+    figures = measure(repeats=2 if quick else 7, passes=1 if quick else 3, quick=quick)
+    every = figures[0]
+    target = targets.ratio_target(
+        "in-process decision, 30 rules, vs cedarpy",
+        every.signoff_us,
+        every.cedar_us,
+        "µs",
+        LIMIT,
+        at_most=True,
+    )
+    rows = [
+        "| workload | decisions | signoff µs | Cedar µs | signoff/Cedar | Cedar 3 per call µs |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *(
+            f"| {f.label} | {f.decisions} | {f.signoff_us:.1f} | {f.cedar_us:.1f} | "
+            f"{f.ratio:.2f}x | {f.cedar_batch_us:.1f} |"
+            for f in figures
+        ),
+    ]
+    return targets.Section(
+        "In-process decisions",
+        [target],
+        "\n".join(rows),
+        {"figures": [f.as_dict() for f in figures]},
+    )
 
 
 def _cedarpy_version() -> str:

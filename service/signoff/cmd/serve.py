@@ -479,6 +479,7 @@ def _serve_with(
     from signoff.policy.loader import load_bundle
     from signoff.server import app, convert
     from signoff.server.approvals import ApprovalService
+    from signoff.server.embedded import Embedded
     from signoff.server.tls import ServerTLS
     from signoff.views import AuditSelection, Views
 
@@ -570,6 +571,7 @@ def _serve_with(
             views=views,
             reloading=app.Reloading(cfg.rules, cfg.backend, identity, load=load),
             tls=tls,
+            embedded=Embedded(cfg.rules if cfg.bundle_public_key is not None else None),
         )
     except OSError as exc:
         print(f"signoff: {exc}", file=sys.stderr)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any, NamedTuple
 
-from signoff.engine.cel import CelEvalError
+from signoff.engine.cel import Backend, CelEvalError, Program, Programs
 from signoff.engine.celscan import CLOCK_FREE, clock_steady_for
 from signoff.engine.compiled import ANY_ROLE, Bundle, CompiledPolicy, CompiledRule, DerivedRole
 from signoff.engine.model import (
@@ -16,6 +16,7 @@ from signoff.engine.model import (
     Decision,
     Explanation,
     FieldMask,
+    FieldRef,
     MaskOp,
     PrincipalKind,
     Request,
@@ -25,7 +26,7 @@ from signoff.engine.model import (
     Verdict,
     merge_labels,
 )
-from signoff.engine.schema import convert_section, text
+from signoff.engine.schema import SECTIONS, section_converter, text
 from signoff.identities import is_blank_identity
 
 NO_MATCH = "no_matching_rule"
@@ -39,12 +40,33 @@ def system_clock() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+# A rule for the combined evaluation: the rule, the index of its condition's value (-1: it has
+# none), and for each derived role it names, the role's parent roles and its condition's index.
+_FastRule = tuple[CompiledRule, int, tuple[tuple[frozenset[str], int], ...]]
+
+
+class _Fast(NamedTuple):
+    """Every condition the candidates of one (kind, action) can need, derived roles' too, as
+    one program: one call of the runtime instead of one per rule."""
+
+    programs: Programs | None  # None: no rule has a condition
+    rules: tuple[_FastRule, ...]  # enforced, strongest first
+    shadow: tuple[_FastRule, ...]
+    # Decisions that depend on nothing but which enforced rules matched (by position).
+    combined: dict[tuple[int, ...], Decision]
+
+
+# Distinct sets of matched rules remembered per (kind, action); a few in practice.
+_MAX_COMBINED = 256
+
+
 class _Candidates(NamedTuple):
     every: tuple[CompiledRule, ...]  # enforced and shadow, strongest first
     rules: tuple[CompiledRule, ...]  # enforced
     shadow: tuple[CompiledRule, ...]  # audit only
     # For how long the time of a decision cannot change its outcome (see clock_steady_for).
     steady_for: float
+    fast: _Fast | None  # None: the conditions could not be combined; evaluate rule by rule
 
 
 class _Index:
@@ -54,8 +76,10 @@ class _Index:
         self,
         policies: Iterable[CompiledPolicy],
         derived_roles: Mapping[str, DerivedRole],
+        backend: Backend | None = None,
         max_entries: int = 8192,
     ) -> None:
+        self._backend = backend
         self._exact: dict[str, list[CompiledPolicy]] = {}
         self._globbed: list[CompiledPolicy] = []
         for policy in policies:
@@ -85,11 +109,10 @@ class _Index:
             for rule in p.rules
         ]
         ordered = sorted(rules, key=lambda r: r.sort_key)
+        enforced = tuple(r for r in ordered if not r.shadow)
+        shadow = tuple(r for r in ordered if r.shadow)
         result = _Candidates(
-            tuple(ordered),
-            tuple(r for r in ordered if not r.shadow),
-            tuple(r for r in ordered if r.shadow),
-            self._clock(rules),
+            tuple(ordered), enforced, shadow, self._clock(rules), self._fast(enforced, shadow)
         )
         with self._lock:
             # Bounded so a caller inventing kinds or actions cannot grow memory without limit.
@@ -97,6 +120,39 @@ class _Index:
                 self._cache.clear()
             self._cache[key] = result
         return result
+
+    def _fast(
+        self, enforced: tuple[CompiledRule, ...], shadow: tuple[CompiledRule, ...]
+    ) -> _Fast | None:
+        if self._backend is None:
+            return None
+        programs: list[Program] = []
+        where: dict[int, int] = {}
+
+        def index(program: Program) -> int:
+            # One condition shared by several rules (or derived roles) is evaluated once.
+            key = id(program)
+            if key not in where:
+                where[key] = len(programs)
+                programs.append(program)
+            return where[key]
+
+        def entry(rule: CompiledRule) -> _FastRule:
+            cond = -1 if rule.program is None else index(rule.program)
+            roles = tuple(
+                (self._derived[n].parent_roles, index(self._derived[n].program))
+                for n in rule.derived_roles
+            )
+            return rule, cond, roles
+
+        fast_rules = tuple(entry(r) for r in enforced)
+        fast_shadow = tuple(entry(r) for r in shadow)
+        combined = None
+        if programs:
+            combined = self._backend.compile_many([p.source for p in programs])
+            if combined is None:
+                return None
+        return _Fast(combined, fast_rules, fast_shadow, {})
 
     def _clock(self, rules: Iterable[CompiledRule]) -> float:
         programs = [r.program for r in rules if r.program is not None]
@@ -107,10 +163,19 @@ class _Index:
 class Engine:
     """Evaluates requests against one immutable bundle; safe to share between threads."""
 
-    def __init__(self, bundle: Bundle, clock: Clock | None = None) -> None:
+    def __init__(
+        self, bundle: Bundle, clock: Clock | None = None, *, combined: bool = True
+    ) -> None:
+        """`combined=False` evaluates rule by rule only (the reference the combined
+        evaluation is tested against)."""
         self.bundle = bundle
         self._clock = clock or system_clock
-        self._index = _Index(bundle.policies, bundle.derived_roles)
+        self._index = _Index(
+            bundle.policies, bundle.derived_roles, bundle.backend if combined else None
+        )
+        self._sections = {s: section_converter(bundle.schema, s) for s in SECTIONS}
+        self._plans = _Plans() if combined else None
+        self._declared_payload = bundle.schema.attrs("payload")
 
     def candidates(self, kind: str, action: str) -> tuple[CompiledRule, ...]:
         """Every rule that applies to (kind, action), enforced and shadow, strongest first."""
@@ -128,37 +193,44 @@ class Engine:
     def activation_data(self, request: Request, at: dt.datetime | None = None) -> dict[str, Any]:
         """The CEL variables for `request` decided at `at` (default: now); raises
         InvalidRequest on undeclared or mistyped data."""
-        schema = self.bundle.schema
+        sections = self._sections
         p, r, c = request.principal, request.resource, request.context
         _plain_text(request)
         context: dict[str, Any] = {
             "environment": c.environment,
             "source_ip": c.source_ip,
-            "attr": convert_section(schema, "context", c.attributes, "context.attributes"),
+            "attr": sections["context"](c.attributes, "context.attributes"),
         }
         if c.time is not None:
             context["time"] = c.time
-        declared_payload = schema.attrs("payload")
+        declared_payload = self._declared_payload
         payload = {k: v for k, v in request.payload.items() if k in declared_payload}
-        tags = sorted({t for f in r.fields for t in f.tags})
+        principal_attr = sections["principal"](p.attributes, "principal.attributes")
+        resource_attr = sections["resource"](r.attributes, "resource.attributes")
+        if r.fields:
+            fields = [{"path": f.path, "tags": list(f.tags)} for f in r.fields]
+            tags = sorted({t for f in r.fields for t in f.tags})
+            paths = [f.path for f in r.fields]
+        else:
+            fields, tags, paths = [], [], []
         return {
             "principal": {
                 "id": p.id,
                 "kind": p.kind.value,
                 "roles": list(p.roles),
-                "attr": convert_section(schema, "principal", p.attributes, "principal.attributes"),
+                "attr": principal_attr,
             },
             "action": request.action,
             "resource": {
                 "kind": r.kind,
                 "id": r.id,
-                "attr": convert_section(schema, "resource", r.attributes, "resource.attributes"),
-                "fields": [{"path": f.path, "tags": list(f.tags)} for f in r.fields],
+                "attr": resource_attr,
+                "fields": fields,
                 "tags": tags,
-                "paths": [f.path for f in r.fields],
+                "paths": paths,
             },
             "context": context,
-            "payload": convert_section(schema, "payload", payload, "payload"),
+            "payload": sections["payload"](payload, "payload"),
             "now": at or self._clock(),
         }
 
@@ -185,6 +257,68 @@ class Engine:
                 errored_rules=tuple(sorted(r.rule_id for r in rules)),
             )
         roles = frozenset(request.principal.roles)
+        fast = found.fast
+        if fast is not None and not request.explain:
+            values = () if fast.programs is None else fast.programs.evaluate(activation)
+            if values is not None:
+                return self._decide_fast(fast, values, roles, request, data)
+        return self._decide_by_rule(found, roles, request, data, activation)
+
+    def _decide_fast(
+        self,
+        fast: _Fast,
+        values: tuple[bool, ...],
+        roles: frozenset[str],
+        request: Request,
+        data: dict[str, Any],
+    ) -> Decision:
+        """The decision from every condition's value, all of which evaluated without error:
+        the same walk as `_decide_by_rule`, which then meets no error."""
+        matched: list[CompiledRule] = []
+        which: list[int] = []
+        deny = False
+        for position, entry in enumerate(fast.rules):
+            rule = entry[0]
+            if deny and rule.effect is not Verdict.DENY:
+                break  # rules are sorted strongest first: nothing weaker can change a DENY
+            if _fast_holds(entry, values, roles):
+                matched.append(rule)
+                which.append(position)
+                deny = deny or rule.effect is Verdict.DENY
+        revision = self.bundle.revision
+        attrs = data["principal"]["attr"]
+        key = tuple(which)
+        decision = fast.combined.get(key)
+        if decision is None:
+            decision = _combine(revision, matched, [], request, attrs, self._plans)
+            # Without a mask or an approval (or with a deny, which ends before either), the
+            # decision is a function of the matched rules alone: kept, and shared.
+            if (deny or all(r.effect is Verdict.ALLOW for r in matched)) and len(
+                fast.combined
+            ) < _MAX_COMBINED:
+                fast.combined[key] = decision
+        if not fast.shadow:
+            return decision
+        hit = [e[0] for e in fast.shadow if _fast_holds(e, values, roles)]
+        would = _combine(revision, [*matched, *hit], [], request, attrs, self._plans)
+        return replace(
+            decision,
+            shadow=ShadowOutcome(
+                would.verdict, tuple(sorted(r.rule_id for r in hit)), (), would.reasons
+            ),
+        )
+
+    def _decide_by_rule(
+        self,
+        found: _Candidates,
+        roles: frozenset[str],
+        request: Request,
+        data: dict[str, Any],
+        activation: Any,
+    ) -> Decision:
+        """The decision, evaluating rule by rule: exact errors and the explanation."""
+        rules = found.rules
+        revision = self.bundle.revision
         derived: dict[str, bool | CelEvalError] = {}
         matched: list[CompiledRule] = []
         errored: list[str] = []
@@ -361,6 +495,19 @@ class Engine:
         return memo[name]
 
 
+def _fast_holds(entry: _FastRule, values: tuple[bool, ...], roles: frozenset[str]) -> bool:
+    """`Engine._holds` from conditions already evaluated (none failed)."""
+    rule, cond, derived = entry
+    selected = (
+        not (rule.static_roles or derived)
+        or _holds_static(rule.static_roles, roles)
+        or any(
+            values[i] and (not parents or _holds_static(parents, roles)) for parents, i in derived
+        )
+    )
+    return selected and (cond < 0 or values[cond])
+
+
 def _holds_static(wanted: frozenset[str], held: frozenset[str]) -> bool:
     """A listed role is held, or `*` is listed and the principal holds any role at all."""
     return bool(wanted & held) or (ANY_ROLE in wanted and bool(held))
@@ -369,7 +516,11 @@ def _holds_static(wanted: frozenset[str], held: frozenset[str]) -> bool:
 def _plain_text(request: Request) -> None:
     """Refuse NUL in the request's own strings (attributes are checked by the schema)."""
     p, r, c = request.principal, request.resource, request.context
-    # One membership test per string on the hot path; names are built only for a refusal.
+    # One membership test over every string on the hot path; each is looked at, and the
+    # field named, only when a NUL is somewhere.
+    joined = "".join((p.id, request.action, r.kind, r.id, c.environment, c.source_ip, *p.roles))
+    if "\0" not in joined and not r.fields:
+        return
     for where, value in (
         ("principal.id", p.id),
         ("action", request.action),
@@ -421,6 +572,7 @@ def _combine(
     errored: list[str],
     request: Request,
     principal_attrs: dict[str, Any],
+    plans: _Plans | None = None,
 ) -> Decision:
     ids = tuple(sorted(r.rule_id for r in matched))
     denies = [r for r in matched if r.effect is Verdict.DENY]
@@ -440,7 +592,11 @@ def _combine(
     if not matched:
         return Decision(Verdict.DENY, revision, reasons=(NO_MATCH,))
     verdict = max(r.effect for r in matched)
-    plan = masking_plan([r for r in matched if r.effect is Verdict.MASK], request)
+    masks = [r for r in matched if r.effect is Verdict.MASK]
+    if plans is None or not masks:
+        plan = masking_plan(masks, request)
+    else:
+        plan = plans.plan(masks, request)
     approval = merge_approvals([r.approval for r in matched if r.approval is not None])
     if approval is not None and verdict is Verdict.REQUIRE_APPROVAL:
         declared = declared_identities(approval.requester_attrs, principal_attrs)
@@ -470,6 +626,27 @@ def _combine(
         masking_plan=plan,
         approval=approval if verdict is Verdict.REQUIRE_APPROVAL else None,
     )
+
+
+class _Plans:
+    """Masking plans of one bundle, by the masking rules that matched and the request's
+    fields: the plan is a function of both alone, and repeats as requests do."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._plans: dict[tuple[tuple[str, ...], tuple[FieldRef, ...]], tuple[FieldMask, ...]]
+        self._plans = {}
+        self._max = max_entries
+
+    def plan(self, rules: list[CompiledRule], request: Request) -> tuple[FieldMask, ...]:
+        # Rule ids are unique within the bundle this cache belongs to.
+        key = (tuple(r.rule_id for r in rules), request.resource.fields)
+        found = self._plans.get(key)
+        if found is None:
+            found = masking_plan(rules, request)
+            if len(self._plans) >= self._max:
+                self._plans.clear()  # bounded: a caller inventing fields cannot grow it
+            self._plans[key] = found
+        return found
 
 
 def masking_plan(rules: list[CompiledRule], request: Request) -> tuple[FieldMask, ...]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,3 +206,64 @@ def convert_section(
             continue  # JSON null means absent: reading it fails closed like a missing key
         out[key] = convert(type_name, value, f"{where}.{key}")
     return out
+
+
+# Per declared type, the values `convert` takes without a question, told apart by a type test,
+# and what it makes of them; anything else (and every refusal) is left to `convert` itself.
+_MISS: Any = object()
+
+
+def _plain_string(v: Any) -> Any:
+    return v if type(v) is str and "\0" not in v else _MISS
+
+
+def _plain_int(v: Any) -> Any:
+    if type(v) is int:
+        return v if _MIN_INT64 <= v <= _MAX_INT64 else _MISS
+    # Struct carries every JSON number as a double: an exact integer is the int it spells.
+    if type(v) is float and v.is_integer() and abs(v) <= 2**53:
+        return int(v)
+    return _MISS
+
+
+def _plain_double(v: Any) -> Any:
+    return v if type(v) is float and math.isfinite(v) else _MISS
+
+
+def _plain_bool(v: Any) -> Any:
+    return v if type(v) is bool else _MISS
+
+
+def _never(v: Any) -> Any:
+    return _MISS
+
+
+_PLAIN_OF: dict[str, Callable[[Any], Any]] = {
+    "string": _plain_string,
+    "int": _plain_int,
+    "double": _plain_double,
+    "bool": _plain_bool,
+}
+
+SectionConverter = Callable[[Mapping[str, Any], str], dict[str, Any]]
+
+
+def section_converter(schema: AttributeSchema, section: str) -> SectionConverter:
+    """`convert_section` for one section, with the declarations looked up once: a value of
+    the plain kind its declared type expects costs one type test; anything else (and every
+    refusal) goes through `convert_section` itself, so the results and errors are its own."""
+    plain = {k: _PLAIN_OF.get(t, _never) for k, t in schema.attrs(section).items()}
+
+    def run(values: Mapping[str, Any], where: str) -> dict[str, Any]:
+        if not values:
+            return {}
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            check = plain.get(key)
+            converted = _MISS if check is None or value is None else check(value)
+            if converted is _MISS:
+                return convert_section(schema, section, values, where)
+            out[key] = converted
+        return out
+
+    return run

@@ -21,6 +21,8 @@ from signoff.observability import Telemetry
 from signoff.server import convert
 from signoff.server.admin import PolicyAdminService
 from signoff.server.approvals import ApprovalService
+from signoff.server.embedded import SERVICE_NAME as EMBEDDED_SERVICE_NAME
+from signoff.server.embedded import Embedded, EmbeddedService
 from signoff.server.parsing import RequestParsing
 from signoff.server.reload import POLICY_HEALTH, LoadStatus, PolicyReloader
 from signoff.server.service import DecisionService
@@ -29,6 +31,7 @@ from signoff.v1 import admin_pb2 as adb
 from signoff.v1 import admin_pb2_grpc as adb_grpc
 from signoff.v1 import approvals_pb2 as apb
 from signoff.v1 import approvals_pb2_grpc as apb_grpc
+from signoff.v1 import embedded_pb2_grpc as epb_grpc
 from signoff.v1 import signoff_pb2 as pb
 from signoff.v1 import signoff_pb2_grpc as pb_grpc
 from signoff.views import Views
@@ -85,6 +88,7 @@ def start(
     views: Views | None = None,
     reloading: Reloading | None = None,
     tls: ServerTLS | None = None,
+    embedded: Embedded | None = None,
 ) -> Running:
     """Start serving on `address` ("host:port"; port 0 picks a free one), over TLS when `tls`
     is given. `share_port` lets the processes of `signoff serve --processes N` listen on one
@@ -131,6 +135,10 @@ def start(
     if approval_service is not None:
         apb_grpc.add_ApprovalServiceServicer_to_server(approval_service, server)
         names.append(APPROVAL_SERVICE_NAME)
+    if embedded is not None:
+        service = EmbeddedService(embedded.bundle, audit, decisions._caller)
+        epb_grpc.add_EmbeddedServiceServicer_to_server(service, server)
+        names.append(EMBEDDED_SERVICE_NAME)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reloader = None
