@@ -1,0 +1,265 @@
+"""Columnar masking: a column of rows' values (Arrow, pandas or a list) in, the masked column out.
+
+The output is, value for value, what `apply_mask` gives for that field of the rows: the plan is
+the same compiled plan (`compile_mask`), and whatever the vectorised kernels do not cover is
+masked by it value by value. Needs pyarrow (the client's `columns` extra); pandas is optional.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa  # type: ignore[import-untyped]
+import pyarrow.compute as pc  # type: ignore[import-untyped]
+
+from signoff.client.masking import REDACTED, CompiledMask, MaskingError, compile_mask
+from signoff.client.partial import MASK_CHAR, SEPARATORS
+from signoff.client.plan import MaskOperator, MaskPlan
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from signoff.v1 import signoff_pb2
+
+__all__ = ["mask_column", "mask_columns"]
+
+# Arrow types whose values are JSON scalars as Python sees them (to_pylist gives str, int,
+# float, bool or None), so a vectorised kernel gives what the row path gives.
+_STRING_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
+_SCALAR_TYPES = (
+    *_STRING_TYPES,
+    pa.types.is_integer,
+    pa.types.is_floating,
+    pa.types.is_boolean,
+    pa.types.is_null,
+)
+# Per byte of UTF-8: whether it belongs to a content character (ASCII letters and digits, and
+# every byte of a code point beyond ASCII), and whether it starts a code point.
+_CONTENT_BYTE = np.array(
+    [b >= 0x80 or chr(b) not in SEPARATORS for b in range(256)], dtype=np.bool_
+)
+_STARTS_CHAR = np.array([b & 0xC0 != 0x80 for b in range(256)], dtype=np.bool_)
+_STAR = np.uint8(ord(MASK_CHAR))
+_NO_BYTES = np.zeros(0, dtype=np.uint8)
+_BLOCK = 16384
+# EMAIL's rule: exactly one "@", something on each side.
+_ONE_AT = "^[^@]+@[^@]+$"
+
+
+def mask_column(
+    column: Any,
+    name: str,
+    plan: CompiledMask | MaskPlan | signoff_pb2.MaskingPlan | signoff_pb2.CheckResponse,
+    *,
+    keys: Mapping[str, bytes] | None = None,
+    lenient: bool = False,
+) -> Any:
+    """Mask `column`, the values of the top-level field `name` of rows, as the plan masks them.
+
+    `column` is a pyarrow Array or ChunkedArray, a pandas Series or a list; the result is of the
+    same kind (an Arrow result is a string array when the field is masked, except NULLIFY, which
+    keeps the type). `plan` is a compiled plan or anything `apply_mask` takes (compile it once
+    with `compile_mask` for many columns). Value for value, the result is what
+    `apply_mask(rows, plan)` gives for `name`, nulls included (a null is None in the row path:
+    NULLIFY keeps it null, the other operators mask it like None). Raises MaskingError as the
+    row path does, and when the plan masks whole rows, which no column can carry.
+    """
+    compiled = _compiled(plan, keys, lenient)
+    return _mask(column, name, compiled, None)
+
+
+def mask_columns(
+    table: Any,
+    plan: CompiledMask | MaskPlan | signoff_pb2.MaskingPlan | signoff_pb2.CheckResponse,
+    *,
+    keys: Mapping[str, bytes] | None = None,
+    lenient: bool = False,
+) -> Any:
+    """Mask every column of a pyarrow Table or a pandas DataFrame, read as rows of its columns.
+
+    The result is what `apply_mask` gives for the table's rows, column by column; it fails as
+    the rows would, e.g. on an entry naming a field no column has, unless `lenient`.
+    """
+    compiled = _compiled(plan, keys, lenient)
+    is_arrow = isinstance(table, pa.Table)
+    names = [str(n) for n in (table.column_names if is_arrow else table.columns)]
+    found = [0, 0]
+    try:
+        columns = {n: _mask(table[n], n, compiled, found) for n in names}
+        compiled.rows_found(names, len(table), found)
+        failed = compiled.selects_nothing(found)
+    except MaskingError:
+        failed = True
+    if failed:
+        # The table's rows decide, in the order the specification finds errors.
+        rows = compiled.apply(table.to_pylist() if is_arrow else _rows(table))
+        columns = {n: [row[n] for row in rows] for n in names}
+        if is_arrow:
+            return pa.table({n: pa.array(values) for n, values in columns.items()})
+    if is_arrow:
+        return pa.table(columns)
+    import pandas as pd
+
+    return pd.DataFrame(columns, index=table.index)
+
+
+def _compiled(plan: Any, keys: Mapping[str, bytes] | None, lenient: bool) -> CompiledMask:
+    if isinstance(plan, CompiledMask):
+        return plan
+    return compile_mask(plan, keys=keys, lenient=lenient)
+
+
+def _rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{str(k): _python(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
+
+
+def _mask(column: Any, name: str, compiled: CompiledMask, found: list[int] | None) -> Any:
+    if isinstance(column, list):
+        return compiled.column(name, column, found)
+    if isinstance(column, pa.ChunkedArray):
+        chunks = [_mask_array(chunk, name, compiled, found) for chunk in column.chunks]
+        if not chunks:
+            return pa.chunked_array([], type=_result_type(column.type, name, compiled))
+        return pa.chunked_array(chunks)
+    if isinstance(column, pa.Array):
+        return _mask_array(column, name, compiled, found)
+    return _mask_series(column, name, compiled, found)
+
+
+def _mask_series(
+    series: pd.Series[Any], name: str, compiled: CompiledMask, found: list[int] | None
+) -> Any:
+    import pandas as pd
+
+    try:
+        array = pa.Array.from_pandas(series)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        # Mixed or non-Arrow values: the row path decides, value by value.
+        values = compiled.column(name, [_python(v) for v in series.tolist()], found)
+        return pd.Series(values, index=series.index, name=series.name, dtype=object)
+    masked = _mask_array(array, name, compiled, found)
+    if masked is array:
+        return series.copy()
+    return pd.Series(masked.to_pandas(), index=series.index, name=series.name)
+
+
+def _python(value: Any) -> Any:
+    # pandas spells a missing value NaN or NA in object columns; the row path's null is None.
+    import pandas as pd
+
+    return None if value is pd.NA or value is pd.NaT else value
+
+
+def _result_type(arrow_type: Any, name: str, compiled: CompiledMask) -> Any:
+    rule, _ = compiled.field(name)
+    if rule is None or rule.operator == MaskOperator.NULLIFY:
+        return arrow_type
+    return pa.string()
+
+
+def _mask_array(array: Any, name: str, compiled: CompiledMask, found: list[int] | None) -> Any:
+    rule, goes_on = compiled.field(name)
+    if goes_on or not any(test(array.type) for test in _SCALAR_TYPES):
+        return _by_value(array, name, compiled, found)
+    if rule is None:
+        return array  # JSON scalars, and no entry reaches them
+    try:
+        masked = _vectorised(array, rule.operator, rule.keep_first, rule.keep_last, rule.fn)
+    except MaskingError:
+        # Whatever value failed, the row path names the failure its own order finds first.
+        return _by_value(array, name, compiled, found)
+    if found is not None:
+        compiled.column_found(name, len(array), found)
+    return masked
+
+
+def _by_value(array: Any, name: str, compiled: CompiledMask, found: list[int] | None) -> Any:
+    values = compiled.column(name, array.to_pylist(), found)
+    rule, _ = compiled.field(name)
+    if rule is not None and rule.operator == MaskOperator.NULLIFY:
+        return pa.nulls(len(values), array.type)
+    return pa.array(values) if values else pa.array([], _result_type(array.type, name, compiled))
+
+
+def _vectorised(
+    array: Any, operator: int, keep_first: int, keep_last: int, fn: Callable[[Any], Any]
+) -> Any:
+    size = len(array)
+    if operator == MaskOperator.NULLIFY:
+        return pa.nulls(size, array.type)
+    if operator == MaskOperator.REDACT:
+        return pa.repeat(pa.scalar(REDACTED, pa.string()), size)
+    is_text = any(test(array.type) for test in _STRING_TYPES)
+    if operator == MaskOperator.EMAIL:
+        if not is_text:
+            return pa.repeat(pa.scalar(REDACTED, pa.string()), size)
+        masked = pc.replace_substring_regex(array, "^[^@]+@", "***@")
+        valid = pc.match_substring_regex(array, _ONE_AT)
+        return pc.fill_null(pc.if_else(valid, masked, REDACTED), REDACTED).cast(pa.string())
+    if operator == MaskOperator.PARTIAL and is_text and keep_first >= 0 and keep_last >= 0:
+        # A null is masked as None is: its text is "null".
+        return _partial(pc.fill_null(array, "null"), keep_first, keep_last)
+    return _by_distinct(array, fn)
+
+
+def _partial(text: Any, keep_first: int, keep_last: int) -> Any:
+    """PARTIAL over UTF-8 bytes at once: rank every content character within its value, hide
+    the ranks between the kept ends, and write one MASK_CHAR per hidden code point."""
+    text = text.cast(pa.large_string())
+    # Blocks small enough for the CPU caches: the work arrays are several bytes per input byte.
+    blocks = [
+        _partial_block(text.slice(start, _BLOCK), keep_first, keep_last)
+        for start in range(0, len(text), _BLOCK)
+    ]
+    if not blocks:
+        return pa.array([], pa.string())
+    return pa.concat_arrays(blocks).cast(pa.string())
+
+
+def _partial_block(text: Any, keep_first: int, keep_last: int) -> Any:
+    bounds = np.frombuffer(text.buffers()[1], dtype=np.int64)[
+        text.offset : text.offset + len(text) + 1
+    ]
+    raw = text.buffers()[2]
+    data = np.frombuffer(raw, dtype=np.uint8)[bounds[0] : bounds[-1]] if raw else _NO_BYTES
+    offsets = bounds - bounds[0]
+    lengths = np.diff(offsets)
+    content = _CONTENT_BYTE[data]  # ASCII letters and digits, and every byte of other code points
+    ascii_only = not len(data) or int(data.max()) < 0x80
+    starts = content if ascii_only else _STARTS_CHAR[data] & content  # a code point's first byte
+    # int32 counts: a block holds far fewer than 2**31 bytes of text.
+    seen = np.zeros(len(data) + 1, dtype=np.int32)
+    np.cumsum(starts, dtype=np.int32, out=seen[1:])
+    count = seen[offsets[1:]] - seen[offsets[:-1]]
+    rank = seen[1:] - np.repeat(seen[offsets[:-1]], lengths)  # 1-based within each value
+    every = keep_first + keep_last >= count
+    first = np.where(every, 0, keep_first)
+    last = np.where(every, np.iinfo(np.int32).max, count - keep_last)
+    hidden = content & (rank > np.repeat(first, lengths)) & (rank <= np.repeat(last, lengths))
+    if ascii_only:
+        out, new_offsets = np.where(hidden, _STAR, data), offsets
+    else:
+        keep = ~hidden | starts  # a hidden code point's other bytes go
+        out = np.where(hidden, _STAR, data)[keep]
+        kept = np.zeros(len(data) + 1, dtype=np.int64)
+        np.cumsum(keep, out=kept[1:])
+        new_offsets = kept[offsets]
+    masked = pa.LargeStringArray.from_buffers(
+        len(text), pa.py_buffer(new_offsets), pa.py_buffer(out.tobytes())
+    )
+    # Text without any content would come back unchanged, so it is redacted (unless empty).
+    bare = pa.array((count == 0) & (lengths > 0))
+    return pc.if_else(bare, REDACTED, masked)
+
+
+def _by_distinct(array: Any, fn: Callable[[Any], Any]) -> Any:
+    """A keyed or non-text operator, run once per distinct value (the array dictionary-encoded)."""
+    encoded = array.dictionary_encode()
+    distinct = [fn(value) for value in encoded.dictionary.to_pylist()]
+    indices = encoded.indices
+    if encoded.null_count:
+        distinct.append(fn(None))
+        indices = pc.fill_null(indices, len(distinct) - 1)
+    return pc.take(pa.array(distinct, pa.string()), indices)
