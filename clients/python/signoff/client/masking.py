@@ -355,6 +355,7 @@ class CompiledMask:
         out: list[Any] = []
         append = out.append
         absent: set[str] = set()
+        flat = False
         visit = self._visit
         join = "".join
         for item in node:
@@ -371,15 +372,19 @@ class CompiledMask:
                     except KeyError:
                         absent.add(name)
                 append(row)
+                flat = True
             else:
                 append(visit(item, state, depth + 1, open_, found))
-        # Which names were found, worked out once for the rows rather than per row.
+        # Which names the rows of leaves had, worked out once rather than per row (the other
+        # rows were visited, which kept count themselves).
         for name, _ in leaves:
             rules = state.named_rules[name]
-            if name not in absent or any(name in row for row in node if type(row) is dict):
-                found[0] |= rules
             if name in absent:
                 found[1] |= rules
+                if any(name in row for row in node if type(row) is dict):
+                    found[0] |= rules
+            elif flat:
+                found[0] |= rules
         return out
 
     def _object(

@@ -142,7 +142,7 @@ def _mask_series(
     masked = _mask_array(array, name, compiled, found)
     if masked is array:
         return series.copy()
-    return pd.Series(masked.to_pandas(), index=series.index, name=series.name)
+    return masked.to_pandas().set_axis(series.index).rename(series.name)
 
 
 def _python(value: Any) -> Any:
@@ -232,11 +232,13 @@ def _partial_block(text: Any, keep_first: int, keep_last: int) -> Any:
     # int32 counts: a block holds far fewer than 2**31 bytes of text.
     seen = np.zeros(len(data) + 1, dtype=np.int32)
     np.cumsum(starts, dtype=np.int32, out=seen[1:])
-    count = seen[offsets[1:]] - seen[offsets[:-1]]
+    count = (seen[offsets[1:]] - seen[offsets[:-1]]).astype(np.int64)
     rank = seen[1:] - np.repeat(seen[offsets[:-1]], lengths)  # 1-based within each value
-    every = keep_first + keep_last >= count
-    first = np.where(every, 0, keep_first)
-    last = np.where(every, np.iinfo(np.int32).max, count - keep_last)
+    # Keep counts beyond the block's size act alike (all hidden): capped, they fit any int.
+    cap = len(data) + 1
+    every = min(keep_first, cap) + min(keep_last, cap) >= count
+    first = np.where(every, 0, min(keep_first, cap))
+    last = np.where(every, cap, count - min(keep_last, cap))
     hidden = content & (rank > np.repeat(first, lengths)) & (rank <= np.repeat(last, lengths))
     if ascii_only:
         out, new_offsets = np.where(hidden, _STAR, data), offsets
