@@ -15,7 +15,7 @@ import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.compute as pc  # type: ignore[import-untyped]
 
 from signoff.client.masking import REDACTED, CompiledMask, MaskingError, compile_mask
-from signoff.client.partial import MASK_CHAR, SEPARATORS
+from signoff.client.partial import MASK_CHAR
 from signoff.client.plan import MaskOperator, MaskPlan
 
 if TYPE_CHECKING:
@@ -35,17 +35,11 @@ _SCALAR_TYPES = (
     pa.types.is_boolean,
     pa.types.is_null,
 )
-# Per byte of UTF-8: whether it belongs to a content character (ASCII letters and digits, and
-# every byte of a code point beyond ASCII), and whether it starts a code point.
-_CONTENT_BYTE = np.array(
-    [b >= 0x80 or chr(b) not in SEPARATORS for b in range(256)], dtype=np.bool_
-)
-_STARTS_CHAR = np.array([b & 0xC0 != 0x80 for b in range(256)], dtype=np.bool_)
 _STAR = np.uint8(ord(MASK_CHAR))
 _NO_BYTES = np.zeros(0, dtype=np.uint8)
 _BLOCK = 16384
-# EMAIL's rule: exactly one "@", something on each side.
-_ONE_AT = "^[^@]+@[^@]+$"
+_RANGE = np.array([False, True, False])
+_EMAIL_TAIL = np.frombuffer(b"***" + REDACTED.encode(), dtype=np.uint8)
 
 
 def mask_column(
@@ -195,59 +189,118 @@ def _vectorised(
     if operator == MaskOperator.EMAIL:
         if not is_text:
             return pa.repeat(pa.scalar(REDACTED, pa.string()), size)
-        masked = pc.replace_substring_regex(array, "^[^@]+@", "***@")
-        valid = pc.match_substring_regex(array, _ONE_AT)
-        return pc.fill_null(pc.if_else(valid, masked, REDACTED), REDACTED).cast(pa.string())
+        # A null is masked as None is: not a string, so redacted.
+        return _blocks(_email_block, pc.fill_null(array, REDACTED))
     if operator == MaskOperator.PARTIAL and is_text and keep_first >= 0 and keep_last >= 0:
         # A null is masked as None is: its text is "null".
         return _partial(pc.fill_null(array, "null"), keep_first, keep_last)
     return _by_distinct(array, fn)
 
 
-def _partial(text: Any, keep_first: int, keep_last: int) -> Any:
-    """PARTIAL over UTF-8 bytes at once: rank every content character within its value, hide
-    the ranks between the kept ends, and write one MASK_CHAR per hidden code point."""
+def _blocks(mask: Callable[[Any], Any], text: Any) -> Any:
+    """`mask` applied to blocks of `text` small enough for the CPU caches (the work arrays are
+    several bytes per byte of text), the results joined as one string array."""
     text = text.cast(pa.large_string())
-    # Blocks small enough for the CPU caches: the work arrays are several bytes per input byte.
-    blocks = [
-        _partial_block(text.slice(start, _BLOCK), keep_first, keep_last)
-        for start in range(0, len(text), _BLOCK)
-    ]
+    blocks = [mask(text.slice(start, _BLOCK)) for start in range(0, len(text), _BLOCK)]
     if not blocks:
         return pa.array([], pa.string())
     return pa.concat_arrays(blocks).cast(pa.string())
 
 
-def _partial_block(text: Any, keep_first: int, keep_last: int) -> Any:
+def _utf8(text: Any) -> tuple[Any, Any]:
+    """A large_string array's bytes and its offsets into them (from 0)."""
     bounds = np.frombuffer(text.buffers()[1], dtype=np.int64)[
         text.offset : text.offset + len(text) + 1
     ]
     raw = text.buffers()[2]
     data = np.frombuffer(raw, dtype=np.uint8)[bounds[0] : bounds[-1]] if raw else _NO_BYTES
-    offsets = bounds - bounds[0]
+    return data, bounds - bounds[0]
+
+
+def _email_block(text: Any) -> Any:
+    """EMAIL over UTF-8 bytes: values with one "@" and bytes on both sides become "***" and
+    their bytes from the "@" on; others become REDACTED."""
+    data, offsets = _utf8(text)
+    value_start, value_end = offsets[:-1], offsets[1:]
+    ats = np.flatnonzero(data == ord("@"))
+    before = np.searchsorted(ats, offsets)
+    at = np.take(ats, before[:-1], mode="clip") if len(ats) else value_start
+    valid = (np.diff(before) == 1) & (at > value_start) & (at < value_end - 1)
+    # Gather the output from the bytes followed by "***[REDACTED]": per value, a prefix (the
+    # stars, or the whole of REDACTED) and then, if valid, the bytes from the "@" on.
+    source = np.concatenate((data, _EMAIL_TAIL))
+    stars, redacted = len(data), len(data) + 3
+    runs = np.empty(2 * len(valid), dtype=np.int64)
+    runs[0::2] = np.where(valid, 3, len(REDACTED))
+    runs[1::2] = np.where(valid, value_end - at, 0)
+    begins = np.empty(2 * len(valid), dtype=np.int64)
+    begins[0::2] = np.where(valid, stars, redacted)
+    begins[1::2] = at
+    ends = np.cumsum(runs)
+    index = np.repeat(begins - (ends - runs), runs) + np.arange(ends[-1] if len(ends) else 0)
+    out = source[index]
+    new_offsets = np.concatenate(([0], ends[1::2]))
+    return pa.LargeStringArray.from_buffers(
+        len(text), pa.py_buffer(new_offsets), pa.py_buffer(out.tobytes())
+    )
+
+
+def _partial(text: Any, keep_first: int, keep_last: int) -> Any:
+    """PARTIAL over UTF-8 bytes at once: find every content character, hide those between the
+    kept ends of each value, and write one MASK_CHAR per hidden code point."""
+    return _blocks(lambda block: _partial_block(block, keep_first, keep_last), text)
+
+
+def _partial_block(text: Any, keep_first: int, keep_last: int) -> Any:
+    data, offsets = _utf8(text)
     lengths = np.diff(offsets)
-    content = _CONTENT_BYTE[data]  # ASCII letters and digits, and every byte of other code points
-    ascii_only = not len(data) or int(data.max()) < 0x80
-    starts = content if ascii_only else _STARTS_CHAR[data] & content  # a code point's first byte
-    # int32 counts: a block holds far fewer than 2**31 bytes of text.
-    seen = np.zeros(len(data) + 1, dtype=np.int32)
-    np.cumsum(starts, dtype=np.int32, out=seen[1:])
-    count = (seen[offsets[1:]] - seen[offsets[:-1]]).astype(np.int64)
-    rank = seen[1:] - np.repeat(seen[offsets[:-1]], lengths)  # 1-based within each value
+    size = len(data)
+    # Content bytes: ASCII letters and digits, and every byte of a code point beyond ASCII.
+    folded = data | 0x20
+    content = (
+        (data >= 0x80) | ((data >= 0x30) & (data <= 0x39)) | ((folded >= 0x61) & (folded <= 0x7A))
+    )
+    ascii_only = not size or int(data.max()) < 0x80
+    starts = content if ascii_only else content & ((data & 0xC0) != 0x80)  # first bytes
+    # Where each content character starts, and how many come before each value.
+    where = np.flatnonzero(starts)
+    before = np.searchsorted(where, offsets)
+    count = np.diff(before)
     # Keep counts beyond the block's size act alike (all hidden): capped, they fit any int.
-    cap = len(data) + 1
-    every = min(keep_first, cap) + min(keep_last, cap) >= count
-    first = np.where(every, 0, min(keep_first, cap))
-    last = np.where(every, cap, count - min(keep_last, cap))
-    hidden = content & (rank > np.repeat(first, lengths)) & (rank <= np.repeat(last, lengths))
-    if ascii_only:
-        out, new_offsets = np.where(hidden, _STAR, data), offsets
+    first, last = min(keep_first, size + 1), min(keep_last, size + 1)
+    every = first + last >= count
+    # The hidden characters of a value are its content characters from index `lo` up to,
+    # not including, `hi` (indices into `where`); as bytes, from where `lo` starts to where
+    # `hi` starts (or the value ends).
+    lo = np.where(every, before[:-1], before[:-1] + first)
+    hi = np.where(every, before[1:], before[1:] - last)
+    value_start, value_end = offsets[:-1], offsets[1:]
+    if len(where):
+        some = lo < hi
+        byte_lo = np.where(some, np.take(where, lo, mode="clip"), value_start)
+        byte_hi = np.where(
+            some & (hi < len(where)),
+            np.minimum(np.take(where, hi, mode="clip"), value_end),
+            value_end,
+        )
+        byte_hi = np.where(some, byte_hi, value_start)
     else:
-        keep = ~hidden | starts  # a hidden code point's other bytes go
-        out = np.where(hidden, _STAR, data)[keep]
-        kept = np.zeros(len(data) + 1, dtype=np.int64)
-        np.cumsum(keep, out=kept[1:])
-        new_offsets = kept[offsets]
+        byte_lo = byte_hi = value_start
+    # Each value's bytes are three runs: before the hidden range, in it, after it. Repeating a
+    # (no, yes, no) pattern by those run lengths marks the range in one pass.
+    runs = np.empty(3 * len(count), dtype=np.int64)
+    runs[0::3] = byte_lo - value_start
+    runs[1::3] = byte_hi - byte_lo
+    runs[2::3] = value_end - byte_hi
+    hidden = content & np.repeat(np.tile(_RANGE, len(count)), runs)
+    # data, with MASK_CHAR where hidden: uint8 arithmetic, which wraps, in one SIMD pass each.
+    out = data + hidden.view(np.uint8) * (_STAR - data)
+    new_offsets = offsets
+    if not ascii_only:
+        drop = hidden & ~starts  # a hidden code point's other bytes go
+        if drop.any():
+            out = np.compress(~drop, out)
+            new_offsets = offsets - np.searchsorted(np.flatnonzero(drop), offsets)
     masked = pa.LargeStringArray.from_buffers(
         len(text), pa.py_buffer(new_offsets), pa.py_buffer(out.tobytes())
     )
