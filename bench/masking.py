@@ -210,10 +210,10 @@ def bench_columns(n: int, rounds: int) -> dict[str, Any]:
 
 
 def section(quick: bool = False) -> Section:
-    rows = bench_rows(2_000 if quick else 100_000, 2 if quick else 7)
+    rows = bench_rows(2_000 if quick else 100_000, 2 if quick else 5)
     try:
         columns: dict[str, Any] | None = bench_columns(
-            20_000 if quick else 500_000, 2 if quick else 5
+            20_000 if quick else 500_000, 2 if quick else 3
         )
     except ImportError:  # pyarrow is the client's `columns` extra
         columns = None
