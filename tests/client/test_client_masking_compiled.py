@@ -238,3 +238,16 @@ def test_hash_is_the_truncated_hex_hmac_of_the_canonical_form(value: Any) -> Non
         return
     digest = hmac.new(KEY, message, hashlib.sha256).hexdigest()[:32]
     assert apply_mask({"v": value}, plan, keys=KEYS)["v"] == "hmac-sha256:" + digest
+
+
+def test_apply_mask_reuses_a_compiled_plan_only_under_the_same_keys() -> None:
+    plan = MaskPlan((MaskEntry("v", MaskOperator.HASH, key_id=key_id(KEY)),))
+    first = apply_mask({"v": "x"}, plan, keys=KEYS)
+    assert apply_mask({"v": "x"}, MaskPlan(plan.fields), keys=KEYS) == first
+    # The same id filed with another key is refused, cached plan or not.
+    with pytest.raises(MaskingError, match="has another id"):
+        apply_mask({"v": "x"}, plan, keys={key_id(KEY): OTHER})
+    with pytest.raises(MaskingError, match="non-empty bytes"):
+        apply_mask({"v": "x"}, plan, keys={key_id(KEY): bytearray(KEY)})  # type: ignore[dict-item]
+    with pytest.raises(MaskingError, match="no hash key"):
+        apply_mask({"v": "x"}, plan, keys={})

@@ -112,7 +112,34 @@ def apply_mask(
     See docs/masking.md for the exact semantics. To mask many records with one plan, compile
     it once with `compile_mask`.
     """
-    return compile_mask(plan, keys=keys, lenient=lenient).apply(record)
+    if not isinstance(plan, MaskPlan) and hasattr(plan, "DESCRIPTOR"):
+        plan = _from_message(plan)
+    if not isinstance(plan, MaskPlan):
+        return compile_mask(plan, keys=keys, lenient=lenient).apply(record)  # refused there
+    # The same plan comes again and again (one per policy), so its compiled form is kept,
+    # under the keys its HASH entries use: other keys must compile (and be checked) anew.
+    hash_keys = tuple(
+        (keys or {}).get(entry.key_id)
+        for entry in plan.fields
+        if entry.operator == MaskOperator.HASH
+    )
+    try:
+        cache_key = (plan, lenient, hash_keys)
+        compiled = _COMPILED.get(cache_key)
+    except TypeError:  # an unhashable key or entry field: compiled, and refused or used, anew
+        return compile_mask(plan, keys=keys, lenient=lenient).apply(record)
+    if compiled is None:
+        compiled = compile_mask(plan, keys=keys, lenient=lenient)
+        if len(_COMPILED) >= _COMPILED_MAX:
+            _COMPILED.clear()
+        _COMPILED[cache_key] = compiled
+    return compiled.apply(record)
+
+
+# apply_mask's compiled plans, by (plan, lenient, the HASH entries' keys); bounded, so plans
+# made up on the fly cannot grow it, and cleared whole when full (cheap, and safe under threads).
+_COMPILED: dict[tuple[MaskPlan, bool, tuple[bytes | None, ...]], CompiledMask] = {}
+_COMPILED_MAX = 256
 
 
 def compile_mask(
