@@ -37,7 +37,7 @@ _SCALAR_TYPES = (
 )
 _STAR = np.uint8(ord(MASK_CHAR))
 _NO_BYTES = np.zeros(0, dtype=np.uint8)
-_BLOCK = 16384
+_BLOCK_BYTES = 128 * 1024  # text per block: the work arrays are several times that
 _RANGE = np.array([False, True, False])
 _EMAIL_TAIL = np.frombuffer(b"***" + REDACTED.encode(), dtype=np.uint8)
 
@@ -201,7 +201,9 @@ def _blocks(mask: Callable[[Any], Any], text: Any) -> Any:
     """`mask` applied to blocks of `text` small enough for the CPU caches (the work arrays are
     several bytes per byte of text), the results joined as one string array."""
     text = text.cast(pa.large_string())
-    blocks = [mask(text.slice(start, _BLOCK)) for start in range(0, len(text), _BLOCK)]
+    average = max(1, text.buffers()[2].size // len(text)) if len(text) and text.buffers()[2] else 1
+    step = max(64, _BLOCK_BYTES // average)
+    blocks = [mask(text.slice(start, step)) for start in range(0, len(text), step)]
     if not blocks:
         return pa.array([], pa.string())
     return pa.concat_arrays(blocks).cast(pa.string())
