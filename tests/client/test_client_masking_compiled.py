@@ -106,7 +106,7 @@ def same(a: tuple[str, Any], b: tuple[str, Any]) -> bool:
     return a[0] == b[0] and json.dumps(a[1], default=repr) == json.dumps(b[1], default=repr)
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(record=records, plan=plans, lenient=st.booleans())
 def test_the_compiled_plan_gives_exactly_the_reference_algorithms_result_or_error(
     record: Any, plan: MaskPlan, lenient: bool
@@ -143,7 +143,7 @@ leaf_entries = st.builds(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     rows=leaf_rows,
     fields=st.lists(leaf_entries, min_size=1, max_size=4),
@@ -207,7 +207,7 @@ def partial_by_definition(text: str, keep_first: int, keep_last: int) -> str:
     return "".join("*" if i in hidden else char for i, char in enumerate(text))
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(
     text=st.one_of(st.text(), st.text(alphabet="ab1*- @.é山\U0001f44d\n", max_size=14)),
     keep_first=st.integers(0, 8) | st.integers(0, 2**32),
