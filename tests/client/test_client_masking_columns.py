@@ -208,3 +208,12 @@ def test_an_entry_naming_no_column_fails_as_in_the_rows_unless_lenient() -> None
     assert str(from_table.value) == str(from_rows.value)
     lenient = mask_columns(pa.Table.from_pylist(rows), plan, keys=KEYS, lenient=True)
     assert lenient.to_pylist() == apply_mask(rows, plan, keys=KEYS, lenient=True)
+
+
+def test_pandas_missing_values_are_the_row_paths_none() -> None:
+    plan = MaskPlan((entry(MaskOperator.HASH),))
+    frame = pd.DataFrame({"c": [1.5, float("nan")], 7: ["a", "b"]})
+    masked = mask_columns(frame, plan, keys=KEYS)
+    assert list(masked.columns) == ["c", 7]
+    assert masked["c"].tolist() == by_rows([1.5, None], plan)
+    assert masked[7].tolist() == ["a", "b"]

@@ -78,25 +78,26 @@ def mask_columns(
     """
     compiled = _compiled(plan, keys, lenient)
     is_arrow = isinstance(table, pa.Table)
-    names = [str(n) for n in (table.column_names if is_arrow else table.columns)]
+    # Field names are strings; a DataFrame's column labels need not be.
+    labels = {str(label): label for label in (table.column_names if is_arrow else table.columns)}
     found = [0, 0]
     try:
-        columns = {n: _mask(table[n], n, compiled, found) for n in names}
-        compiled.rows_found(names, len(table), found)
+        columns = {n: _mask(table[label], n, compiled, found) for n, label in labels.items()}
+        compiled.rows_found(labels, len(table), found)
         failed = compiled.selects_nothing(found)
     except MaskingError:
         failed = True
     if failed:
         # The table's rows decide, in the order the specification finds errors.
         rows = compiled.apply(table.to_pylist() if is_arrow else _rows(table))
-        columns = {n: [row[n] for row in rows] for n in names}
+        columns = {n: [row[n] for row in rows] for n in labels}
         if is_arrow:
             return pa.table({n: pa.array(values) for n, values in columns.items()})
     if is_arrow:
         return pa.table(columns)
     import pandas as pd
 
-    return pd.DataFrame(columns, index=table.index)
+    return pd.DataFrame({labels[n]: column for n, column in columns.items()}, index=table.index)
 
 
 def _compiled(plan: Any, keys: Mapping[str, bytes] | None, lenient: bool) -> CompiledMask:
@@ -140,10 +141,13 @@ def _mask_series(
 
 
 def _python(value: Any) -> Any:
-    # pandas spells a missing value NaN or NA in object columns; the row path's null is None.
+    # pandas spells a missing value NaN, NA or NaT (and Arrow reads NaN from pandas as null);
+    # the row path's missing value is None.
     import pandas as pd
 
-    return None if value is pd.NA or value is pd.NaT else value
+    if value is pd.NA or value is pd.NaT or (isinstance(value, float) and value != value):
+        return None
+    return value
 
 
 def _result_type(arrow_type: Any, name: str, compiled: CompiledMask) -> Any:
