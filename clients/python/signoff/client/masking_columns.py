@@ -311,8 +311,8 @@ def _partial_block(text: Any, keep_first: int, keep_last: int) -> Any:
         len(text), pa.py_buffer(new_offsets), pa.py_buffer(out.tobytes())
     )
     # Text without any content would come back unchanged, so it is redacted (unless empty).
-    bare = pa.array((count == 0) & (lengths > 0))
-    return pc.if_else(bare, REDACTED, masked)
+    bare = (count == 0) & (lengths > 0)
+    return pc.if_else(pa.array(bare), REDACTED, masked) if bare.any() else masked
 
 
 def _by_distinct(array: Any, fn: Callable[[Any], Any]) -> Any:
