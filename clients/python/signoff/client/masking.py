@@ -77,7 +77,9 @@ class _Rule:
         if self.operator == MaskOperator.NULLIFY:
             return _nullify
         if self.operator == MaskOperator.REDACT:
-            return _redact
+            # str.format ignores arguments its text has no field for: REDACTED whatever the
+            # value, called in C (REDACTED has no braces).
+            return REDACTED.format
         if self.operator == MaskOperator.HASH:
             return functools.partial(_hash, self.key)
         if self.operator == MaskOperator.EMAIL:
@@ -761,10 +763,6 @@ def _kind(value: Any) -> str:
 
 def _nullify(value: Any) -> None:
     return None
-
-
-def _redact(value: Any) -> str:
-    return REDACTED
 
 
 def _hash(key: bytes, value: Any) -> str:

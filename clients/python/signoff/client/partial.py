@@ -45,8 +45,10 @@ def partial_text(text: str, keep_first: int, keep_last: int) -> str:
         return hidden
     if not stars:
         # Every MASK_CHAR in `hidden` is a content character: the cuts are found in C.
-        start = len(text) - len(hidden.split(MASK_CHAR, keep_first)[-1]) if keep_first else 0
         end = len(hidden.rsplit(MASK_CHAR, keep_last)[0]) if keep_last else len(text)
+        if not keep_first:  # the common "keep the last few"
+            return hidden[:end] + text[end:]
+        start = len(text) - len(hidden.split(MASK_CHAR, keep_first)[-1])
         return text[:start] + hidden[start:end] + text[end:]
     # Only the ends are scanned in Python: up to the last kept character at each end.
     start = 0
