@@ -399,15 +399,16 @@ class CompiledMask:
         absent: set[str] = set()
         flat = False
         visit = self._visit
-        join = "".join
+        # Bound once: per row, every lookup counts.
+        join, leaf_types, values, copy = "".join, _LEAF_TYPES.issuperset, dict.values, dict.copy
         for item in node:
-            if type(item) is dict and _LEAF_TYPES.issuperset(map(type, item.values())):
+            if type(item) is dict and leaf_types(map(type, values(item))):
                 try:
                     join(item)  # a TypeError unless every key is a str, found in C
                 except TypeError:
                     append(visit(item, state, depth + 1, open_, found))
                     continue
-                row = item.copy()
+                row = copy(item)
                 for name, fn in leaves:
                     try:
                         row[name] = fn(row[name])
