@@ -29,7 +29,14 @@ from signoff.client.guard import (
     guard,
     guarded,
 )
-from signoff.client.masking import REDACTED, apply_mask, canonical_form, key_id
+from signoff.client.masking import (
+    REDACTED,
+    CompiledMask,
+    apply_mask,
+    canonical_form,
+    compile_mask,
+    key_id,
+)
 from signoff.client.tls import TLS
 from signoff.client.types import (
     CheckItem,
@@ -56,6 +63,7 @@ __all__ = [
     "ApproverSet",
     "CheckItem",
     "Coalescing",
+    "CompiledMask",
     "Context",
     "Decision",
     "Denied",
@@ -78,6 +86,7 @@ __all__ = [
     "Vote",
     "apply_mask",
     "canonical_form",
+    "compile_mask",
     "guard",
     "guarded",
     "key_id",
