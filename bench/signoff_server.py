@@ -74,6 +74,9 @@ def start_signoff(
         "SIGNOFF_JWKS": "",
         "SIGNOFF_LOG_LEVEL": "WARNING",
         "SIGNOFF_AUDIT": "on" if audit else "off",
+        # The gRPC service is what is measured; its HTTP gateway would take port 8080, which
+        # another server on the machine may hold.
+        "SIGNOFF_HTTP_ADDRESS": "off",
         "OTEL_TRACES_EXPORTER": "none",
         "OTEL_METRICS_EXPORTER": "none",
     }

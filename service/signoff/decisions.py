@@ -49,6 +49,9 @@ class Outcome(NamedTuple):
     decision: Decision  # after the approval step; what the caller must do
     decision_id: str
     approval_id: str = ""
+    # Where a surface may keep what it derives from the decision for the request's repeats
+    # (e.g. its encoded response); None when the approval step made this call's own decision.
+    derived: dict[str, Any] | None = None
 
 
 class Fresh:
@@ -100,9 +103,12 @@ class Decisions:
         *,
         caller: str = "",
         item_index: int | None = None,
+        trace_id: str | None = None,
     ) -> Outcome:
         """The answer to the request `parse` yields (`key` its encoding, for `source`'s cache).
-        InvalidRequest from `parse` marks the span and propagates."""
+        InvalidRequest from `parse` marks the span and propagates. `trace_id` is the trace the
+        call belongs to when the surface knows it without a current span (see
+        Telemetry.untraced_trace_id); by default it is read from the current span."""
         started = time.perf_counter()
         with self._telemetry.decision_span(item_index=item_index) as span:
             try:
@@ -135,7 +141,12 @@ class Decisions:
             self._telemetry.record_decision(decision.verdict.name, time.perf_counter() - started)
             if self._audit is not None:
                 self._record(
-                    decided, decision, decision_id, approval_id, span.trace_id_hex(), caller
+                    decided,
+                    decision,
+                    decision_id,
+                    approval_id,
+                    span.trace_id_hex() if trace_id is None else trace_id,
+                    caller,
                 )
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
@@ -145,7 +156,8 @@ class Decisions:
                     ",".join(decision.matched_rules) or "-",
                     decision.policy_revision[:12],
                 )
-            return Outcome(decision, decision_id, approval_id)
+            kept = decided.derived if decision is decided.decision else None
+            return Outcome(decision, decision_id, approval_id, kept)
 
     def _record(
         self,

@@ -82,6 +82,33 @@ class ServerTracing(grpc.ServerInterceptor):  # type: ignore[type-arg]
             return _Call(span, trace.set_span_in_context(span, parent), self._shield)
         return None
 
+    def trace_id(self, full: str, service: str, method: str, metadata: Any) -> str:
+        """The trace id (32 hex digits, "" when unsampled) that `start` would give the call's
+        span, without making one: for calls served untraced because nothing exports spans,
+        whose audit records still link to the caller's trace as they did with the span."""
+        with self._shield("trace id of an untraced RPC"):
+            carrier = _carrier(metadata)
+            parent = self._propagator.extract(carrier) if carrier else None
+            tracer: Any = self._tracer
+            sampler, ids = getattr(tracer, "sampler", None), getattr(tracer, "id_generator", None)
+            if sampler is None or ids is None:  # not the SDK's tracer: ask a real span
+                span = self._tracer.start_span(full, context=parent, kind=SpanKind.SERVER)
+                span.end()
+                return _sampled_id(span.get_span_context())
+            enabled = getattr(tracer, "_is_enabled", None)
+            if enabled is not None and not enabled():
+                return ""
+            known = trace.get_current_span(parent).get_span_context()
+            trace_id = known.trace_id if known.is_valid else ids.generate_trace_id()
+            attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
+            sampled = sampler.should_sample(parent, trace_id, full, SpanKind.SERVER, attributes)
+            return trace.format_trace_id(trace_id) if sampled.decision.is_sampled() else ""
+        return ""
+
+
+def _sampled_id(ctx: trace.SpanContext) -> str:
+    return trace.format_trace_id(ctx.trace_id) if ctx.is_valid and ctx.trace_flags.sampled else ""
+
 
 class _Rpc:
     """One incoming call: wraps its handler so the span covers it."""

@@ -197,6 +197,7 @@ class Telemetry:
         self.shield = Shield()
         self.propagator = TraceContextTextMapPropagator()
         self.tracer = tracer_provider.get_tracer(SCOPE)
+        self._untraced = ServerTracing(self.tracer, self.propagator, self.shield)
         self._closers = list(closers)
         self._closed = False
         self._close_lock = threading.Lock()
@@ -331,6 +332,13 @@ class Telemetry:
     ) -> grpc.ServerInterceptor:  # type: ignore[type-arg]
         """A SERVER span per RPC, continuing a caller's W3C trace context from the metadata."""
         return ServerTracing(self.tracer, self.propagator, self.shield, skip_services=skip_services)
+
+    def untraced_trace_id(self, full_method: str, metadata: object) -> str:
+        """For an RPC served without its span (only when nothing exports spans, see
+        `exports_spans`): the trace id its span would have had, "" when unsampled.
+        `full_method` is e.g. "signoff.v1.DecisionService/Check"."""
+        service, _, method = full_method.rpartition("/")
+        return self._untraced.trace_id(full_method, service, method, metadata)
 
     def decision_span(
         self, *, item_index: int | None = None

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -18,6 +19,7 @@ from signoff.engine.compiled import Bundle
 from signoff.engine.evaluator import Engine
 from signoff.identity import CallerAuthenticator
 from signoff.observability import Telemetry
+from signoff.observability.telemetry import UNTRACED_SERVICES
 from signoff.server import convert
 from signoff.server.admin import PolicyAdminService
 from signoff.server.approvals import ApprovalService
@@ -30,7 +32,6 @@ from signoff.v1 import admin_pb2_grpc as adb_grpc
 from signoff.v1 import approvals_pb2 as apb
 from signoff.v1 import approvals_pb2_grpc as apb_grpc
 from signoff.v1 import signoff_pb2 as pb
-from signoff.v1 import signoff_pb2_grpc as pb_grpc
 from signoff.views import Views
 
 log = logging.getLogger("signoff.server")
@@ -102,13 +103,18 @@ def start(
         # max_concurrent_rpcs x 64 KiB for those waiting (8 MiB + 16 MiB by default).
         ("grpc.http2.bdp_probe", 0),
     ]
+    on_malformed = telemetry.record_malformed_request if telemetry is not None else _uncounted
     interceptors: list[grpc.ServerInterceptor] = []  # type: ignore[type-arg]
     if telemetry is not None:
-        interceptors.append(telemetry.server_interceptor())
+        # Decisions are the hot path: when nothing exports spans they get no RPC span (its
+        # making costs more than the rest of the handler); their audit records still get the
+        # trace id it would have had (DecisionService.traced).
+        quiet = () if telemetry.exports_spans else (SERVICE_NAME,)
+        interceptors.append(
+            telemetry.server_interceptor(skip_services=(*UNTRACED_SERVICES, *quiet))
+        )
     # Last, as it requires: the tracing span then covers a refused request too.
-    interceptors.append(
-        RequestParsing(telemetry.record_malformed_request if telemetry is not None else _uncounted)
-    )
+    interceptors.append(RequestParsing(on_malformed))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers),
         options=options,
@@ -125,8 +131,12 @@ def start(
         views=views,
         cache_entries=decision_cache,
         caller_certificates=tls is not None and tls.mutual,
+        on_malformed=on_malformed,
     )
-    pb_grpc.add_DecisionServiceServicer_to_server(decisions, server)
+    # Bytes in and out: the service parses (and encodes) only what its cache does not hold.
+    # grpc's generated code registers this way too; grpc-stubs predates the method.
+    register: Any = server.add_registered_method_handlers  # type: ignore[attr-defined]
+    register(SERVICE_NAME, decisions.method_handlers())
     names = [SERVICE_NAME]
     if approval_service is not None:
         apb_grpc.add_ApprovalServiceServicer_to_server(approval_service, server)
