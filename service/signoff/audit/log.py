@@ -18,9 +18,12 @@ from redis.retry import Retry
 
 from signoff.approvals.store import DEFAULT_PREFIX
 from signoff.audit.chain import (
+    ENCODER,
     GENESIS,
     RESERVED,
+    SLOT,
     STREAMS,
+    Canonical,
     Hasher,
     StreamKeys,
     canonical_json,
@@ -195,6 +198,7 @@ class AuditLog:
             # Bytes that are not UTF-8 (planted by hand) must read as a bad record, not crash.
             encoding_errors="replace",
         )
+        self._templates = _Templates()
         self._append_script = self.redis.register_script(_APPEND)
         self._trim_script = self.redis.register_script(_TRIM)
         self.keys = {name: StreamKeys.of(prefix, name) for name in STREAMS}
@@ -332,7 +336,9 @@ class AuditLog:
 
     def _append(self, name: str, items: Sequence[_Item], ack: Ack | None) -> int:
         keys = self.keys[name]
-        bodies = [self._body(item) for item in items]
+        # A body is built only for a record no template encodes (see _Templates).
+        bodies: list[dict[str, Any] | None] = [None] * len(items)
+        stamps = [rfc3339_ms(item[1]) for item in items]
         ack_args: list[str] = [ack.group, str(len(ack.ids)), *ack.ids] if ack else ["", "0"]
         genesis = self._hasher.anchor(name, 1, GENESIS)
         for attempt in range(1000):
@@ -343,15 +349,27 @@ class AuditLog:
             # holds it for milliseconds, which shows in their tail latency. Not when the queue
             # is filling up, though: in a CPU-bound process yielding starves the writer.
             polite = len(self._queue) < self.config.queue_max // 4
-            for index, body in enumerate(bodies):
+            for index, item in enumerate(items):
                 seq += 1
-                body["seq"], body["prev"] = seq, prev
-                try:
-                    data = canonical_json(body).encode("utf-8")
-                except (TypeError, ValueError) as exc:
-                    body = bodies[index] = self._placeholder(body, exc)
+                record = item[2]
+                text = (
+                    self._templates.encode(record, stamps[index], seq, prev)
+                    if isinstance(record, DecisionRecord)
+                    else None
+                )
+                if text is not None:
+                    data = text.encode("utf-8")
+                else:
+                    body = bodies[index]
+                    if body is None:
+                        body = bodies[index] = self._body(item)
                     body["seq"], body["prev"] = seq, prev
-                    data = canonical_json(body).encode("utf-8")
+                    try:
+                        data = canonical_json(body).encode("utf-8")
+                    except (TypeError, ValueError) as exc:
+                        body = bodies[index] = self._placeholder(body, exc)
+                        body["seq"], body["prev"] = seq, prev
+                        data = canonical_json(body).encode("utf-8")
                 prev = self._hasher.record(prev, data)
                 entries += [prev, data]
                 if polite and index % 8 == 7:
@@ -383,7 +401,7 @@ class AuditLog:
                 # An earlier try of this very batch reached Redis but its reply was lost (the
                 # head hashes the batch and its position): it is in, do not write it twice.
                 self._heads[name] = current
-                return len(bodies)
+                return len(items)
             if head and (current is None or current[0] < head[0]):
                 log.error(
                     "audit stream %s went back from seq %d to %s: records were deleted, the "
@@ -429,9 +447,21 @@ class AuditLog:
                 continue
             if stopping and not self._queue:
                 return
-            if not self._queue:
+            queue = self._queue
+            if not queue:
                 self._wake.wait(cfg.batch_ms / 1000)
                 self._wake.clear()
+            elif len(queue) < cfg.batch_max and not stopping:
+                # A batch is written when full or `batch_ms` after its first record was
+                # queued: one append per batch instead of one per handful of records, which
+                # under load is most of the writer's cost. flush() wakes it at once.
+                try:
+                    first = queue[0][1]
+                except IndexError:
+                    continue
+                left = cfg.batch_ms / 1000 - (time.time_ns() - first) / 1e9
+                if left > 0 and self._wake.wait(left):
+                    self._wake.clear()
 
     def _take(self) -> int:
         """Move up to `batch_max` queued records into the per-stream pending batches."""
@@ -462,6 +492,14 @@ class AuditLog:
                         items.clear()
                         with self._lock:
                             self._stats.written += count
+                # Straight on only with a full batch: a partial one waits in _run for its
+                # time, so batches are not one append per handful of records (flush() and
+                # close() wake the writer, which then writes at once).
+                waiting = len(self._queue)
+                if waiting < self.config.batch_max and not (
+                    self._wake.is_set() or self._stop.is_set()
+                ):
+                    return
             finally:
                 with self._idle:
                     self._busy = False
@@ -634,6 +672,95 @@ class AuditLog:
         self._closed = True
         if self._owns_client:
             self.redis.close()
+
+
+class _Templates:
+    """Canonical JSON of decision records whose decision and request view repeat.
+
+    A repeated request's record differs from the previous one only in its per-call fields
+    (ids, time, place in the chain): from its second sighting on, its canonical JSON is kept
+    with those fields cut out, and each record is that text with its own values spliced in,
+    byte for byte what canonical_json of its whole document gives. Writer thread only;
+    bounded (emptied when full).
+    """
+
+    PER_CALL = ("approval_id", "at", "caller", "decision_id", "prev", "seq", "trace_id")
+    _MAX = 1024
+
+    def __init__(self) -> None:
+        # Keyed by the identities of the record's shared parts; the value holds the record
+        # first seen, so those objects live, and their ids are not reused, while it is kept.
+        self._made: dict[tuple[Any, ...], tuple[DecisionRecord, list[str], list[str]] | None] = {}
+        self._slots = {name: SLOT.format(f"field-{name}") for name in self.PER_CALL}
+
+    @staticmethod
+    def _key(r: DecisionRecord) -> tuple[Any, ...]:
+        return (
+            r.verdict,
+            r.policy_verdict,
+            id(r.policy_revision),
+            id(r.matched_rules),
+            id(r.errored_rules),
+            id(r.reasons),
+            id(r.masking),
+            id(r.request),
+            id(r.shadow),
+            id(r.labels),
+            bool(r.caller),
+        )
+
+    def encode(self, record: DecisionRecord, at: str, seq: int, prev: str) -> str | None:
+        """The record's canonical JSON with `at`, `seq` and `prev`; None when it has no
+        template (yet): the caller then encodes its document."""
+        if type(record.request) is not Canonical or record.at is not None:
+            return None
+        key = self._key(record)
+        if key not in self._made:  # first sighting: remembered, encoded the plain way
+            if len(self._made) >= self._MAX:
+                self._made.clear()
+            self._made[key] = None
+            return None
+        made = self._made[key]
+        if made is None:
+            made = self._made[key] = self._make(record)
+        _witness, parts, names = made
+        values = {
+            "approval_id": record.approval_id,
+            "at": at,
+            "caller": record.caller,
+            "decision_id": record.decision_id,
+            "prev": prev,
+            "seq": seq,
+            "trace_id": record.trace_id,
+        }
+        encode = ENCODER.encode
+        out = [parts[0]]
+        for name, part in zip(names, parts[1:], strict=True):
+            out.append(encode(values[name]))
+            out.append(part)
+        return "".join(out)
+
+    def _make(self, record: DecisionRecord) -> tuple[DecisionRecord, list[str], list[str]]:
+        doc = record.doc()
+        for name in self.PER_CALL:
+            if name in doc or name in ("at", "prev", "seq"):
+                doc[name] = self._slots[name]
+        text = canonical_json(doc)
+        # Canonical text holds a NUL only escaped: the slots cannot be confused with data.
+        marks = {ENCODER.encode(slot): name for name, slot in self._slots.items()}
+        parts: list[str] = []
+        names: list[str] = []
+        rest = text
+        while True:
+            found = [(rest.find(mark), mark) for mark in marks if mark in rest]
+            if not found:
+                break
+            where, mark = min(found)
+            parts.append(rest[:where])
+            names.append(marks[mark])
+            rest = rest[where + len(mark) :]
+        parts.append(rest)
+        return record, parts, names
 
 
 def _entry_ms(entry_id: str) -> int:

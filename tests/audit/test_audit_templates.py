@@ -1,0 +1,108 @@
+"""Repeated decision records are encoded from a kept template: byte for byte the plain encoding."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from signoff.audit.chain import Canonical, canonical_json, rfc3339_ms
+from signoff.audit.log import AuditLog, _Templates
+from signoff.audit.record import DecisionRecord
+from signoff.engine.model import Decision, FieldMask, MaskOp, ShadowOutcome, Verdict
+from tests.audit.conftest import MakeLog
+
+# Any text a caller or a policy may put in a record, NUL and quotes included.
+text = st.text(max_size=12)
+texts = st.lists(text, max_size=3).map(tuple)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@st.composite
+def shared_parts(draw: st.DrawFn) -> tuple[Decision, Decision, Canonical]:
+    """A policy decision, the enforced one, and a request view: what repeats share."""
+    masking = tuple(
+        FieldMask(path, op, keep_first=first)
+        for path, op, first in draw(
+            st.lists(st.tuples(text, st.sampled_from(MaskOp), st.integers(0, 3)), max_size=2)
+        )
+    )
+    shadow = draw(st.none() | st.builds(ShadowOutcome, st.sampled_from(Verdict), texts, texts))
+    policy = Decision(
+        draw(st.sampled_from(Verdict)),
+        draw(text),
+        matched_rules=draw(texts),
+        reasons=draw(texts),
+        masking_plan=masking,
+        errored_rules=draw(texts),
+        shadow=shadow,
+    )
+    enforced = policy if draw(st.booleans()) else Decision(Verdict.ALLOW, policy.policy_revision)
+    view = Canonical.of(draw(st.dictionaries(text, json_values, max_size=4)))
+    return policy, enforced, view
+
+
+def _plain(record: DecisionRecord, ns: int, seq: int, prev: str) -> str:
+    body = AuditLog._body(("decisions", ns, record))
+    body["seq"], body["prev"] = seq, prev
+    return canonical_json(body)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    shared_parts(),
+    st.lists(
+        st.tuples(text, text, st.sampled_from(["", "spiffe://x/y"]), st.integers(1, 10**12)),
+        min_size=1,
+        max_size=4,
+    ),
+)
+def test_templated_records_are_byte_for_byte_their_canonical_json(
+    parts: tuple[Decision, Decision, Canonical], calls: list[tuple[str, str, str, int]]
+) -> None:
+    policy, enforced, view = parts
+    templates = _Templates()
+    prev = "0" * 64
+    for index, (approval_id, trace_id, caller, seq) in enumerate(calls * 3):
+        record = DecisionRecord.of(
+            str(uuid.uuid4()), enforced, policy, approval_id, trace_id, caller, view
+        )
+        ns = 1_700_000_000_000_000_000 + index * 1_000_001
+        got = templates.encode(record, rfc3339_ms(ns), seq, prev)
+        if got is not None:
+            assert got == _plain(record, ns, seq, prev)
+            json.loads(got)  # and still one JSON document
+        prev = f"{index:064x}"
+
+
+def test_a_repeated_record_is_templated_from_its_second_sighting() -> None:
+    decision = Decision(Verdict.DENY, "rev", matched_rules=("r1",), reasons=("no",))
+    view = Canonical.of({"action": "export"})
+    templates = _Templates()
+    seen = []
+    for n in range(3):
+        record = DecisionRecord.of(f"id-{n}", decision, decision, "", "ab" * 16, "", view)
+        seen.append(templates.encode(record, "2026-01-01T00:00:00.000Z", n + 1, "0" * 64))
+    assert seen[0] is None
+    assert seen[1] is not None
+    assert '"decision_id":"id-1"' in seen[1]
+    assert seen[2] is not None
+    assert '"seq":3' in seen[2]
+
+
+def test_records_written_through_templates_verify(make_log: MakeLog) -> None:
+    log = make_log()
+    decision = Decision(Verdict.ALLOW, "rev", matched_rules=("r1",))
+    view = Canonical.of({"action": "read"})
+    for n in range(20):
+        log.submit(DecisionRecord.of(f"id-{n}", decision, decision, "", "", "", view))
+    assert log.flush()
+    result = log.verify("decisions")
+    assert result.ok
+    assert result.checked == 20
