@@ -91,7 +91,8 @@ def serve(port: int, workers: int) -> tuple[Any, int]:
             ("grpc.http2.bdp_probe", 0),
         ],
     )
-    server.add_registered_method_handlers(
+    register: Any = server.add_registered_method_handlers  # type: ignore[attr-defined]
+    register(
         SERVICE,
         {
             CHECK: grpc.unary_unary_rpc_method_handler(on_check, None, None),

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
@@ -12,7 +12,6 @@ from typing import Any, NamedTuple, Protocol
 from signoff.approvals.service import Approvals
 from signoff.audit import AuditLog
 from signoff.audit.chain import Canonical
-from signoff.audit.record import DecisionRecord
 from signoff.engine.evaluator import Engine
 from signoff.engine.model import Decision, Request, Verdict
 from signoff.errors import InvalidRequest, StoreUnavailable
@@ -20,6 +19,17 @@ from signoff.observability import Telemetry
 from signoff.views import Views
 
 log = logging.getLogger("signoff.decisions")
+
+
+# uuid4's version and variant bits: 0100 in the time_hi nibble, 10 at the top of clock_seq.
+_V4_CLEAR = ~((0xF000 << 64) | (0xC << 60))
+_V4_SET = (0x4000 << 64) | (0x8 << 60)
+
+
+def new_decision_id() -> str:
+    """`str(uuid.uuid4())` without making the UUID object: the same randomness and text."""
+    h = (int.from_bytes(os.urandom(16)) & _V4_CLEAR | _V4_SET).to_bytes(16).hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 @dataclass
@@ -117,7 +127,7 @@ class Decisions:
                 span.set_error("INVALID_ARGUMENT")
                 raise
             request, decision = decided.request, decided.decision
-            decision_id = str(uuid.uuid4())
+            decision_id = new_decision_id()
             approval_id = ""
             if decision.verdict is Verdict.REQUIRE_APPROVAL:
                 if self._approvals is None:
@@ -171,16 +181,15 @@ class Decisions:
         """Queue the decision's audit record; the request goes in only as its audit view."""
         assert self._audit is not None
         try:
-            self._audit.submit(
-                DecisionRecord.of(
-                    decision_id,
-                    decision,
-                    decided.decision,
-                    approval_id,
-                    trace_id,
-                    caller,
-                    self._audit_view(decided, decision),
-                )
+            # What DecisionRecord.of takes; the writer thread makes the record.
+            self._audit.submit_decision(
+                decision_id,
+                decision,
+                decided.decision,
+                approval_id,
+                trace_id,
+                caller,
+                self._audit_view(decided, decision),
             )
         except Exception as exc:  # the record is lost, the decision must not be
             log.error("audit record for %s not queued: %s", decision_id, type(exc).__name__)

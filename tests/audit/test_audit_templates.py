@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
 
@@ -9,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from signoff.audit.chain import Canonical, canonical_json, rfc3339_ms
-from signoff.audit.log import AuditLog, _Templates
+from signoff.audit.log import AuditLog, DecisionArgs, _Templates
 from signoff.audit.record import DecisionRecord
 from signoff.engine.model import Decision, FieldMask, MaskOp, ShadowOutcome, Verdict
 from tests.audit.conftest import MakeLog
@@ -48,8 +49,9 @@ def shared_parts(draw: st.DrawFn) -> tuple[Decision, Decision, Canonical]:
     return policy, enforced, view
 
 
-def _plain(record: DecisionRecord, ns: int, seq: int, prev: str) -> str:
-    body = AuditLog._body(("decisions", ns, record))
+def _plain(args: DecisionArgs, ns: int, seq: int, prev: str) -> str:
+    """What the writer encodes without templates: the whole document of the record."""
+    body = AuditLog._body(("decisions", ns, DecisionRecord.of(*args)))
     body["seq"], body["prev"] = seq, prev
     return canonical_json(body)
 
@@ -70,13 +72,19 @@ def test_templated_records_are_byte_for_byte_their_canonical_json(
     templates = _Templates()
     prev = "0" * 64
     for index, (approval_id, trace_id, caller, seq) in enumerate(calls * 3):
-        record = DecisionRecord.of(
-            str(uuid.uuid4()), enforced, policy, approval_id, trace_id, caller, view
+        args: DecisionArgs = (
+            str(uuid.uuid4()),
+            enforced,
+            policy,
+            approval_id,
+            trace_id,
+            caller,
+            view,
         )
         ns = 1_700_000_000_000_000_000 + index * 1_000_001
-        got = templates.encode(record, rfc3339_ms(ns), seq, prev)
+        got = templates.encode(args, rfc3339_ms(ns), seq, prev)
         if got is not None:
-            assert got == _plain(record, ns, seq, prev)
+            assert got == _plain(args, ns, seq, prev)
             json.loads(got)  # and still one JSON document
         prev = f"{index:064x}"
 
@@ -87,8 +95,8 @@ def test_a_repeated_record_is_templated_from_its_second_sighting() -> None:
     templates = _Templates()
     seen = []
     for n in range(3):
-        record = DecisionRecord.of(f"id-{n}", decision, decision, "", "ab" * 16, "", view)
-        seen.append(templates.encode(record, "2026-01-01T00:00:00.000Z", n + 1, "0" * 64))
+        args: DecisionArgs = (f"id-{n}", decision, decision, "", "ab" * 16, "", view)
+        seen.append(templates.encode(args, "2026-01-01T00:00:00.000Z", n + 1, "0" * 64))
     assert seen[0] is None
     assert seen[1] is not None
     assert '"decision_id":"id-1"' in seen[1]
@@ -101,8 +109,23 @@ def test_records_written_through_templates_verify(make_log: MakeLog) -> None:
     decision = Decision(Verdict.ALLOW, "rev", matched_rules=("r1",))
     view = Canonical.of({"action": "read"})
     for n in range(20):
-        log.submit(DecisionRecord.of(f"id-{n}", decision, decision, "", "", "", view))
+        log.submit_decision(f"id-{n}", decision, decision, "", "", "", view)
     assert log.flush()
     result = log.verify("decisions")
     assert result.ok
     assert result.checked == 20
+
+
+def test_a_submitted_decision_is_recorded_as_its_decision_record(make_log: MakeLog) -> None:
+    log = make_log()
+    policy = Decision(Verdict.REQUIRE_APPROVAL, "rev", matched_rules=("r1",))
+    enforced = Decision(Verdict.ALLOW, "rev", matched_rules=("r1",))
+    view = {"action": "grant"}
+    log.submit_decision("id-1", enforced, policy, "apr_1", "ab" * 16, "spiffe://a", view)
+    assert log.flush()
+    out = io.StringIO()
+    log.export("decisions", None, None, out)
+    (stored,) = [json.loads(line) for line in out.getvalue().splitlines()]
+    want = DecisionRecord.of("id-1", enforced, policy, "apr_1", "ab" * 16, "spiffe://a", view)
+    for name, value in want.doc().items():
+        assert stored[name] == value

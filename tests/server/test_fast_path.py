@@ -16,6 +16,7 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from signoff.decisions import new_decision_id
 from signoff.errors import InvalidRequest
 from signoff.server import app, convert, wire
 from signoff.server.status import grpc_code_value, status_for
@@ -167,3 +168,13 @@ def test_batch_items_are_sliced_exactly_as_protobuf_parses_them(
     except DecodeError:
         return  # refused whole by the server, as by protobuf
     assert [pb.CheckRequest.FromString(s) for s in sliced] == list(parsed.items)
+
+
+def test_decision_ids_are_version_4_uuids_in_their_usual_text() -> None:
+    ids = {new_decision_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+        assert str(parsed) == text

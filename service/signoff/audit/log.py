@@ -34,6 +34,7 @@ from signoff.audit.record import DecisionRecord
 from signoff.audit.verify import VerifyResult, hash_ok, parse_entry
 from signoff.audit.verify import export as export_stream
 from signoff.audit.verify import verify as verify_stream
+from signoff.engine.model import Decision
 from signoff.errors import AuditUnavailable
 
 log = logging.getLogger("signoff.audit")
@@ -150,9 +151,20 @@ class _Stats:
     trimmed: int = 0
 
 
-# Stream name, submit time (ns), record: a decision record stays typed until the writer
+# What DecisionRecord.of takes: the decision path hands over only what it already holds, and
+# the writer thread makes the record (or, for a repeat, only splices its ids into a template).
+DecisionArgs = tuple[str, Decision, Decision, str, str, str, "Mapping[str, Any] | Canonical"]
+
+
+class _Decided(tuple):  # type: ignore[type-arg]
+    """DecisionArgs on the queue, told apart from any other record by its type."""
+
+    __slots__ = ()
+
+
+# Stream name, submit time (ns), record: a decision record stays unencoded until the writer
 # thread encodes it, which keeps that work off the decision path.
-_Item = tuple[str, int, dict[str, Any] | DecisionRecord]
+_Item = tuple[str, int, dict[str, Any] | DecisionRecord | _Decided]
 
 
 class AuditLog:
@@ -268,6 +280,31 @@ class AuditLog:
         queue.append(item)
         return True
 
+    def submit_decision(
+        self,
+        decision_id: str,
+        decision: Decision,
+        policy: Decision,
+        approval_id: str,
+        trace_id: str,
+        caller: str,
+        request: Mapping[str, Any] | Canonical,
+    ) -> bool:
+        """Queue the record `DecisionRecord.of` makes of these, as submit() does: the record
+        is made on the writer thread. The values must not change afterwards."""
+        if self._closed:
+            with self._lock:
+                self._stats.dropped["decisions"] += 1
+            return False
+        args = _Decided((decision_id, decision, policy, approval_id, trace_id, caller, request))
+        queue = self._queue
+        if len(queue) >= self.config.queue_max and not self._wait_for_room():
+            with self._lock:
+                self._stats.dropped["decisions"] += 1
+            return False
+        queue.append(("decisions", time.time_ns(), args))
+        return True
+
     def _wait_for_room(self) -> bool:
         if self._closed or not self._healthy or self.config.submit_wait <= 0:
             return False
@@ -309,7 +346,10 @@ class AuditLog:
     @staticmethod
     def _body(item: _Item) -> dict[str, Any]:
         _name, ns, record = item
-        body = record.doc() if isinstance(record, DecisionRecord) else dict(record)
+        if isinstance(record, _Decided):
+            body = DecisionRecord.of(*record).doc()
+        else:
+            body = record.doc() if isinstance(record, DecisionRecord) else dict(record)
         if "at" not in body:
             body["at"] = rfc3339_ms(ns)
         return body
@@ -354,7 +394,7 @@ class AuditLog:
                 record = item[2]
                 text = (
                     self._templates.encode(record, stamps[index], seq, prev)
-                    if isinstance(record, DecisionRecord)
+                    if isinstance(record, _Decided)
                     else None
                 )
                 if text is not None:
@@ -688,33 +728,19 @@ class _Templates:
     _MAX = 1024
 
     def __init__(self) -> None:
-        # Keyed by the identities of the record's shared parts; the value holds the record
-        # first seen, so those objects live, and their ids are not reused, while it is kept.
-        self._made: dict[tuple[Any, ...], tuple[DecisionRecord, list[str], list[str]] | None] = {}
+        # Keyed by the identities of the decisions and the request view; the value holds the
+        # arguments first seen, so those objects live, and their ids are not reused, while
+        # it is kept. Decisions are frozen and a view is a str: the same objects, the same text.
+        self._made: dict[tuple[int, int, int, bool], tuple[Any, list[str], list[str]] | None] = {}
         self._slots = {name: SLOT.format(f"field-{name}") for name in self.PER_CALL}
 
-    @staticmethod
-    def _key(r: DecisionRecord) -> tuple[Any, ...]:
-        return (
-            r.verdict,
-            r.policy_verdict,
-            id(r.policy_revision),
-            id(r.matched_rules),
-            id(r.errored_rules),
-            id(r.reasons),
-            id(r.masking),
-            id(r.request),
-            id(r.shadow),
-            id(r.labels),
-            bool(r.caller),
-        )
-
-    def encode(self, record: DecisionRecord, at: str, seq: int, prev: str) -> str | None:
-        """The record's canonical JSON with `at`, `seq` and `prev`; None when it has no
-        template (yet): the caller then encodes its document."""
-        if type(record.request) is not Canonical or record.at is not None:
+    def encode(self, args: DecisionArgs, at: str, seq: int, prev: str) -> str | None:
+        """The canonical JSON of the record of `args` with `at`, `seq` and `prev`; None when
+        it has no template (yet): the caller then encodes its document."""
+        decision_id, decision, policy, approval_id, trace_id, caller, view = args
+        if type(view) is not Canonical:
             return None
-        key = self._key(record)
+        key = (id(decision), id(policy), id(view), bool(caller))
         if key not in self._made:  # first sighting: remembered, encoded the plain way
             if len(self._made) >= self._MAX:
                 self._made.clear()
@@ -722,16 +748,16 @@ class _Templates:
             return None
         made = self._made[key]
         if made is None:
-            made = self._made[key] = self._make(record)
+            made = self._made[key] = self._make(args)
         _witness, parts, names = made
         values = {
-            "approval_id": record.approval_id,
+            "approval_id": approval_id,
             "at": at,
-            "caller": record.caller,
-            "decision_id": record.decision_id,
+            "caller": caller,
+            "decision_id": decision_id,
             "prev": prev,
             "seq": seq,
-            "trace_id": record.trace_id,
+            "trace_id": trace_id,
         }
         encode = ENCODER.encode
         out = [parts[0]]
@@ -740,8 +766,8 @@ class _Templates:
             out.append(part)
         return "".join(out)
 
-    def _make(self, record: DecisionRecord) -> tuple[DecisionRecord, list[str], list[str]]:
-        doc = record.doc()
+    def _make(self, args: DecisionArgs) -> tuple[DecisionArgs, list[str], list[str]]:
+        doc = DecisionRecord.of(*args).doc()
         for name in self.PER_CALL:
             if name in doc or name in ("at", "prev", "seq"):
                 doc[name] = self._slots[name]
@@ -760,7 +786,7 @@ class _Templates:
             names.append(marks[mark])
             rest = rest[where + len(mark) :]
         parts.append(rest)
-        return record, parts, names
+        return args, parts, names
 
 
 def _entry_ms(entry_id: str) -> int:

@@ -186,11 +186,16 @@ class Telemetry:
         prometheus_port: int | None = None,
         closers: Sequence[Callable[[], None]] = (),
         exports_spans: bool = True,
+        exports_metrics: bool = True,
     ) -> None:
         self.tracer_provider = tracer_provider
         # Spans still carry trace ids when nothing exports them (the audit log links by trace
         # id); building their attributes would only cost each decision time for nothing.
         self.exports_spans = exports_spans
+        # Likewise the metrics: with no reader, recording one costs each decision more than
+        # its evaluation and is never seen.
+        self.exports_metrics = exports_metrics
+        self._verdict_labels: dict[str | enum.Enum, dict[str, str]] = {}
         self.meter_provider = meter_provider
         self.description = description
         self.prometheus_port = prometheus_port
@@ -265,6 +270,7 @@ class Telemetry:
             prometheus_port=setup.prometheus_port,
             closers=setup.closers,
             exports_spans=setup.exports_spans,
+            exports_metrics=setup.exports_metrics,
         )
 
     @classmethod
@@ -284,6 +290,7 @@ class Telemetry:
             MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False),
             description="test exporters",
             exports_spans=span_exporter is not None,
+            exports_metrics=metric_reader is not None,
         )
 
     @classmethod
@@ -295,6 +302,7 @@ class Telemetry:
             ),
             MeterProvider(resource=Resource.get_empty(), shutdown_on_exit=False),
             description="disabled",
+            exports_metrics=False,
         )
 
     def install_global(self) -> None:
@@ -384,8 +392,14 @@ class Telemetry:
 
     def record_decision(self, verdict: str | enum.Enum, duration_seconds: float) -> None:
         """Count one decision by verdict and record how long it took."""
+        if not self.exports_metrics:
+            return
         with self.shield("record decision"):
-            attributes = {"verdict": _label(verdict, VERDICTS)}
+            attributes = self._verdict_labels.get(verdict)
+            if attributes is None:  # a bounded set: the verdicts and "other"
+                attributes = {"verdict": _label(verdict, VERDICTS)}
+                if len(self._verdict_labels) < 64:
+                    self._verdict_labels[verdict] = attributes
             self._decisions.add(1, attributes)
             # A clock step can make a duration negative; a histogram must not receive that.
             if math.isfinite(duration_seconds) and duration_seconds >= 0:

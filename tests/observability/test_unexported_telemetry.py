@@ -1,4 +1,4 @@
-"""Calls served without an RPC span (nothing exports spans) still get the trace id it would have."""
+"""Calls served without an RPC span or metric reader do only the work that is seen."""
 
 from __future__ import annotations
 
@@ -146,3 +146,15 @@ def test_a_decision_without_exported_spans_is_audited_under_the_callers_trace(
     assert traces[:2] == [CALLER_TRACE, CALLER_TRACE]
     assert len(traces[2]) == 32
     assert traces[2] != CALLER_TRACE
+
+
+def test_metrics_are_recorded_only_when_something_reads_them() -> None:
+    quiet = Telemetry.from_env({"OTEL_METRICS_EXPORTER": "none", "OTEL_TRACES_EXPORTER": "none"})
+    read = Telemetry.from_env({"OTEL_METRICS_EXPORTER": "console", "OTEL_TRACES_EXPORTER": "none"})
+    try:
+        assert not quiet.exports_metrics
+        assert read.exports_metrics
+        assert not Telemetry.disabled().exports_metrics
+    finally:
+        quiet.shutdown(1.0)
+        read.shutdown(1.0)
