@@ -135,20 +135,24 @@ class Decisions:
                 held = self._approvals.apply(request, decision, decision_id)
                 decision, approval_id = held.decision, held.approval_id
             shadow = decided.decision.shadow  # the policy's own, before any approval step
-            span.set_decision(
-                decision_id=decision_id,
-                verdict=decision.verdict.name,
-                policy_revision=decision.policy_revision,
-                matched_rules=decision.matched_rules,
-                resource_kind=request.resource.kind,
-                action=request.action,
-                principal_id=request.principal.id,
-                principal_kind=request.principal.kind.value,
-                approval_id=approval_id,
-                errored_rules=decision.errored_rules,
-                shadow=None if shadow is None else (shadow.verdict.name, shadow.matched_rules),
-            )
-            self._telemetry.record_decision(decision.verdict.name, time.perf_counter() - started)
+            if span.records:
+                span.set_decision(
+                    decision_id=decision_id,
+                    verdict=decision.verdict.name,
+                    policy_revision=decision.policy_revision,
+                    matched_rules=decision.matched_rules,
+                    resource_kind=request.resource.kind,
+                    action=request.action,
+                    principal_id=request.principal.id,
+                    principal_kind=request.principal.kind.value,
+                    approval_id=approval_id,
+                    errored_rules=decision.errored_rules,
+                    shadow=None if shadow is None else (shadow.verdict.name, shadow.matched_rules),
+                )
+            if self._telemetry.exports_metrics:
+                self._telemetry.record_decision(
+                    decision.verdict.name, time.perf_counter() - started
+                )
             if self._audit is not None:
                 self._record(
                     decided,

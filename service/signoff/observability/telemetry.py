@@ -73,6 +73,13 @@ class DecisionSpan:
         self._shield = shield
         self._detailed = detailed
 
+    @property
+    def records(self) -> bool:
+        """Whether set_decision records anything: a caller may skip gathering its values."""
+        with self._shield("read span state"):
+            return self._detailed and self._span.is_recording()
+        return False
+
     def set_decision(
         self,
         decision_id: str,
