@@ -9,8 +9,8 @@ import uuid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from signoff.audit.chain import Canonical, canonical_json, rfc3339_ms
-from signoff.audit.log import AuditLog, DecisionArgs, _Templates
+from signoff.audit.chain import ENCODER, Canonical, canonical_json, rfc3339_ms
+from signoff.audit.log import AuditLog, DecisionArgs, _encode_scalar, _Templates
 from signoff.audit.record import DecisionRecord
 from signoff.engine.model import Decision, FieldMask, MaskOp, ShadowOutcome, Verdict
 from tests.audit.conftest import MakeLog
@@ -129,3 +129,8 @@ def test_a_submitted_decision_is_recorded_as_its_decision_record(make_log: MakeL
     want = DecisionRecord.of("id-1", enforced, policy, "apr_1", "ab" * 16, "spiffe://a", view)
     for name, value in want.doc().items():
         assert stored[name] == value
+
+
+@given(st.text() | st.integers(min_value=0))
+def test_spliced_values_are_encoded_as_the_canonical_encoder_does(value: str | int) -> None:
+    assert _encode_scalar(value) == ENCODER.encode(value)

@@ -768,10 +768,9 @@ class _Templates:
             "seq": seq,
             "trace_id": trace_id,
         }
-        encode = ENCODER.encode
         out = [parts[0]]
         for name, part in zip(names, parts[1:], strict=True):
-            out.append(encode(values[name]))
+            out.append(_encode_scalar(values[name]))
             out.append(part)
         return "".join(out)
 
@@ -796,6 +795,14 @@ class _Templates:
             rest = rest[where + len(mark) :]
         parts.append(rest)
         return args, parts, names
+
+
+def _encode_scalar(value: str | int) -> str:
+    """ENCODER.encode(value) for a str or int, quicker for the plain text ids are made of."""
+    if type(value) is str and value.isascii() and value.isprintable():
+        if '"' not in value and "\\" not in value:
+            return f'"{value}"'
+    return ENCODER.encode(value)
 
 
 def _entry_ms(entry_id: str) -> int:
