@@ -759,7 +759,7 @@ class _Templates:
         if made is None:
             made = self._made[key] = self._make(args)
         _witness, parts, names = made
-        values = {
+        values: dict[str, str | int] = {
             "approval_id": approval_id,
             "at": at,
             "caller": caller,
