@@ -19,11 +19,10 @@ from signoff.engine.compiled import Bundle
 from signoff.engine.evaluator import Engine
 from signoff.identity import CallerAuthenticator
 from signoff.observability import Telemetry
-from signoff.observability.telemetry import UNTRACED_SERVICES
 from signoff.server import convert
 from signoff.server.admin import PolicyAdminService
 from signoff.server.approvals import ApprovalService
-from signoff.server.parsing import RequestParsing
+from signoff.server.parsing import ParsingServer, RequestParsing
 from signoff.server.reload import POLICY_HEALTH, LoadStatus, PolicyReloader
 from signoff.server.service import DecisionService
 from signoff.server.tls import ServerTLS
@@ -105,22 +104,19 @@ def start(
     ]
     on_malformed = telemetry.record_malformed_request if telemetry is not None else _uncounted
     interceptors: list[grpc.ServerInterceptor] = []  # type: ignore[type-arg]
-    if telemetry is not None:
-        # Decisions are the hot path: when nothing exports spans they get no RPC span (its
-        # making costs more than the rest of the handler); their audit records still get the
-        # trace id it would have had (DecisionService.traced).
-        quiet = () if telemetry.exports_spans else (SERVICE_NAME,)
-        interceptors.append(
-            telemetry.server_interceptor(skip_services=(*UNTRACED_SERVICES, *quiet))
-        )
-    # Last, as it requires: the tracing span then covers a refused request too.
-    interceptors.append(RequestParsing(on_malformed))
+    if telemetry is not None and telemetry.exports_spans:
+        interceptors.append(telemetry.server_interceptor())
+    # When nothing exports spans no RPC gets one (nobody would see it): the server then has
+    # no interceptor, and grpc runs no interceptor pipeline per call. Decisions' audit records
+    # still get the trace id the span would have had (DecisionService.traced). Requests are
+    # parsed by their handlers either way (ParsingServer), inside the span when there is one.
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers),
         options=options,
         interceptors=interceptors,
         maximum_concurrent_rpcs=limits.max_concurrent_rpcs or None,
     )
+    registrar: Any = ParsingServer(server, RequestParsing(on_malformed))
     decisions = DecisionService(
         engine,
         hash_key_id=hash_key_id,
@@ -134,15 +130,13 @@ def start(
         on_malformed=on_malformed,
     )
     # Bytes in and out: the service parses (and encodes) only what its cache does not hold.
-    # grpc's generated code registers this way too; grpc-stubs predates the method.
-    register: Any = server.add_registered_method_handlers  # type: ignore[attr-defined]
-    register(SERVICE_NAME, decisions.method_handlers())
+    registrar.add_registered_method_handlers(SERVICE_NAME, decisions.method_handlers())
     names = [SERVICE_NAME]
     if approval_service is not None:
-        apb_grpc.add_ApprovalServiceServicer_to_server(approval_service, server)
+        apb_grpc.add_ApprovalServiceServicer_to_server(approval_service, registrar)
         names.append(APPROVAL_SERVICE_NAME)
     health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registrar)
     reloader = None
     if reloading is not None:
 
@@ -165,11 +159,11 @@ def start(
             on_status=on_status,
         )
         adb_grpc.add_PolicyAdminServiceServicer_to_server(
-            PolicyAdminService(reloader, reloading.auth), server
+            PolicyAdminService(reloader, reloading.auth), registrar
         )
         names.append(ADMIN_SERVICE_NAME)
     health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-    reflection.enable_server_reflection((*names, health_name, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection((*names, health_name, reflection.SERVICE_NAME), registrar)
     try:
         if tls is None:
             port = server.add_insecure_port(address)
