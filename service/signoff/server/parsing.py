@@ -119,7 +119,9 @@ class ParsingServer:
         register: Any = self._server.add_registered_method_handlers  # type: ignore[attr-defined]
         register(service, wrapped)
 
-    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler[Any, Any]]) -> None:
+    def add_generic_rpc_handlers(
+        self, handlers: Sequence[grpc.GenericRpcHandler[Any, Any]]
+    ) -> None:
         self._server.add_generic_rpc_handlers(
             tuple(_ParsingGeneric(handler, self._parsing) for handler in handlers)
         )
