@@ -801,9 +801,14 @@ class _Templates:
 
 def _encode_scalar(value: str | int) -> str:
     """ENCODER.encode(value) for a str or int, quicker for the plain text ids are made of."""
-    if type(value) is str and value.isascii() and value.isprintable():
-        if '"' not in value and "\\" not in value:
-            return f'"{value}"'
+    if (
+        isinstance(value, str)
+        and value.isascii()
+        and value.isprintable()
+        and '"' not in value
+        and "\\" not in value
+    ):
+        return f'"{value}"'
     return ENCODER.encode(value)
 
 
