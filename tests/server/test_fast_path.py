@@ -178,3 +178,19 @@ def test_decision_ids_are_version_4_uuids_in_their_usual_text() -> None:
         assert parsed.version == 4
         assert parsed.variant == uuid.RFC_4122
         assert str(parsed) == text
+
+
+@given(st.integers(min_value=0, max_value=2**64 - 1), st.binary(max_size=300))
+def test_hand_written_fields_parse_as_protobuf_writes_them(number: int, data: bytes) -> None:
+    text = data.decode("latin-1")
+    assert wire.string_field(3, text) == pb.ItemError(field=text).SerializeToString()
+    assert wire.varint(number) == _reference_varint(number)
+
+
+def _reference_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)

@@ -8,12 +8,23 @@ _LEN = 2  # wire type of strings, bytes and embedded messages
 
 def varint(value: int) -> bytes:
     """`value` (not negative) as a base-128 varint."""
+    if value < _KNOWN:
+        return _VARINTS[value]
+    return _encode_varint(value)
+
+
+def _encode_varint(value: int) -> bytes:
     out = bytearray()
     while value >= 0x80:
         out.append(value & 0x7F | 0x80)
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+# Tags and the lengths of most fields: looked up rather than encoded each time.
+_KNOWN = 4096
+_VARINTS = tuple(_encode_varint(n) for n in range(_KNOWN))
 
 
 def field(number: int, data: bytes) -> bytes:
