@@ -1,5 +1,4 @@
-"""Protobuf wire format by hand, for the few spots where building or parsing a message costs more
-than the bytes: slicing a batch's items, appending a field to encoded bytes."""
+"""Protobuf wire format by hand where a message costs more than its bytes: batch items, ids."""
 
 from __future__ import annotations
 
