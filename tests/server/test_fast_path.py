@@ -26,6 +26,7 @@ from tests.server.harness import (
     KEY_ID,
     TIMEOUT,
     allowed_read,
+    channel_to,
     check_request,
     cross_tenant_read,
     customers,
@@ -33,6 +34,7 @@ from tests.server.harness import (
     masked_export,
     prod_grant,
     rpc_error,
+    serving,
 )
 
 
@@ -194,3 +196,20 @@ def _reference_varint(value: int) -> bytes:
         out.append(byte | (0x80 if value else 0))
         if not value:
             return bytes(out)
+
+
+def test_an_oversized_batch_with_a_malformed_item_is_refused_as_malformed() -> None:
+    good, bad = allowed_read().SerializeToString(), b"\x12\x03\xff\xfe\xfd"
+    too_many = wire.field(1, good) * 3
+    with (
+        serving(limits=convert.Limits(max_batch_items=2)) as running,
+        channel_to(running.port) as channel,
+    ):
+        call = channel.unary_unary("/signoff.v1.DecisionService/CheckBatch", None, None)
+        refused = rpc_error(lambda: call(too_many, timeout=TIMEOUT))
+        assert refused.details() == "invalid request: items: at most 2 items per batch"
+        malformed = rpc_error(lambda: call(too_many + wire.field(1, bad), timeout=TIMEOUT))
+    assert malformed.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert malformed.details() == (
+        "invalid request: request: not a valid signoff.v1.CheckBatchRequest message"
+    )

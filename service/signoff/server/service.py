@@ -118,14 +118,14 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
             if items is None:  # not plainly laid out: protobuf says whether it is valid at all
                 parsed = self._parse_batch(raw)
                 items = [item.SerializeToString() for item in parsed.items]
-            limit = self._limits.max_batch_items
-            if len(items) > limit:
-                raise InvalidRequest("items", f"at most {limit} items per batch")
             decisions = self._decisions  # every item on the bundle the batch started with
             if parsed is None and any(decisions.lookup(item) is None for item in items):
                 # Parsed whole, as one message, so validity is exactly protobuf's (nesting
                 # limits count from the batch), and a batch with any bad item decides nothing.
                 parsed = self._parse_batch(raw)
+            limit = self._limits.max_batch_items
+            if len(items) > limit:  # after parsing: malformed bytes are refused as such first
+                raise InvalidRequest("items", f"at most {limit} items per batch")
             messages: list[Any] = list(parsed.items) if parsed is not None else []
             caller, trace_id = self._caller(context), self._trace_id(CHECK_BATCH, context)
             out = bytearray()
