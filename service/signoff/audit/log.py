@@ -742,7 +742,7 @@ class _Templates:
         # Keyed by the identities of the decisions and the request view; the value holds the
         # arguments first seen, so those objects live, and their ids are not reused, while
         # it is kept. Decisions are frozen and a view is a str: the same objects, the same text.
-        self._made: dict[tuple[int, int, int, bool], tuple[Any, list[str], list[str]] | None] = {}
+        self._made: dict[tuple[int, int, int, bool], tuple[Any, str, bool] | None] = {}
         self._slots = {name: SLOT.format(f"field-{name}") for name in self.PER_CALL}
 
     def encode(self, args: DecisionArgs, at: str, seq: int, prev: str) -> str | None:
@@ -760,23 +760,42 @@ class _Templates:
         made = self._made[key]
         if made is None:
             made = self._made[key] = self._make(args)
-        _witness, parts, names = made
-        values: dict[str, str | int] = {
-            "approval_id": approval_id,
-            "at": at,
-            "caller": caller,
-            "decision_id": decision_id,
-            "prev": prev,
-            "seq": seq,
-            "trace_id": trace_id,
-        }
-        out = [parts[0]]
-        for name, part in zip(names, parts[1:], strict=True):
-            out.append(_encode_scalar(values[name]))
-            out.append(part)
-        return "".join(out)
+        _witness, text, with_caller = made
+        # The fields in canonical (sorted) order; `at`, `prev` and `seq` are the writer's own
+        # plain text and number.
+        if with_caller:
+            return text.format(
+                _encode_scalar(approval_id),
+                at,
+                _encode_scalar(caller),
+                _encode_scalar(decision_id),
+                prev,
+                seq,
+                _encode_scalar(trace_id),
+            )
+        return text.format(
+            _encode_scalar(approval_id),
+            at,
+            _encode_scalar(decision_id),
+            prev,
+            seq,
+            _encode_scalar(trace_id),
+        )
 
-    def _make(self, args: DecisionArgs) -> tuple[DecisionArgs, list[str], list[str]]:
+    def _make(self, args: DecisionArgs) -> tuple[DecisionArgs, str, bool]:
+        """The record's canonical JSON as a str.format template, its fields in PER_CALL order
+        (`at` and `prev` with their quotes around the placeholder)."""
+        _witness, parts, names = self._split(args)
+        expected = [n for n in self.PER_CALL if n in names]
+        if names != expected:  # canonical JSON sorts keys: never, unless that changes
+            raise AssertionError(f"audit record fields out of order: {names}")
+        out = [_braces(parts[0])]
+        for name, part in zip(names, parts[1:], strict=True):
+            out.append('"{}"' if name in ("at", "prev") else "{}")
+            out.append(_braces(part))
+        return args, "".join(out), "caller" in names
+
+    def _split(self, args: DecisionArgs) -> tuple[DecisionArgs, list[str], list[str]]:
         doc = DecisionRecord.of(*args).doc()
         for name in self.PER_CALL:
             if name in doc or name in ("at", "prev", "seq"):
@@ -797,6 +816,10 @@ class _Templates:
             rest = rest[where + len(mark) :]
         parts.append(rest)
         return args, parts, names
+
+
+def _braces(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
 
 
 def _encode_scalar(value: str | int) -> str:
