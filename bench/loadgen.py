@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import multiprocessing
 import os
 import statistics
 import threading
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
@@ -89,7 +90,7 @@ def _cpu(pids: list[int]) -> dict[int, float]:
 def _worker(
     target: str,
     method: str,
-    payload: bytes,
+    payload: bytes | Sequence[bytes],
     threads: int,
     warmup: float,
     seconds: float,
@@ -111,29 +112,32 @@ def _worker(
     warmed = threading.Barrier(threads + 1)
     latencies = [array("d") for _ in range(threads)]
     errors: list[dict[str, int]] = [{} for _ in range(threads)]
+    bodies = [payload] if isinstance(payload, bytes) else list(payload)
+    turns = [itertools.cycle(bodies[i * len(bodies) // threads :] + bodies) for i in range(threads)]
 
-    def once(call: Any) -> str | None:
+    def once(call: Any, body: bytes) -> str | None:
         """One call; the status code's name when it failed."""
         try:
-            call(payload, timeout=30)
+            call(body, timeout=30)
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else None
             return code.name if code is not None else "UNKNOWN"
         return None
 
     def run(i: int) -> None:
-        lat, errs, call = latencies[i], errors[i], calls[i % len(calls)]
+        lat, errs, call, turn = latencies[i], errors[i], calls[i % len(calls)], turns[i]
         end = time.monotonic() + warmup
         while time.monotonic() < end:
-            failed = once(call)
+            failed = once(call, next(turn))
             if failed:
                 errs[f"{failed} (warm-up)"] = errs.get(f"{failed} (warm-up)", 0) + 1
         warmed.wait()
         start.wait()
         end = time.monotonic() + seconds
         while time.monotonic() < end:
+            body = next(turn)
             t0 = time.perf_counter()
-            failed = once(call)
+            failed = once(call, body)
             if failed:
                 errs[failed] = errs.get(failed, 0) + 1
             else:
@@ -165,7 +169,7 @@ def _worker(
 def run(
     target: str,
     method: str,
-    payload: bytes,
+    payload: bytes | Sequence[bytes],
     concurrency: int,
     seconds: float,
     pids: Callable[[], list[int]],
@@ -173,6 +177,7 @@ def run(
     processes: int = 2,
 ) -> Result:
     """`concurrency` callers (threads spread over `processes` spawned processes) send `payload`
+    (or each of a sequence of payloads in turn, each caller from its own place in it)
     to `method` on `target` for `seconds` after `warmup`; returns throughput, latency and the
     server CPU spent in the measured window, summed over `pids()` (read at start and end)."""
     ctx = multiprocessing.get_context("spawn")  # never fork a process holding gRPC state

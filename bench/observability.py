@@ -1,36 +1,40 @@
-"""Decision throughput and server CPU per check with tracing + audit on vs off, one run.
+"""Decision throughput and server CPU with tracing exported and audit on vs both off, one run.
 
-Each configuration is a `signoff serve` process; they are measured alternately (A B A B ...)
-with the same load generator, and the medians and their ratio are printed. "On" exports
-every span over OTLP/gRPC to a local collector process that accepts and discards them, and
-writes every decision to the audit trail in Redis; "off" does neither.
+Two `signoff serve` processes on the comparison workload, measured alternately (A B A B ...)
+by the same load generator (bench/loadgen.py), medians compared. "On" exports every span over
+OTLP/gRPC to a local collector (a real OTLP receiver built from opentelemetry-proto's stubs,
+in its own process, counting what it receives) and writes every decision to the audit trail
+in Redis; "off" does neither. Target: throughput with both on >= 0.85x of both off.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import multiprocessing
 import os
 import statistics
-import subprocess
-import sys
-import time
-import uuid
+import tempfile
 from concurrent import futures
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+from bench import loadgen, targets, workload
+from bench.signoff_server import SignoffServer, start_signoff
+
+LIMIT = 0.85
 
 
-def collector(port_queue: Any) -> None:
-    """A minimal OTLP trace receiver: accepts every export and drops it."""
+def collector(port_queue: Any, spans: Any, stop: Any) -> None:
+    """An OTLP trace receiver that accepts every export, counts its spans and drops them."""
     import grpc
     from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
     class Sink(trace_service_pb2_grpc.TraceServiceServicer):
         def Export(self, request: Any, context: Any) -> Any:
+            count = sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
+            with spans.get_lock():
+                spans.value += count
             return trace_service_pb2.ExportTraceServiceResponse()
 
     server = grpc.server(
@@ -40,155 +44,160 @@ def collector(port_queue: Any) -> None:
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     port_queue.put(port)
-    server.wait_for_termination()
+    stop.wait()
+    server.stop(1).wait()
 
 
-def load(port: int, threads: int, seconds: float, out: Any) -> None:
-    """Unary Checks from `threads` threads for `seconds`; puts the number completed."""
-    import threading
+def configs(collector_port: int) -> dict[str, tuple[bool, dict[str, str]]]:
+    """Each configuration: audit on or off, and its telemetry environment."""
+    return {
+        "on": (
+            True,
+            {
+                "OTEL_TRACES_EXPORTER": "otlp",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector_port}",
+                "OTEL_EXPORTER_OTLP_INSECURE": "true",
+            },
+        ),
+        "off": (False, {"OTEL_TRACES_EXPORTER": "none"}),
+    }
 
+
+def _answers_ok(server: SignoffServer) -> bool:
+    """The measured request gets the expected verdict (a wrong answer is no failed call)."""
     import grpc
-    from google.protobuf import struct_pb2
 
     from signoff.v1 import signoff_pb2 as pb
-    from signoff.v1 import signoff_pb2_grpc as pb_grpc
 
-    attrs = struct_pb2.Struct()
-    attrs.update({"tenant": "acme"})
-    request = pb.CheckRequest(
-        principal=pb.Principal(
-            id="alice@acme.io", kind=pb.PRINCIPAL_KIND_HUMAN, roles=["analyst"], attributes=attrs
-        ),
-        action="export",
-        resource=pb.Resource(
-            kind="customer_table",
-            id="crm.customers",
-            attributes=attrs,
-            fields=[pb.Field(path="customers.*.email", tags=["pii.email"])],
-        ),
-        context=pb.Context(environment="prod"),
-    )
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    stub = pb_grpc.DecisionServiceStub(channel)
-    stub.Check(request, timeout=10)
-    done = [0] * threads
-    deadline = time.monotonic() + seconds
-
-    def worker(i: int) -> None:
-        while time.monotonic() < deadline:
-            stub.Check(request, timeout=10)
-            done[i] += 1
-
-    workers = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    channel.close()
-    out.put(sum(done))
+    case = workload.hot_case()
+    want = workload.decide(case.principal, case.resource, "export")
+    with grpc.insecure_channel(server.target) as channel:
+        check = channel.unary_unary(workload.SIGNOFF_CHECK, None, None)
+        raw = check(workload.payloads().signoff_check, timeout=10)
+    got = pb.Verdict.Name(pb.CheckResponse.FromString(raw).verdict).removeprefix("VERDICT_")
+    return bool(got == want)
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def serve(env: dict[str, str]) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "signoff.cli",
-            "serve",
-            "--address",
-            "127.0.0.1:0",
-            "--rules",
-            str(REPO / "rules"),
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    return proc, int(line.split()[3].rsplit(":", 1)[1])
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--clients", type=int, default=2, help="load processes")
-    parser.add_argument("--threads", type=int, default=8, help="threads per load process")
-    args = parser.parse_args()
+def measure(
+    rounds: int = 3, seconds: float = 4.0, warmup: float = 1.0, concurrency: int = 16
+) -> dict[str, Any]:
+    """Medians per configuration, their ratios, and the spans the collector received."""
     ctx = multiprocessing.get_context("spawn")  # never fork a process holding gRPC state
-    ports = ctx.Queue()
-    sink = ctx.Process(target=collector, args=(ports,), daemon=True)
+    ports, spans, stop = ctx.Queue(), ctx.Value("q", 0), ctx.Event()
+    sink = ctx.Process(target=collector, args=(ports, spans, stop), daemon=True)
     sink.start()
-    collector_port = ports.get(timeout=30)
-    prefix = f"signoff:bench:{uuid.uuid4().hex[:8]}:"
-    base = {
-        **os.environ,
-        "SIGNOFF_HASH_KEY": "bench-secret-bench-secret-bench-secret-0123",
-        "SIGNOFF_LOG_LEVEL": "WARNING",
-        "SIGNOFF_REDIS_PREFIX": prefix,
-        "SIGNOFF_JWKS": "",
-    }
-    configs = {
-        "on": {
-            **base,
-            "SIGNOFF_AUDIT": "on",
-            "OTEL_TRACES_EXPORTER": "otlp",
-            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector_port}",
-            "OTEL_EXPORTER_OTLP_INSECURE": "true",
-        },
-        "off": {**base, "SIGNOFF_AUDIT": "off", "OTEL_TRACES_EXPORTER": "none"},
-    }
-    servers = {name: serve(env) for name, env in configs.items()}
-    results: dict[str, list[tuple[float, float]]] = {name: [] for name in configs}
+    rules = Path(tempfile.mkdtemp(prefix="signoff-observability-"))
+    workload.write_signoff_rules(rules)
+    servers: dict[str, SignoffServer] = {}
+    runs: dict[str, list[loadgen.Result]] = {}
     try:
-        for _ in range(args.rounds):
-            for name, (proc, port) in servers.items():
-                outq = ctx.Queue()
-                loaders = [
-                    ctx.Process(target=load, args=(port, args.threads, args.seconds, outq))
-                    for _ in range(args.clients)
-                ]
-                cpu0 = cpu_seconds(proc.pid)
-                t0 = time.monotonic()
-                for p in loaders:
-                    p.start()
-                total = sum(outq.get(timeout=args.seconds + 60) for _ in loaders)
-                for p in loaders:
-                    p.join()
-                wall = time.monotonic() - t0
-                cpu = cpu_seconds(proc.pid) - cpu0
-                results[name].append((total / wall, cpu / total * 1e6))
+        port = ports.get(timeout=60)
+        for name, (audit, env) in configs(port).items():
+            servers[name] = start_signoff(rules, audit, env=env)
+            if not _answers_ok(servers[name]):
+                raise AssertionError(f"signoff ({name}) answered the measured request wrongly")
+        runs = {name: [] for name in servers}
+        payload = workload.payloads().signoff_check
+        for _ in range(rounds):
+            for name, server in servers.items():
+                res = loadgen.run(
+                    server.target,
+                    workload.SIGNOFF_CHECK,
+                    payload,
+                    concurrency,
+                    seconds,
+                    functools.partial(loadgen.process_tree, server.pid),
+                    warmup,
+                )
+                if not res.ok:
+                    raise AssertionError(f"signoff ({name}) failed calls: {res.error_codes}")
+                runs[name].append(res)
+        servers["on"].stop()  # flushes its spans to the collector before they are counted
     finally:
-        for proc, _ in servers.values():
-            proc.terminate()
-            proc.wait(timeout=10)
-        sink.terminate()
-        import redis
+        for server in servers.values():
+            server.stop()
+        stop.set()
+        sink.join(10)
+        if sink.is_alive():
+            sink.kill()
+    med = {
+        name: {
+            "checks_per_s": statistics.median(r.rps for r in results),
+            "cpu_us_per_check": statistics.median(r.cpu_us_per_call() for r in results),
+            "p99_ms": statistics.median(r.p99_ms for r in results),
+        }
+        for name, results in runs.items()
+    }
+    return {
+        "concurrency": concurrency,
+        "rounds": rounds,
+        "seconds": seconds,
+        "medians": med,
+        "throughput_ratio": med["on"]["checks_per_s"] / med["off"]["checks_per_s"],
+        "cpu_ratio": med["on"]["cpu_us_per_check"] / med["off"]["cpu_us_per_check"],
+        "spans_received": spans.value,
+    }
 
-        client = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
-    conc = args.clients * args.threads
-    print(f"unary Check (MASK), concurrency {conc}, {args.rounds} rounds A B of {args.seconds} s")
-    print(f"{'tracing+audit':<14} {'checks/s (median)':>18} {'server CPU µs/check (median)':>30}")
-    med = {}
-    for name, rows in results.items():
-        rps = statistics.median(r for r, _ in rows)
-        cpu = statistics.median(c for _, c in rows)
-        med[name] = (rps, cpu)
-        print(f"{name:<14} {rps:>18.0f} {cpu:>30.0f}")
-    print(
-        f"ratio on/off: throughput {med['on'][0] / med['off'][0]:.2f}x, "
-        f"server CPU per check {med['on'][1] / med['off'][1]:.2f}x"
+
+def section(quick: bool = False) -> targets.Section:
+    """The tracing + audit overhead target for `make bench`; quick: tiny runs, still checked."""
+    if quick:
+        return section_of(measure(rounds=1, seconds=0.3, warmup=0.1, concurrency=2))
+    return section_of(measure())
+
+
+def section_of(data: dict[str, Any]) -> targets.Section:
+    """The target and table of one measurement."""
+    if data["spans_received"] == 0:
+        raise AssertionError("tracing was on but the collector received no span")
+    on, off = data["medians"]["on"], data["medians"]["off"]
+    target = targets.ratio_target(
+        f"unary Check throughput, tracing exported (OTLP) + audit on vs both off, "
+        f"concurrency {data['concurrency']}",
+        on["checks_per_s"],
+        off["checks_per_s"],
+        "checks/s",
+        LIMIT,
+        at_most=False,
     )
+    markdown = "\n".join(
+        [
+            f"Unary Check at concurrency {data['concurrency']}, medians of {data['rounds']} "
+            f"alternating rounds of {data['seconds']} s; {data['spans_received']} spans "
+            "received by the local OTLP collector. Command: `python -m bench.observability`.",
+            "",
+            "| tracing + audit | checks/s | server CPU µs/check | p99 ms |",
+            "| --- | --- | --- | --- |",
+            *(
+                f"| {name} | {m['checks_per_s']:.0f} | {m['cpu_us_per_check']:.0f} "
+                f"| {m['p99_ms']:.2f} |"
+                for name, m in data["medians"].items()
+            ),
+            f"| ratio on/off | {data['throughput_ratio']:.2f}x | {data['cpu_ratio']:.2f}x | |",
+        ]
+    )
+    return targets.Section(
+        "Tracing and audit overhead", [target], markdown, {"observability": data}
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny runs, answers still checked")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args(argv)
+    if args.quick:
+        result = section(quick=True)
+    else:
+        data = measure(args.rounds, args.seconds, concurrency=args.concurrency)
+        result = section_of(data)
+    print(result.markdown)
+    for t in result.targets:
+        print(f"{'PASS' if t.passed else 'FAIL'}  {t.name}: {t.measured} (limit {t.limit})")
+    print(f"{os.cpu_count()} cores shared by the servers, the collector and the load")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import os
 import select
 import subprocess
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,21 +62,29 @@ class SignoffServer:
 
 
 def start_signoff(
-    rules: Path, audit: bool = True, *extra: str, timeout: float = 60.0
+    rules: Path,
+    audit: bool = True,
+    *extra: str,
+    timeout: float = 60.0,
+    env: Mapping[str, str] | None = None,
 ) -> SignoffServer:
     """`signoff serve` on `rules` with `extra` options, on a free loopback port; waits for its
-    ready line."""
+    ready line. `env` overrides its environment (e.g. OTEL_TRACES_EXPORTER)."""
     prefix = f"signoff:bench:{uuid.uuid4().hex[:12]}:"
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    env = {
+    variables = {
         **os.environ,
         "SIGNOFF_HASH_KEY": HASH_KEY,
         "SIGNOFF_REDIS_PREFIX": prefix,
         "SIGNOFF_JWKS": "",
         "SIGNOFF_LOG_LEVEL": "WARNING",
         "SIGNOFF_AUDIT": "on" if audit else "off",
+        # The gRPC service is what is measured; its HTTP gateway would take port 8080, which
+        # another server on the machine may hold.
+        "SIGNOFF_HTTP_ADDRESS": "off",
         "OTEL_TRACES_EXPORTER": "none",
         "OTEL_METRICS_EXPORTER": "none",
+        **(env or {}),
     }
     proc = subprocess.Popen(
         [
@@ -89,7 +98,7 @@ def start_signoff(
             str(rules),
             *extra,
         ],
-        env=env,
+        env=variables,
         stdout=subprocess.PIPE,
         text=True,
         cwd=REPO,

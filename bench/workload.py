@@ -13,6 +13,7 @@ the systems' differing treatment of missing attributes never comes into play.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from collections import defaultdict
@@ -725,6 +726,43 @@ def payloads() -> Payloads:
         cerbos_1x3=cerbos_request(p, hot).SerializeToString(),
         cerbos_20x3=cerbos_request(p, many).SerializeToString(),
     )
+
+
+def distinct_resources(k: int, n: int = 20) -> list[Resource]:
+    """The load's `n` resources under ids of their own for `k` (ids decide nothing)."""
+    return [dataclasses.replace(r, id=f"{r.id}.{k}") for r in load_resources(n)]
+
+
+def distinct_batches(n: int) -> list[tuple[bytes, bytes]]:
+    """`n` different 20 x 3 requests as (signoff CheckBatch, Cerbos CheckResources) bytes: no
+    request repeats, so no decision cache can answer one."""
+    out = []
+    for k in range(n):
+        resources = distinct_resources(k)
+        out.append(
+            (
+                signoff_batch(HOT_PRINCIPAL, resources).SerializeToString(),
+                cerbos_request(HOT_PRINCIPAL, resources).SerializeToString(),
+            )
+        )
+    return out
+
+
+def batch_verdicts_ok(
+    raw_response: bytes, resources: Sequence[Resource], rules_total: int = 30
+) -> bool:
+    """Whether a signoff CheckBatch response to the hot principal's batch over `resources`
+    (every action, resource-major) holds exactly the expected verdicts."""
+    want = [decide(HOT_PRINCIPAL, r, a, rules_total) for r in resources for a in ACTIONS]
+    return _batch_verdicts(raw_response) == want
+
+
+def cerbos_verdicts_ok(
+    raw_response: bytes, resources: Sequence[Resource], rules_total: int = 30
+) -> bool:
+    """As batch_verdicts_ok, for Cerbos's CheckResources answer to the same request."""
+    want = [decide(HOT_PRINCIPAL, r, a, rules_total) for r in resources for a in ACTIONS]
+    return _cerbos_verdicts(raw_response, resources, ACTIONS) == want
 
 
 # -------------------------------------------------------------------------------- verification

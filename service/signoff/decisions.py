@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
@@ -12,7 +13,6 @@ from typing import Any, NamedTuple, Protocol
 from signoff.approvals.service import Approvals
 from signoff.audit import AuditLog
 from signoff.audit.chain import Canonical
-from signoff.audit.record import DecisionRecord
 from signoff.engine.evaluator import Engine
 from signoff.engine.model import Decision, Request, Verdict
 from signoff.errors import InvalidRequest, StoreUnavailable
@@ -20,6 +20,36 @@ from signoff.observability import Telemetry
 from signoff.views import Views
 
 log = logging.getLogger("signoff.decisions")
+
+
+# uuid4's version and variant bits: 0100 in the time_hi nibble, 10 at the top of clock_seq.
+_V4_CLEAR = ~((0xF000 << 64) | (0xC << 60))
+_V4_SET = (0x4000 << 64) | (0x8 << 60)
+
+
+class _Randomness(threading.local):
+    """os.urandom's bytes, drawn 4 KiB at a time per thread: each draw is a system call that
+    costs (on a busy machine) more than the rest of a cached decision."""
+
+    def __init__(self) -> None:
+        self.pool = b""
+        self.used = 0
+
+    def take16(self) -> bytes:
+        if self.used + 16 > len(self.pool):
+            self.pool, self.used = os.urandom(4096), 0
+        start = self.used
+        self.used = start + 16
+        return self.pool[start : start + 16]
+
+
+_RANDOM = _Randomness()
+
+
+def new_decision_id() -> str:
+    """`str(uuid.uuid4())` without making the UUID object: the same randomness and text."""
+    h = (int.from_bytes(_RANDOM.take16()) & _V4_CLEAR | _V4_SET).to_bytes(16).hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 @dataclass
@@ -49,6 +79,9 @@ class Outcome(NamedTuple):
     decision: Decision  # after the approval step; what the caller must do
     decision_id: str
     approval_id: str = ""
+    # Where a surface may keep what it derives from the decision for the request's repeats
+    # (e.g. its encoded response); None when the approval step made this call's own decision.
+    derived: dict[str, Any] | None = None
 
 
 class Fresh:
@@ -100,9 +133,12 @@ class Decisions:
         *,
         caller: str = "",
         item_index: int | None = None,
+        trace_id: str | None = None,
     ) -> Outcome:
         """The answer to the request `parse` yields (`key` its encoding, for `source`'s cache).
-        InvalidRequest from `parse` marks the span and propagates."""
+        InvalidRequest from `parse` marks the span and propagates. `trace_id` is the trace the
+        call belongs to when the surface knows it without a current span (see
+        Telemetry.untraced_trace_id); by default it is read from the current span."""
         started = time.perf_counter()
         with self._telemetry.decision_span(item_index=item_index) as span:
             try:
@@ -111,7 +147,7 @@ class Decisions:
                 span.set_error("INVALID_ARGUMENT")
                 raise
             request, decision = decided.request, decided.decision
-            decision_id = str(uuid.uuid4())
+            decision_id = new_decision_id()
             approval_id = ""
             if decision.verdict is Verdict.REQUIRE_APPROVAL:
                 if self._approvals is None:
@@ -119,23 +155,32 @@ class Decisions:
                 held = self._approvals.apply(request, decision, decision_id)
                 decision, approval_id = held.decision, held.approval_id
             shadow = decided.decision.shadow  # the policy's own, before any approval step
-            span.set_decision(
-                decision_id=decision_id,
-                verdict=decision.verdict.name,
-                policy_revision=decision.policy_revision,
-                matched_rules=decision.matched_rules,
-                resource_kind=request.resource.kind,
-                action=request.action,
-                principal_id=request.principal.id,
-                principal_kind=request.principal.kind.value,
-                approval_id=approval_id,
-                errored_rules=decision.errored_rules,
-                shadow=None if shadow is None else (shadow.verdict.name, shadow.matched_rules),
-            )
-            self._telemetry.record_decision(decision.verdict.name, time.perf_counter() - started)
+            if span.records:
+                span.set_decision(
+                    decision_id=decision_id,
+                    verdict=decision.verdict.name,
+                    policy_revision=decision.policy_revision,
+                    matched_rules=decision.matched_rules,
+                    resource_kind=request.resource.kind,
+                    action=request.action,
+                    principal_id=request.principal.id,
+                    principal_kind=request.principal.kind.value,
+                    approval_id=approval_id,
+                    errored_rules=decision.errored_rules,
+                    shadow=None if shadow is None else (shadow.verdict.name, shadow.matched_rules),
+                )
+            if self._telemetry.exports_metrics:
+                self._telemetry.record_decision(
+                    decision.verdict.name, time.perf_counter() - started
+                )
             if self._audit is not None:
                 self._record(
-                    decided, decision, decision_id, approval_id, span.trace_id_hex(), caller
+                    decided,
+                    decision,
+                    decision_id,
+                    approval_id,
+                    span.trace_id_hex() if trace_id is None else trace_id,
+                    caller,
                 )
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
@@ -145,7 +190,8 @@ class Decisions:
                     ",".join(decision.matched_rules) or "-",
                     decision.policy_revision[:12],
                 )
-            return Outcome(decision, decision_id, approval_id)
+            kept = decided.derived if decision is decided.decision else None
+            return Outcome(decision, decision_id, approval_id, kept)
 
     def _record(
         self,
@@ -159,16 +205,15 @@ class Decisions:
         """Queue the decision's audit record; the request goes in only as its audit view."""
         assert self._audit is not None
         try:
-            self._audit.submit(
-                DecisionRecord.of(
-                    decision_id,
-                    decision,
-                    decided.decision,
-                    approval_id,
-                    trace_id,
-                    caller,
-                    self._audit_view(decided, decision),
-                )
+            # What DecisionRecord.of takes; the writer thread makes the record.
+            self._audit.submit_decision(
+                decision_id,
+                decision,
+                decided.decision,
+                approval_id,
+                trace_id,
+                caller,
+                self._audit_view(decided, decision),
             )
         except Exception as exc:  # the record is lost, the decision must not be
             log.error("audit record for %s not queued: %s", decision_id, type(exc).__name__)

@@ -25,13 +25,14 @@ def audit_key(root: bytes) -> bytes:
     return derive(root, "audit")
 
 
-_ENCODER = json.JSONEncoder(
+# The one canonical encoder; the audit writer also encodes single values with it.
+ENCODER = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
 )
 # Stands in for a Canonical value while the rest of a record is encoded. A NUL cannot occur
 # in canonical text except escaped, and the random part cannot be guessed by a caller who
 # would like their own string replaced by text of their choosing.
-_SLOT = "\x00" + secrets.token_hex(16) + "-{}\x00"
+SLOT = "\x00" + secrets.token_hex(16) + "-{}\x00"
 
 
 class Canonical(str):
@@ -59,15 +60,15 @@ def canonical_json(value: Any) -> str:
         plain = {}
         for k, v in value.items():
             if type(v) is Canonical:
-                slot = _SLOT.format(len(slots))
-                slots[_ENCODER.encode(slot)] = v
+                slot = SLOT.format(len(slots))
+                slots[ENCODER.encode(slot)] = v
                 v = slot
             plain[k] = v
-        text = _ENCODER.encode(plain)
+        text = ENCODER.encode(plain)
         for slot, raw in slots.items():
             text = text.replace(slot, raw, 1)
         return text
-    return _ENCODER.encode(value)
+    return ENCODER.encode(value)
 
 
 class Hasher:

@@ -49,6 +49,8 @@ class Setup:
     closers: list[Callable[[], None]] = field(default_factory=list)
     # False when spans go nowhere: their attributes need not be built.
     exports_spans: bool = True
+    # False when no reader reads the metrics (nor Prometheus): nothing need be recorded.
+    exports_metrics: bool = True
 
 
 def from_env(env: Mapping[str, str], *, service_name: str, prometheus_address: str | None) -> Setup:
@@ -83,7 +85,13 @@ def from_env(env: Mapping[str, str], *, service_name: str, prometheus_address: s
     meter_provider = MeterProvider(
         resource=resource, metric_readers=readers, shutdown_on_exit=False
     )
-    setup = Setup(tracer_provider, meter_provider, "", exports_spans=bool(traces))
+    setup = Setup(
+        tracer_provider,
+        meter_provider,
+        "",
+        exports_spans=bool(traces),
+        exports_metrics=bool(readers),
+    )
     parts = [
         f"traces: {_describe(traces, trace_protocol)}",
         f"metrics: {_describe(metrics, metric_protocol)}",

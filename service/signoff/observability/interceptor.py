@@ -10,11 +10,13 @@ import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagators.textmap import TextMapPropagator
+from opentelemetry.sdk.trace.sampling import DEFAULT_ON
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from signoff.observability.guard import Shield
 
 _OK = grpc.StatusCode.OK
+DEFAULT_DESCRIPTION: str = DEFAULT_ON.get_description()  # type: ignore[no-untyped-call]
 _Behavior = Callable[[Any, grpc.ServicerContext], Any]
 
 
@@ -33,6 +35,7 @@ class ServerTracing(grpc.ServerInterceptor):  # type: ignore[type-arg]
         self._propagator = propagator
         self._shield = shield
         self._skip = frozenset(skip_services)
+        self._default_sampler: bool | None = None
 
     def intercept_service(
         self,
@@ -81,6 +84,50 @@ class ServerTracing(grpc.ServerInterceptor):  # type: ignore[type-arg]
             )
             return _Call(span, trace.set_span_in_context(span, parent), self._shield)
         return None
+
+    def trace_id(self, full: str, service: str, method: str, metadata: Any) -> str:
+        """The trace id (32 hex digits, "" when unsampled) that `start` would give the call's
+        span, without making one: for calls served untraced because nothing exports spans,
+        whose audit records still link to the caller's trace as they did with the span."""
+        with self._shield("trace id of an untraced RPC"):
+            carrier = _carrier(metadata)
+            tracer: Any = self._tracer
+            sampler, ids = getattr(tracer, "sampler", None), getattr(tracer, "id_generator", None)
+            if (
+                ids is not None
+                and "traceparent" not in carrier
+                and self._samples_roots(sampler)
+                and tracer._is_enabled()
+            ):
+                # No caller trace, and new traces are all sampled: a new random id, which is
+                # all the sampler would say (its answer costs more than the rest).
+                return trace.format_trace_id(ids.generate_trace_id())
+            parent = self._propagator.extract(carrier) if carrier else None
+            if sampler is None or ids is None:  # not the SDK's tracer: ask a real span
+                span = self._tracer.start_span(full, context=parent, kind=SpanKind.SERVER)
+                span.end()
+                return _sampled_id(span.get_span_context())
+            enabled = getattr(tracer, "_is_enabled", None)
+            if enabled is not None and not enabled():
+                return ""
+            known = trace.get_current_span(parent).get_span_context()
+            trace_id = known.trace_id if known.is_valid else ids.generate_trace_id()
+            attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
+            sampled = sampler.should_sample(parent, trace_id, full, SpanKind.SERVER, attributes)
+            return trace.format_trace_id(trace_id) if sampled.decision.is_sampled() else ""
+        return ""
+
+    def _samples_roots(self, sampler: object) -> bool:
+        """Whether `sampler` (the tracer's, fixed for its life) is the SDK's default: every
+        new trace sampled, callers' traces followed. Only its answer is known without asking."""
+        if self._default_sampler is None:
+            describe: Any = getattr(sampler, "get_description", None)
+            self._default_sampler = callable(describe) and describe() == DEFAULT_DESCRIPTION
+        return self._default_sampler
+
+
+def _sampled_id(ctx: trace.SpanContext) -> str:
+    return trace.format_trace_id(ctx.trace_id) if ctx.is_valid and ctx.trace_flags.sampled else ""
 
 
 class _Rpc:

@@ -73,6 +73,13 @@ class DecisionSpan:
         self._shield = shield
         self._detailed = detailed
 
+    @property
+    def records(self) -> bool:
+        """Whether set_decision records anything: a caller may skip gathering its values."""
+        with self._shield("read span state"):
+            return self._detailed and self._span.is_recording()
+        return False
+
     def set_decision(
         self,
         decision_id: str,
@@ -186,17 +193,23 @@ class Telemetry:
         prometheus_port: int | None = None,
         closers: Sequence[Callable[[], None]] = (),
         exports_spans: bool = True,
+        exports_metrics: bool = True,
     ) -> None:
         self.tracer_provider = tracer_provider
         # Spans still carry trace ids when nothing exports them (the audit log links by trace
         # id); building their attributes would only cost each decision time for nothing.
         self.exports_spans = exports_spans
+        # Likewise the metrics: with no reader, recording one costs each decision more than
+        # its evaluation and is never seen.
+        self.exports_metrics = exports_metrics
+        self._verdict_labels: dict[str | enum.Enum, dict[str, str]] = {}
         self.meter_provider = meter_provider
         self.description = description
         self.prometheus_port = prometheus_port
         self.shield = Shield()
         self.propagator = TraceContextTextMapPropagator()
         self.tracer = tracer_provider.get_tracer(SCOPE)
+        self._untraced = ServerTracing(self.tracer, self.propagator, self.shield)
         self._closers = list(closers)
         self._closed = False
         self._close_lock = threading.Lock()
@@ -264,6 +277,7 @@ class Telemetry:
             prometheus_port=setup.prometheus_port,
             closers=setup.closers,
             exports_spans=setup.exports_spans,
+            exports_metrics=setup.exports_metrics,
         )
 
     @classmethod
@@ -283,6 +297,7 @@ class Telemetry:
             MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False),
             description="test exporters",
             exports_spans=span_exporter is not None,
+            exports_metrics=metric_reader is not None,
         )
 
     @classmethod
@@ -294,6 +309,7 @@ class Telemetry:
             ),
             MeterProvider(resource=Resource.get_empty(), shutdown_on_exit=False),
             description="disabled",
+            exports_metrics=False,
         )
 
     def install_global(self) -> None:
@@ -331,6 +347,13 @@ class Telemetry:
     ) -> grpc.ServerInterceptor:  # type: ignore[type-arg]
         """A SERVER span per RPC, continuing a caller's W3C trace context from the metadata."""
         return ServerTracing(self.tracer, self.propagator, self.shield, skip_services=skip_services)
+
+    def untraced_trace_id(self, full_method: str, metadata: object) -> str:
+        """For an RPC served without its span (only when nothing exports spans, see
+        `exports_spans`): the trace id its span would have had, "" when unsampled.
+        `full_method` is e.g. "signoff.v1.DecisionService/Check"."""
+        service, _, method = full_method.rpartition("/")
+        return self._untraced.trace_id(full_method, service, method, metadata)
 
     def decision_span(
         self, *, item_index: int | None = None
@@ -376,8 +399,14 @@ class Telemetry:
 
     def record_decision(self, verdict: str | enum.Enum, duration_seconds: float) -> None:
         """Count one decision by verdict and record how long it took."""
+        if not self.exports_metrics:
+            return
         with self.shield("record decision"):
-            attributes = {"verdict": _label(verdict, VERDICTS)}
+            attributes = self._verdict_labels.get(verdict)
+            if attributes is None:  # a bounded set: the verdicts and "other"
+                attributes = {"verdict": _label(verdict, VERDICTS)}
+                if len(self._verdict_labels) < 64:
+                    self._verdict_labels[verdict] = attributes
             self._decisions.add(1, attributes)
             # A clock step can make a duration negative; a histogram must not receive that.
             if math.isfinite(duration_seconds) and duration_seconds >= 0:

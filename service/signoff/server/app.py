@@ -7,6 +7,7 @@ from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,7 +24,7 @@ from signoff.server.admin import PolicyAdminService
 from signoff.server.approvals import ApprovalService
 from signoff.server.embedded import SERVICE_NAME as EMBEDDED_SERVICE_NAME
 from signoff.server.embedded import Embedded, EmbeddedService
-from signoff.server.parsing import RequestParsing
+from signoff.server.parsing import ParsingServer, RequestParsing
 from signoff.server.reload import POLICY_HEALTH, LoadStatus, PolicyReloader
 from signoff.server.service import DecisionService
 from signoff.server.tls import ServerTLS
@@ -33,7 +34,6 @@ from signoff.v1 import approvals_pb2 as apb
 from signoff.v1 import approvals_pb2_grpc as apb_grpc
 from signoff.v1 import embedded_pb2_grpc as epb_grpc
 from signoff.v1 import signoff_pb2 as pb
-from signoff.v1 import signoff_pb2_grpc as pb_grpc
 from signoff.views import Views
 
 log = logging.getLogger("signoff.server")
@@ -106,19 +106,21 @@ def start(
         # max_concurrent_rpcs x 64 KiB for those waiting (8 MiB + 16 MiB by default).
         ("grpc.http2.bdp_probe", 0),
     ]
+    on_malformed = telemetry.record_malformed_request if telemetry is not None else _uncounted
     interceptors: list[grpc.ServerInterceptor] = []  # type: ignore[type-arg]
-    if telemetry is not None:
+    if telemetry is not None and telemetry.exports_spans:
         interceptors.append(telemetry.server_interceptor())
-    # Last, as it requires: the tracing span then covers a refused request too.
-    interceptors.append(
-        RequestParsing(telemetry.record_malformed_request if telemetry is not None else _uncounted)
-    )
+    # When nothing exports spans no RPC gets one (nobody would see it): the server then has
+    # no interceptor, and grpc runs no interceptor pipeline per call. Decisions' audit records
+    # still get the trace id the span would have had (DecisionService.traced). Requests are
+    # parsed by their handlers either way (ParsingServer), inside the span when there is one.
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers),
         options=options,
         interceptors=interceptors,
         maximum_concurrent_rpcs=limits.max_concurrent_rpcs or None,
     )
+    registrar: Any = ParsingServer(server, RequestParsing(on_malformed))
     decisions = DecisionService(
         engine,
         hash_key_id=hash_key_id,
@@ -129,18 +131,20 @@ def start(
         views=views,
         cache_entries=decision_cache,
         caller_certificates=tls is not None and tls.mutual,
+        on_malformed=on_malformed,
     )
-    pb_grpc.add_DecisionServiceServicer_to_server(decisions, server)
+    # Bytes in and out: the service parses (and encodes) only what its cache does not hold.
+    registrar.add_registered_method_handlers(SERVICE_NAME, decisions.method_handlers())
     names = [SERVICE_NAME]
     if approval_service is not None:
-        apb_grpc.add_ApprovalServiceServicer_to_server(approval_service, server)
+        apb_grpc.add_ApprovalServiceServicer_to_server(approval_service, registrar)
         names.append(APPROVAL_SERVICE_NAME)
     if embedded is not None:
-        service = EmbeddedService(embedded.bundle, audit, decisions._caller)
-        epb_grpc.add_EmbeddedServiceServicer_to_server(service, server)
+        service = EmbeddedService(embedded.bundle, audit, decisions.caller_name)
+        epb_grpc.add_EmbeddedServiceServicer_to_server(service, registrar)
         names.append(EMBEDDED_SERVICE_NAME)
     health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registrar)
     reloader = None
     if reloading is not None:
 
@@ -163,11 +167,11 @@ def start(
             on_status=on_status,
         )
         adb_grpc.add_PolicyAdminServiceServicer_to_server(
-            PolicyAdminService(reloader, reloading.auth), server
+            PolicyAdminService(reloader, reloading.auth), registrar
         )
         names.append(ADMIN_SERVICE_NAME)
     health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-    reflection.enable_server_reflection((*names, health_name, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection((*names, health_name, reflection.SERVICE_NAME), registrar)
     try:
         if tls is None:
             port = server.add_insecure_port(address)

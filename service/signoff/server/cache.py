@@ -38,14 +38,21 @@ class DecisionCache:
         """Whether anything is ever kept: when not, a caller need not encode its key."""
         return self._max > 0
 
-    def decide(self, key: bytes, parse: Callable[[], Request]) -> Decided:
-        """The decision for the request encoded as `key`; `parse` decodes it on a miss and may
-        raise InvalidRequest, which is never cached."""
+    def lookup(self, key: bytes) -> Decided | None:
+        """The kept decision for `key` while it still holds, else None."""
         found = self._entries.get(key)
         if found is not None and (
             found.steady_for == CLOCK_FREE
             or found.period == _period(self.engine.now().timestamp(), found.steady_for)
         ):
+            return found
+        return None
+
+    def decide(self, key: bytes, parse: Callable[[], Request]) -> Decided:
+        """The decision for the request encoded as `key`; `parse` decodes it on a miss and may
+        raise InvalidRequest, which is never cached."""
+        found = self.lookup(key)
+        if found is not None:
             return found
         request = parse()
         at = self.engine.now()
