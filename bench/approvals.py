@@ -21,6 +21,7 @@ approval id; the approval still pending with one vote); a wrong answer fails the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import math
 import os
@@ -32,7 +33,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ import grpc
 import redis
 from google.protobuf import struct_pb2
 
+from bench.loadgen import cpu_seconds, process_tree
 from bench.targets import Section, Target
 from signoff.devtokens import create_dev_keys, mint
 from signoff.v1 import approvals_pb2 as apb
@@ -83,6 +85,25 @@ def grant_request(n: int) -> pb.CheckRequest:
     )
 
 
+def plain_request(n: int) -> pb.CheckRequest:
+    """An analyst reading 20 customer rows: ALLOW, no approval. Each has its own analyst, so
+    the decision cache never answers it (an approval Check is never a repeat either)."""
+    return pb.CheckRequest(
+        principal=pb.Principal(
+            id=f"analyst-{n}@acme.io",
+            kind=pb.PRINCIPAL_KIND_HUMAN,
+            roles=["analyst"],
+            attributes=struct({"tenant": "acme"}),
+        ),
+        action="read",
+        resource=pb.Resource(
+            kind="customer_table", id="crm.customers", attributes=struct({"tenant": "acme"})
+        ),
+        context=pb.Context(environment="prod"),
+        payload=struct({"row_limit": 20}),
+    )
+
+
 def percentile(samples: list[float], q: float) -> float:
     """Nearest-rank percentile: the smallest sample with at least q of all samples at or below."""
     ordered = sorted(samples)
@@ -90,13 +111,15 @@ def percentile(samples: list[float], q: float) -> float:
 
 
 def summary(latencies_ms: list[float], seconds: float) -> dict[str, float]:
+    """Percentiles over every call (an unanswered one as infinite); calls/s answered."""
+    answered = sum(math.isfinite(x) for x in latencies_ms)
     return {
         "calls": float(len(latencies_ms)),
         "p50_ms": statistics.median(latencies_ms),
         "p99_ms": percentile(latencies_ms, 0.99),
         "p999_ms": percentile(latencies_ms, 0.999),
         "max_ms": max(latencies_ms),
-        "calls_per_s": len(latencies_ms) / seconds,
+        "calls_per_s": answered / seconds,
     }
 
 
@@ -113,6 +136,14 @@ class Service:
     approver_token: str
     _next: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the server's whole process tree (all --processes)."""
+        total = 0.0
+        for pid in process_tree(self.proc.pid):
+            with contextlib.suppress(OSError, IndexError, ValueError):  # it exited
+                total += cpu_seconds(pid)
+        return total
 
     def numbers(self, count: int) -> range:
         """`count` request numbers never used before on this server: each is its own admin,
@@ -207,6 +238,19 @@ def create_calls(svc: Service, ids: dict[int, str]) -> tuple[Send, Check]:
     return send, check
 
 
+def plain_calls(svc: Service) -> tuple[Send, Check]:
+    """The baseline: a Check that needs no approval (the answer must be ALLOW)."""
+
+    def send(n: int) -> grpc.Future[Any]:
+        return svc.decisions.Check.future(plain_request(n), timeout=10)
+
+    def check(n: int, resp: pb.CheckResponse) -> None:
+        if resp.verdict != pb.VERDICT_ALLOW:
+            raise AssertionError(f"plain Check {n}: {pb.Verdict.Name(resp.verdict)}, not ALLOW")
+
+    return send, check
+
+
 def approve_calls(svc: Service, ids: dict[int, str]) -> tuple[Send, Check]:
     """Approve: the first of two votes, so the approval stays pending with one vote."""
     meta = (("authorization", f"Bearer {svc.approver_token}"),)
@@ -227,7 +271,12 @@ def approve_calls(svc: Service, ids: dict[int, str]) -> tuple[Send, Check]:
 
 
 def closed_loop(
-    callers: int, per_caller: int, numbers: range, send: Send, check: Check
+    callers: int,
+    per_caller: int,
+    numbers: range,
+    send: Send,
+    check: Check,
+    cpu: Callable[[], float] = lambda: 0.0,
 ) -> dict[str, float]:
     """`callers` threads, each sending its next request when the last one is answered."""
     latencies: list[float] = []
@@ -249,19 +298,32 @@ def closed_loop(
     threads = [threading.Thread(target=worker, args=(w,)) for w in range(callers)]
     for t in threads:
         t.start()
+    cpu0 = cpu()
     start.wait()
     t0 = time.perf_counter()
     for t in threads:
         t.join()
     seconds = time.perf_counter() - t0
+    used = cpu() - cpu0
     if len(latencies) != callers * per_caller:
         raise AssertionError(f"{callers * per_caller - len(latencies)} closed-loop calls failed")
-    return summary(latencies, seconds) | {"callers": float(callers)}
+    return summary(latencies, seconds) | {
+        "callers": float(callers),
+        "server_cpu_ms_per_call": used / len(latencies) * 1000,
+    }
 
 
-def open_loop(rate: float, numbers: range, send: Send, check: Check) -> dict[str, float]:
+def open_loop(
+    rate: float,
+    numbers: Sequence[int],
+    send: Send,
+    check: Check,
+    cpu: Callable[[], float] = lambda: 0.0,
+) -> dict[str, float]:
     """One request every 1/rate s on a fixed schedule, never waiting for answers; each latency
-    is from the request's scheduled send time, so a late sender or a queue counts in full."""
+    is from the request's scheduled send time, so a late sender or a queue counts in full.
+    A call the server sheds under overload (RESOURCE_EXHAUSTED) counts as never answered (an
+    infinite latency); any other error fails the run."""
     count = len(numbers)
     latencies: list[float] = [math.nan] * count
     answers: list[Any] = [None] * count
@@ -273,6 +335,7 @@ def open_loop(rate: float, numbers: range, send: Send, check: Check) -> dict[str
         left.release()
 
     lag = 0.0
+    cpu0 = cpu()
     t0 = time.perf_counter() + 0.02
     for i, n in enumerate(numbers):
         due = t0 + i / rate
@@ -285,14 +348,29 @@ def open_loop(rate: float, numbers: range, send: Send, check: Check) -> dict[str
         if not left.acquire(timeout=30):
             raise TimeoutError("open-loop calls were not all answered in 30 s")
     seconds = time.perf_counter() - t0
+    used = cpu() - cpu0
+    shed = 0
     for i, n in enumerate(numbers):
-        if isinstance(answers[i], BaseException):
+        if _shed(answers[i]):
+            shed += 1
+            latencies[i] = math.inf
+        elif isinstance(answers[i], BaseException):
             raise AssertionError(f"call {n} failed: {answers[i]!r}")
-        check(n, answers[i])
+        else:
+            check(n, answers[i])
     return summary(latencies, seconds) | {
         "offered_per_s": rate,
+        "shed": float(shed),
+        # How late the sender itself ran (a busy machine): already inside every latency.
         "max_send_lag_ms": lag * 1000,
+        "server_cpu_ms_per_call": used / count * 1000,
     }
+
+
+def _shed(answer: Any) -> bool:
+    return isinstance(answer, grpc.RpcError) and (
+        answer.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
 
 
 # --- the measurement ----------------------------------------------------------------------
@@ -318,12 +396,20 @@ def measure(
         # Each Approve phase votes on the approvals its Check->pending phase just created.
         fresh = svc.numbers(callers * per_caller)
         for phase, _ in PHASES:
-            out["closed"][phase] = closed_loop(callers, per_caller, fresh, *calls[phase])
+            out["closed"][phase] = closed_loop(
+                callers, per_caller, fresh, *calls[phase], svc.cpu_seconds
+            )
         half = {phase: out["closed"][phase]["calls_per_s"] / 2 for phase, _ in PHASES}
         for key, rates in (("open", {"pending": rate, "approve": rate}), ("open_half_max", half)):
             fresh = svc.numbers(max(10, round(rates["pending"] * seconds)))
             for phase, _ in PHASES:
-                out[key][phase] = open_loop(rates[phase], fresh, *calls[phase])
+                # Approve votes on the approvals its Check->pending phase created (a Check the
+                # server shed created none).
+                numbers = fresh if phase == "pending" else [n for n in fresh if n in ids]
+                out[key][phase] = open_loop(rates[phase], numbers, *calls[phase], svc.cpu_seconds)
+            if key == "open":
+                # The same load without the approval step: what the approval path adds.
+                out[key]["plain"] = open_loop(rate, fresh, *plain_calls(svc), svc.cpu_seconds)
     out["settings"] = {
         "callers": callers,
         "per_caller": per_caller,
@@ -353,21 +439,24 @@ def targets(result: dict[str, Any]) -> list[Target]:
 def table(result: dict[str, Any]) -> str:
     callers = result["settings"]["callers"]
     lines = [
-        "| load | phase | offered/s | achieved/s | p50 ms | p99 ms | p99.9 ms | max ms | calls |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| load | phase | offered/s | answered/s | p50 ms | p99 ms | p99.9 ms | max ms | calls "
+        "| shed | server CPU ms/call |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for key, load in (
         ("open", "open-loop"),
         ("open_half_max", "open-loop, 50% of max"),
         ("closed", f"closed-loop, {callers} callers (max)"),
     ):
-        for phase, label in PHASES:
+        for phase, label in (*PHASES, ("plain", "Check, ALLOW (baseline)")):
+            if phase not in result[key]:
+                continue
             r = result[key][phase]
             offered = f"{r['offered_per_s']:.0f}" if "offered_per_s" in r else "-"
             lines.append(
                 f"| {load} | {label} | {offered} | {r['calls_per_s']:.0f} | {r['p50_ms']:.2f} "
                 f"| {r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {r['max_ms']:.2f} "
-                f"| {r['calls']:.0f} |"
+                f"| {r['calls']:.0f} | {r.get('shed', 0):.0f} | {r['server_cpu_ms_per_call']:.2f} |"
             )
     return "\n".join(lines)
 
