@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 import hashlib
 import json
 import logging
@@ -411,8 +412,7 @@ class ApprovalStore:
     def _requester_key(self, requester: str) -> str:
         """The key counting `requester`'s pending approvals: one per identity however it is
         spelled (as self-approval compares them), hashed so the key name carries no id."""
-        digest = hashlib.sha256(identity_key(requester).encode()).hexdigest()[:32]
-        return f"{self.prefix}requester:{digest}"
+        return f"{self.prefix}requester:{_requester_hash(requester)}"
 
     def approve(self, approval_id: str, approver: str, reason: str, quorum: int) -> Outcome:
         now = self.clock()
@@ -502,6 +502,13 @@ class ApprovalStore:
             _record(approval_id, fields, votes, now) if fields else None
             for approval_id, fields, votes in zip(ids, raw[::2], raw[1::2], strict=True)
         ]
+
+
+# An agent asks for many approvals under one name: its normal form (NFKC, case folding, a few
+# passes) is worked out once, not on every request.
+@functools.lru_cache(maxsize=4096)
+def _requester_hash(requester: str) -> str:
+    return hashlib.sha256(identity_key(requester).encode()).hexdigest()[:32]
 
 
 def _vote_json(*, approve: bool, reason: str, now: int) -> str:
