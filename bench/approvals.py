@@ -43,7 +43,7 @@ import grpc
 import redis
 from google.protobuf import struct_pb2
 
-from bench.loadgen import cpu_seconds, process_tree
+from bench.loadgen import cpu_seconds, machine_cpu_seconds, process_tree
 from bench.targets import Section, Target
 from signoff.devtokens import create_dev_keys, mint
 from signoff.v1 import approvals_pb2 as apb
@@ -335,7 +335,7 @@ def open_loop(
         left.release()
 
     lag = 0.0
-    cpu0 = cpu()
+    cpu0, mine0, machine0 = cpu(), time.process_time(), machine_cpu_seconds()
     t0 = time.perf_counter() + 0.02
     for i, n in enumerate(numbers):
         due = t0 + i / rate
@@ -348,7 +348,8 @@ def open_loop(
         if not left.acquire(timeout=30):
             raise TimeoutError("open-loop calls were not all answered in 30 s")
     seconds = time.perf_counter() - t0
-    used = cpu() - cpu0
+    used, mine = cpu() - cpu0, time.process_time() - mine0
+    others = machine_cpu_seconds() - machine0 - used - mine
     shed = 0
     for i, n in enumerate(numbers):
         if _shed(answers[i]):
@@ -364,6 +365,9 @@ def open_loop(
         # How late the sender itself ran (a busy machine): already inside every latency.
         "max_send_lag_ms": lag * 1000,
         "server_cpu_ms_per_call": used / count * 1000,
+        # Cores kept busy by everything but the server and this load generator: on a shared
+        # machine, what the tail latencies also wait for.
+        "other_load_cores": max(0.0, others / seconds),
     }
 
 
@@ -427,8 +431,9 @@ def targets(result: dict[str, Any]) -> list[Target]:
         out.append(
             Target(
                 f"approvals, {label} p99, open-loop at {r['offered_per_s']:.0f}/s",
-                f"{r['p99_ms']:.2f} ms (p50 {r['p50_ms']:.2f}, p99.9 {r['p999_ms']:.2f}) = "
-                f"{r['p99_ms'] / TARGET_P99_MS:.2f}x of limit",
+                f"{r['p99_ms']:.2f} ms (p50 {r['p50_ms']:.2f}, p99.9 {r['p999_ms']:.2f}; other "
+                f"load {r['other_load_cores']:.1f} cores) = {r['p99_ms'] / TARGET_P99_MS:.2f}x "
+                "of limit",
                 f"<= {TARGET_P99_MS:.0f} ms",
                 r["p99_ms"] <= TARGET_P99_MS,
             )
@@ -440,8 +445,8 @@ def table(result: dict[str, Any]) -> str:
     callers = result["settings"]["callers"]
     lines = [
         "| load | phase | offered/s | answered/s | p50 ms | p99 ms | p99.9 ms | max ms | calls "
-        "| shed | server CPU ms/call |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| shed | server CPU ms/call | other load (cores) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for key, load in (
         ("open", "open-loop"),
@@ -452,11 +457,14 @@ def table(result: dict[str, Any]) -> str:
             if phase not in result[key]:
                 continue
             r = result[key][phase]
-            offered = f"{r['offered_per_s']:.0f}" if "offered_per_s" in r else "-"
+            open_loop = "other_load_cores" in r
+            offered = f"{r['offered_per_s']:.0f}" if open_loop else "-"
+            shed = f"{r['shed']:.0f}" if open_loop else "-"
+            others = f"{r['other_load_cores']:.2f}" if open_loop else "-"
             lines.append(
                 f"| {load} | {label} | {offered} | {r['calls_per_s']:.0f} | {r['p50_ms']:.2f} "
                 f"| {r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {r['max_ms']:.2f} "
-                f"| {r['calls']:.0f} | {r.get('shed', 0):.0f} | {r['server_cpu_ms_per_call']:.2f} |"
+                f"| {r['calls']:.0f} | {shed} | {r['server_cpu_ms_per_call']:.2f} | {others} |"
             )
     return "\n".join(lines)
 
