@@ -9,7 +9,7 @@ PROTOC := $(BIN)/python -m grpc_tools.protoc -I proto \
 	--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy \
 	--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc
 
-.PHONY: install run test check gen gen-check lint typecheck bench bench-decision clean inbox-deps screenshots
+.PHONY: install run test check gen gen-check lint typecheck bench bench-quick bench-decision clean inbox-deps screenshots
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -75,8 +75,13 @@ check: lint typecheck gen-check
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run
 
+# Every benchmark of `make bench` at tiny sizes (seconds): checks that each runs and answers
+# right, not speed. Writes into a temporary directory, never into the repository.
+bench-quick: $(BENCH_STAMP)
+	$(BIN)/python -m bench.run --quick --no-doc
+
 bench-decision: $(STAMP)
-	$(BIN)/python bench/decision.py
+	$(BIN)/python -m bench.decision
 
 clean:
 	rm -rf $(VENV) .gen-check .pytest_cache .mypy_cache .ruff_cache
