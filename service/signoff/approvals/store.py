@@ -33,9 +33,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from signoff.approvals.eligibility import identity_key
 from signoff.approvals.model import ApprovalRecord, ApprovalRequest, State, Vote, is_approval_id
 from signoff.errors import SignoffError, StoreUnavailable
-from signoff.identities import identity_key
 
 log = logging.getLogger("signoff.approvals")
 DEFAULT_PREFIX = "signoff:"
@@ -504,8 +504,7 @@ class ApprovalStore:
         ]
 
 
-# An agent asks for many approvals under one name: its normal form (NFKC, case folding, a few
-# passes) is worked out once, not on every request.
+# An agent asks for many approvals under one name: its key is worked out once, not per request.
 @functools.lru_cache(maxsize=4096)
 def _requester_hash(requester: str) -> str:
     return hashlib.sha256(identity_key(requester).encode()).hexdigest()[:32]
