@@ -19,6 +19,7 @@ import argparse
 import datetime as dt
 import importlib
 import json
+import math
 import os
 import platform
 import re
@@ -159,6 +160,18 @@ def verdict_line(t: Target, width: int) -> str:
     return f"{'PASS' if t.passed else 'FAIL'}  {t.name:<{width}}  {t.measured}  ({t.limit})"
 
 
+def _strict(value: Any) -> Any:
+    """`value` as strict JSON can carry it: a non-finite number (a latency never answered)
+    becomes its name, "inf" or "nan", instead of JavaScript's Infinity or NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="every section at tiny sizes")
@@ -219,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in runs
         },
     }
-    (results / "latest.json").write_text(json.dumps(document, indent=2) + "\n", "utf-8")
+    (results / "latest.json").write_text(json.dumps(_strict(document), indent=2) + "\n", "utf-8")
     if write_doc:
         update_doc(DOC, render(runs, header, link(DOC.parent)))
 

@@ -106,6 +106,20 @@ def test_the_chart_is_drawn_from_the_first_section_with_grpc_rows_and_linked(
     assert f"]({run.CHART_NAME})" in (tmp_path / "latest.md").read_text()
 
 
+def test_results_are_strict_json_even_with_a_call_never_answered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    never = {"p99_ms": float("inf"), "rows": [float("nan"), 1.5]}
+    _module(monkeypatch, "t_inf", lambda quick=False: Section("Inf", data={"x": never}))
+    monkeypatch.setattr(run, "SECTIONS", ["t_inf"])
+
+    assert run.main(["--quick", "--results", str(tmp_path)]) == 0
+
+    text = (tmp_path / "latest.json").read_text()
+    document = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+    assert document["sections"]["t_inf"]["data"]["x"] == {"p99_ms": "inf", "rows": ["nan", 1.5]}
+
+
 def test_no_grpc_rows_means_no_chart_and_no_link(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
