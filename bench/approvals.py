@@ -14,8 +14,9 @@ first the maximum closed-loop rate of each (`--callers` callers), then open-loop
 half that maximum, p50 / p99 / p99.9 each. Every answer is checked (REQUIRE_APPROVAL with an
 approval id; the approval still pending with one vote); a wrong answer fails the run.
 
-    python -m bench.approvals            # ~1 minute
-    python -m bench.approvals --quick    # about two seconds: what the test suite runs
+    python -m bench.approvals                   # ~1 minute
+    python -m bench.approvals --quick           # seconds: what the test suite runs
+    python -m bench.approvals --compare main    # server CPU per call vs another revision
 """
 
 from __future__ import annotations
@@ -154,14 +155,18 @@ class Service:
 
 
 @contextmanager
-def serve(redis_url: str = REDIS_URL, processes: int | None = None) -> Iterator[Service]:
+def serve(
+    redis_url: str = REDIS_URL, processes: int | None = None, source: Path | None = None
+) -> Iterator[Service]:
     """`signoff serve` on the bundled rules with a development JWKS, on a free port, with its
-    own Redis prefix (every key under it deleted afterwards)."""
+    own Redis prefix (every key under it deleted afterwards); the signoff package from
+    `source` (a checkout's service/ directory) when given, else this one."""
     keys = Path(tempfile.mkdtemp(prefix="signoff-bench-"))
     jwks = create_dev_keys(keys)
     prefix = f"signoff:bench:{uuid.uuid4().hex[:12]}:"
     env = {
         **os.environ,
+        **({"PYTHONPATH": str(source)} if source else {}),
         "SIGNOFF_JWKS": str(jwks),
         "SIGNOFF_JWT_ISSUER": "signoff-dev",
         "SIGNOFF_JWT_AUDIENCE": "signoff",
@@ -496,6 +501,47 @@ def section(quick: bool = False) -> Section:
     )
 
 
+def compare(revision: str, rounds: int = 3, calls: int = 1200) -> dict[str, dict[str, float]]:
+    """Server CPU per call of each phase, the signoff of git `revision` against this checkout's,
+    alternately (A B A B), closed-loop with 4 callers; medians and their ratio. CPU per call,
+    unlike a latency percentile, holds its ratio on a busy machine."""
+    samples: dict[str, dict[str, list[float]]] = {"base": {}, "this": {}}
+    with tempfile.TemporaryDirectory(prefix="signoff-base-") as tmp:
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", revision, "service"],
+            capture_output=True,
+            check=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        for _ in range(rounds):
+            for variant, source in (("base", Path(tmp, "service")), ("this", None)):
+                with serve(source=source) as svc:
+                    ids: dict[int, str] = {}
+                    calls_of = {
+                        "pending": create_calls(svc, ids),
+                        "approve": approve_calls(svc, ids),
+                    }
+                    warm = svc.numbers(40)
+                    for phase, _ in PHASES:
+                        closed_loop(4, 10, warm, *calls_of[phase])
+                    fresh = svc.numbers(calls)
+                    for phase, _ in PHASES:
+                        r = closed_loop(4, calls // 4, fresh, *calls_of[phase], svc.cpu_seconds)
+                        mine = samples[variant].setdefault(phase, [])
+                        mine.append(r["server_cpu_ms_per_call"])
+    out = {}
+    for phase, label in PHASES:
+        base = statistics.median(samples["base"][phase])
+        this = statistics.median(samples["this"][phase])
+        ratio = this / base if base else math.inf
+        out[phase] = {"base_cpu_ms": base, "this_cpu_ms": this, "ratio": ratio}
+        print(
+            f"{label:<15} server CPU per call: {revision} {base:.3f} ms, this checkout "
+            f"{this:.3f} ms = {ratio:.2f}x ({rounds} alternating rounds, medians)"
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--callers", type=int, default=16, help="closed-loop callers")
@@ -505,7 +551,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--processes", type=int, help="signoff serve --processes (as shipped)")
     parser.add_argument("--redis-url", default=REDIS_URL)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks it runs")
+    parser.add_argument(
+        "--compare",
+        metavar="REVISION",
+        help="instead: server CPU per call against the signoff of this git revision, A B A B",
+    )
     args = parser.parse_args(argv)
+    if args.compare:
+        return compare(
+            args.compare, rounds=1 if args.quick else 3, calls=40 if args.quick else 1200
+        )
     if args.quick:
         args.callers, args.per_caller = QUICK_CALLERS, QUICK_PER_CALLER
         args.seconds = QUICK_SECONDS

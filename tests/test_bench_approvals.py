@@ -78,3 +78,12 @@ def test_percentiles_are_nearest_rank() -> None:
     assert approvals.percentile(samples, 0.99) == 990.0
     assert approvals.percentile(samples, 0.999) == 999.0
     assert approvals.percentile([7.0], 0.999) == 7.0
+
+
+def test_compare_measures_server_cpu_per_call_of_another_revision_alternately() -> None:
+    # HEAD against this checkout: both run every phase with every answer checked.
+    result = approvals.main(["--compare", "HEAD", "--quick"])
+    assert set(result) == {"pending", "approve"}
+    for phase in result.values():
+        assert phase["base_cpu_ms"] >= 0
+        assert phase["this_cpu_ms"] >= 0
