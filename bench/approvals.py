@@ -146,6 +146,18 @@ class Service:
                 total += cpu_seconds(pid)
         return total
 
+    def settle(self, timeout: float = 10.0) -> None:
+        """Wait until the server is idle (its audit writer has caught up with the last phase),
+        so no phase pays for the one before it."""
+        deadline = time.monotonic() + timeout
+        last = self.cpu_seconds()
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            now = self.cpu_seconds()
+            if now - last < 0.02:  # under a tenth of a core
+                return
+            last = now
+
     def numbers(self, count: int) -> range:
         """`count` request numbers never used before on this server: each is its own admin,
         so no principal's pending cap is reached and no Check finds an earlier approval."""
@@ -394,7 +406,8 @@ def measure(
     redis_url: str = REDIS_URL,
     processes: int | None = None,
 ) -> dict[str, Any]:
-    """Closed-loop maximum, then open-loop at `rate` and at half the maximum, per phase."""
+    """Per phase: open-loop at `rate` (and plain Checks at `rate`, the baseline), the
+    closed-loop maximum, then open-loop at half that maximum; the server idle before each."""
     out: dict[str, Any] = {"closed": {}, "open": {}, "open_half_max": {}}
     with serve(redis_url, processes) as svc:
         ids: dict[int, str] = {}
@@ -404,23 +417,29 @@ def measure(
         warm = svc.numbers(2 * each)
         for phase, _ in PHASES:
             closed_loop(2, each, warm, *calls[phase])
-        # Each Approve phase votes on the approvals its Check->pending phase just created.
-        fresh = svc.numbers(callers * per_caller)
-        for phase, _ in PHASES:
-            out["closed"][phase] = closed_loop(
-                callers, per_caller, fresh, *calls[phase], svc.cpu_seconds
-            )
-        half = {phase: out["closed"][phase]["calls_per_s"] / 2 for phase, _ in PHASES}
-        for key, rates in (("open", {"pending": rate, "approve": rate}), ("open_half_max", half)):
+
+        def open_phases(key: str, rates: dict[str, float]) -> None:
             fresh = svc.numbers(max(10, round(rates["pending"] * seconds)))
             for phase, _ in PHASES:
                 # Approve votes on the approvals its Check->pending phase created (a Check the
                 # server shed created none).
                 numbers = fresh if phase == "pending" else [n for n in fresh if n in ids]
+                svc.settle()
                 out[key][phase] = open_loop(rates[phase], numbers, *calls[phase], svc.cpu_seconds)
-            if key == "open":
-                # The same load without the approval step: what the approval path adds.
-                out[key]["plain"] = open_loop(rate, fresh, *plain_calls(svc), svc.cpu_seconds)
+
+        open_phases("open", {"pending": rate, "approve": rate})
+        # The same load without the approval step: what the approval path adds.
+        svc.settle()
+        plain = svc.numbers(max(10, round(rate * seconds)))
+        out["open"]["plain"] = open_loop(rate, plain, *plain_calls(svc), svc.cpu_seconds)
+        # Each Approve phase votes on the approvals its Check->pending phase just created.
+        fresh = svc.numbers(callers * per_caller)
+        for phase, _ in PHASES:
+            svc.settle()
+            out["closed"][phase] = closed_loop(
+                callers, per_caller, fresh, *calls[phase], svc.cpu_seconds
+            )
+        open_phases("open_half_max", {p: out["closed"][p]["calls_per_s"] / 2 for p, _ in PHASES})
     out["settings"] = {
         "callers": callers,
         "per_caller": per_caller,
