@@ -84,7 +84,7 @@ class _Stored:
 
     def to_doc(self) -> dict[str, Any]:
         """What `dataclasses.asdict` gives, built per member: asdict deep-copies every leaf
-        through its generic path, a third of the work of holding an approval."""
+        through its generic path, a fifth of the work of holding an approval."""
         out: dict[str, Any] = _plain(self)
         return out
 
