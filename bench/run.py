@@ -1,154 +1,99 @@
 """`make bench`: every performance target of signoff, measured in one run, with PASS/FAIL.
 
-Runs, in order: signoff's engine against cedarpy in-process; the 10,000-rule bundle (load time,
-memory, decision cost against 10 rules); the approval path at 16 concurrent callers; and
-signoff against Cerbos over gRPC, alternating A B A B with the same load generator. Prints the
-targets with their measured ratios, writes everything to bench/results/ and the chart to
-docs/performance.png, and refreshes the results section of docs/performance.md.
+Runs each benchmark module of SECTIONS in order; each hands back a `bench.targets.Section`
+(its targets, its tables, its raw data). Prints every target with its verdict and measured
+ratio, writes bench/results/latest.{md,json}, draws the gRPC chart (from the first section whose
+data has "grpc" rows) and refreshes the results section of docs/performance.md.
+
+    python -m bench.run                       # = make bench; several minutes
+    python -m bench.run --only approvals      # some sections only (the doc is left alone)
+    python -m bench.run --quick --no-doc --results /tmp/x   # every section at tiny sizes
+
+A section that raises is reported as a FAIL target naming the error, the other sections still
+run, and the command exits 1: a run that could not measure fails; a missed target only reports.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib
 import json
+import math
 import os
 import platform
 import re
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
+import traceback
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import approvals, inprocess, scale, vs_cerbos
+from bench.targets import Section, SectionFn, Target
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
-CHART = REPO / "docs" / "performance.png"
 DOC = REPO / "docs" / "performance.md"
+CHART_NAME = "performance.png"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+# The benchmark modules `make bench` runs, in this order; each defines
+# `section(quick: bool = False) -> bench.targets.Section`. Cheap, self-contained ones first.
+SECTIONS: list[str] = [
+    "scale",
+    "approvals",
+    # MERGE (issue 13): the lead adds the other branches' sections here, e.g.
+    #   "inprocess", "embedded", "masking", "vs_cerbos", "client_transport", "observability",
+    # and keeps tests/test_bench_quick.py's registry in step (it fails otherwise).
+]
 
 
 @dataclass(frozen=True)
-class Target:
-    name: str
-    measured: str
-    limit: str
-    passed: bool
+class Ran:
+    """One section as run: its module, what it handed back, how long it took, its error."""
+
+    module: str
+    section: Section
+    seconds: float
+    error: str = ""
 
 
-def _row(rows: list[dict[str, Any]], system: str, shape: str, conc: int) -> dict[str, Any]:
-    for r in rows:
-        if (r["system"], r["shape"], r["concurrency"]) == (system, shape, conc):
-            return r
-    raise KeyError(f"no measurement for {system} {shape} at concurrency {conc}")
+def run_section(name: str, quick: bool) -> Ran:
+    """bench.<name>.section(quick); an exception becomes one FAIL target naming it."""
+    began = time.monotonic()
+    try:
+        fn: SectionFn = importlib.import_module(f"bench.{name}").section
+        got = fn(quick)
+    # Any error: reported as a FAIL target, the other sections still run, the command exits 1.
+    except Exception as exc:
+        traceback.print_exc()
+        error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        failed = Target(f"{name}: the benchmark ran to completion", error, "no error", False)
+        return Ran(name, Section(title=name, targets=[failed]), time.monotonic() - began, error)
+    return Ran(name, got, time.monotonic() - began)
 
 
-def targets(
-    grpc_rows: list[dict[str, Any]],
-    cedar: list[dict[str, Any]],
-    big: dict[str, float],
-    approval: dict[str, dict[str, float]],
-    conc: int,
-) -> list[Target]:
-    out = []
-    cerbos = _row(grpc_rows, "cerbos", "1x3", conc)
-    for system in ("signoff", "signoff-2proc"):
-        s = _row(grpc_rows, system, "1x3", conc)
-        cpu = s["server_cpu_us_per_check"] / cerbos["server_cpu_us_per_check"]
-        rps = s["requests_per_s"] / cerbos["requests_per_s"]
-        out += [
-            Target(
-                f"unary 1x3, CPU per check vs Cerbos ({system})",
-                f"{s['server_cpu_us_per_check']:.0f} vs {cerbos['server_cpu_us_per_check']:.0f}"
-                f" µs = {cpu:.2f}x",
-                "<= 0.5x",
-                cpu <= 0.5,
-            ),
-            Target(
-                f"unary 1x3, throughput at concurrency {conc} vs Cerbos ({system})",
-                f"{s['requests_per_s']:.0f} vs {cerbos['requests_per_s']:.0f} req/s = {rps:.2f}x",
-                ">= 1.5x",
-                rps >= 1.5,
-            ),
-        ]
-    batch = min(
-        (_row(grpc_rows, system, "20x3", conc) for system in ("signoff", "signoff-2proc")),
-        key=lambda r: float(r["server_cpu_us_per_check"]),
-    )
-    out.append(
-        Target(
-            f"CheckBatch of 60, server CPU per check ({batch['system']})",
-            f"{batch['server_cpu_us_per_check']:.1f} µs",
-            "<= 15 µs",
-            batch["server_cpu_us_per_check"] <= 15,
-        )
-    )
-    every = next(f for f in cedar if f["workload"] == "all cases")
-    ratio = every["signoff_over_cedar"]
-    out.append(
-        Target(
-            "in-process decision, 30 rules, vs cedarpy",
-            f"{every['signoff_us']:.1f} vs {every['cedar_us']:.1f} µs = {ratio:.2f}x",
-            "<= 0.5x",
-            ratio <= 0.5,
-        )
-    )
-    out += [
-        Target(
-            "decision cost, 10,000 rules over 1,000 kinds vs 10 rules",
-            f"{big['decide_cpu_us_big']:.1f} vs {big['decide_cpu_us_small']:.1f} µs CPU = "
-            f"{big['decide_ratio']:.2f}x",
-            f"<= {scale.MAX_DECISION_RATIO}x",
-            bool(big["pass_decide_ratio"]),
-        ),
-        Target(
-            "loading 10,000 rules",
-            f"{big['load_s_median']:.2f} s",
-            f"<= {scale.MAX_LOAD_SECONDS:.0f} s",
-            bool(big["pass_load_time"]),
-        ),
-        Target(
-            "RSS with 10,000 rules loaded",
-            f"{big['rss_after_load_mb']:.0f} MB",
-            f"<= {scale.MAX_RSS_MB:.0f} MB",
-            bool(big["pass_rss"]),
-        ),
-    ]
-    for phase, label in (("pending", "Check->pending"), ("approve", "Approve")):
-        p = approval[phase]
-        out.append(
-            Target(
-                f"approval path, {label} p99 at 16 callers",
-                f"{p['p99_ms']:.1f} ms (p50 {p['p50_ms']:.1f}, {p['calls_per_s']:.0f}/s)",
-                "<= 5 ms",
-                p["p99_ms"] <= 5.0,
-            )
-        )
-    return out
-
-
-def targets_table(found: list[Target]) -> str:
-    lines = ["| target | measured | limit | result |", "| --- | --- | --- | --- |"]
-    for t in found:
-        lines.append(f"| {t.name} | {t.measured} | {t.limit} | {'PASS' if t.passed else 'FAIL'} |")
-    return "\n".join(lines)
-
-
-def grpc_table(rows: list[dict[str, Any]]) -> str:
+def targets_table(runs: list[Ran]) -> str:
     lines = [
-        "| concurrency | shape | system | requests/s | checks/s | p50 ms | p99 ms "
-        "| server CPU µs/check | errors |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| section | target | measured | limit | result |",
+        "| --- | --- | --- | --- | --- |",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['concurrency']} | {r['shape']} | {r['system']} | {r['requests_per_s']:.0f} "
-            f"| {r['checks_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
-            f"| {r['server_cpu_us_per_check']:.1f} | {r['errors']} |"
-        )
+    for r in runs:
+        for t in r.section.targets:
+            verdict = "PASS" if t.passed else "**FAIL**"
+            lines.append(f"| {r.section.title} | {t.name} | {t.measured} | {t.limit} | {verdict} |")
     return "\n".join(lines)
+
+
+def grpc_rows(runs: list[Ran]) -> list[dict[str, Any]]:
+    """The gRPC comparison rows for the chart: the first section's data["grpc"], if any."""
+    for r in runs:
+        rows = r.section.data.get("grpc")
+        if rows:
+            return list(rows)
+    return []
 
 
 def chart(rows: list[dict[str, Any]], path: Path) -> None:
@@ -160,8 +105,10 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     systems = sorted({r["system"] for r in rows}, key=lambda s: (s != "cerbos", s))
+    shapes = sorted({r["shape"] for r in rows})
+    styles = ["-o", "--s", ":^", "-.v"]
     for system in systems:
-        for shape, style in (("1x3", "-o"), ("20x3", "--s")):
+        for shape, style in zip(shapes, styles * len(shapes), strict=False):
             mine = sorted(
                 (r for r in rows if r["system"] == system and r["shape"] == shape),
                 key=lambda r: int(r["concurrency"]),
@@ -190,88 +137,120 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def update_doc(section: str) -> None:
-    text = DOC.read_text(encoding="utf-8")
+def render(runs: list[Ran], header: str, chart_link: str | None) -> str:
+    """The results section: the header, every target in one table, each section's tables."""
+    parts = [header, "### Targets", targets_table(runs)]
+    for r in runs:
+        if r.section.markdown:
+            parts += [f"### {r.section.title}", r.section.markdown.strip()]
+    if chart_link:
+        parts.append(f"![throughput and CPU per check vs concurrency]({chart_link})")
+    return "\n\n".join(parts)
+
+
+def update_doc(doc: Path, section: str) -> None:
+    text = doc.read_text(encoding="utf-8")
     pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
     if not pattern.search(text):
-        raise RuntimeError(f"{DOC} has no {START} ... {END} section")
-    DOC.write_text(pattern.sub(lambda _: f"{START}\n{section}\n{END}", text), encoding="utf-8")
+        raise RuntimeError(f"{doc} has no {START} ... {END} section")
+    doc.write_text(pattern.sub(lambda _: f"{START}\n{section}\n{END}", text), encoding="utf-8")
+
+
+def verdict_line(t: Target, width: int) -> str:
+    return f"{'PASS' if t.passed else 'FAIL'}  {t.name:<{width}}  {t.measured}  ({t.limit})"
+
+
+def _strict(value: Any) -> Any:
+    """`value` as strict JSON can carry it: a non-finite number (a latency never answered)
+    becomes its name, "inf" or "nan", instead of JavaScript's Infinity or NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=4.0)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="every section at tiny sizes")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run these sections only")
     parser.add_argument("--no-doc", action="store_true", help="leave docs/performance.md as is")
+    parser.add_argument("--results", type=Path, help="where latest.{md,json} go")
     args = parser.parse_args(argv)
-    conc = max(args.concurrency)
-    began = time.monotonic()
-    print("== in-process: signoff engine vs cedarpy", flush=True)
-    cedar = inprocess.main([])
-    print("\n== 10,000 rules over 1,000 kinds vs 10 rules", flush=True)
-    big = scale.run()
-    print(scale.report(big), flush=True)
-    print("\n== approval path, 16 concurrent callers", flush=True)
-    approval = approvals.measure(16, 50)
-    print(json.dumps(approval, indent=2), flush=True)
-    print("\n== signoff vs Cerbos over gRPC", flush=True)
-    grpc_rows = vs_cerbos.main(
-        [
-            "--concurrency",
-            *map(str, args.concurrency),
-            "--rounds",
-            str(args.rounds),
-            "--seconds",
-            str(args.seconds),
-        ]
+    # Quick figures and partial runs say nothing about performance: they never replace the
+    # published results unless a results directory is named explicitly.
+    partial = args.quick or bool(args.only)
+    results: Path = args.results or (
+        Path(tempfile.mkdtemp(prefix="signoff-bench-")) if partial else RESULTS
     )
-    found = targets(grpc_rows, cedar, big, approval, conc)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    chart(grpc_rows, CHART)
+    write_doc = not (args.no_doc or partial)
+    began = time.monotonic()
+    runs: list[Ran] = []
+    for name in args.only or SECTIONS:
+        print(f"\n== {name}{' (quick)' if args.quick else ''}", flush=True)
+        ran = run_section(name, args.quick)
+        runs.append(ran)
+        width = max((len(t.name) for t in ran.section.targets), default=0)
+        for t in ran.section.targets:
+            print(verdict_line(t, width), flush=True)
+        print(f"   ({ran.seconds:.0f} s)", flush=True)
+
+    results.mkdir(parents=True, exist_ok=True)
+    rows = grpc_rows(runs)
+    chart_path = (DOC.parent if write_doc else results) / CHART_NAME
+    if rows:
+        chart(rows, chart_path)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     machine = f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
-    command = "make bench"
-    section = "\n\n".join(
-        [
-            f"Measured {stamp} on {machine} by `{command}` "
-            f"({args.rounds} alternating rounds of {args.seconds:.0f} s per setting, medians; "
-            "load generator and servers share the cores).",
-            "### Targets",
-            targets_table(found),
-            "### signoff vs Cerbos over gRPC",
-            grpc_table(grpc_rows),
-            "![throughput and CPU per check vs concurrency](performance.png)",
-        ]
+    command = "make bench" if not argv else "python -m bench.run " + " ".join(argv)
+    header = (
+        f"Measured {stamp} on {machine} by `{command}`"
+        f"{' (QUICK sizes: checks the benchmarks run, not performance)' if args.quick else ''}. "
+        "Ratios are taken within this run (A B A B, medians); load generators and servers "
+        "share the cores."
     )
-    (RESULTS / "latest.md").write_text(section + "\n", encoding="utf-8")
-    (RESULTS / "latest.json").write_text(
-        json.dumps(
-            {
-                "measured": stamp,
-                "machine": machine,
-                "targets": [t.__dict__ for t in found],
-                "grpc": grpc_rows,
-                "inprocess": cedar,
-                "scale": big,
-                "approvals": approval,
-            },
-            indent=2,
-        )
-        + "\n",
-        encoding="utf-8",
-    )
-    if not args.no_doc:
-        update_doc(section)
+
+    def link(frm: Path) -> str | None:
+        return os.path.relpath(chart_path, frm) if rows else None
+
+    (results / "latest.md").write_text(render(runs, header, link(results)) + "\n", "utf-8")
+    document = {
+        "measured": stamp,
+        "machine": machine,
+        "command": command,
+        "quick": args.quick,
+        "targets": [{"section": r.module, **asdict(t)} for r in runs for t in r.section.targets],
+        "sections": {
+            r.module: {
+                "title": r.section.title,
+                "seconds": round(r.seconds, 1),
+                "error": r.error,
+                "data": r.section.data,
+            }
+            for r in runs
+        },
+    }
+    (results / "latest.json").write_text(json.dumps(_strict(document), indent=2) + "\n", "utf-8")
+    if write_doc:
+        update_doc(DOC, render(runs, header, link(DOC.parent)))
+
+    found = [t for r in runs for t in r.section.targets]
+    width = max((len(t.name) for t in found), default=0)
     print("\n== targets")
-    width = max(len(t.name) for t in found)
     for t in found:
-        print(f"{'PASS' if t.passed else 'FAIL'}  {t.name:<{width}}  {t.measured}  ({t.limit})")
-    print(f"\nwrote {RESULTS / 'latest.md'}, {RESULTS / 'latest.json'}, {CHART}")
+        print(verdict_line(t, width))
+    passed = sum(t.passed for t in found)
+    print(f"\n{passed} of {len(found)} targets pass; wrote {results}/latest.{{md,json}}", end="")
+    print(f"{', ' + str(chart_path) if rows else ''}{', ' + str(DOC) if write_doc else ''}")
     print(f"total {time.monotonic() - began:.0f} s", file=sys.stderr)
-    # The benchmark reports; it does not gate. A run that could not measure fails instead.
+    failed = [r.module for r in runs if r.error]
+    if failed:
+        print(f"could not measure: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

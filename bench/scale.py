@@ -6,6 +6,7 @@ import argparse
 import datetime as dt
 import multiprocessing
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+from bench.targets import Section, Target
 
 KINDS_PER_FILE = 100
 RULES_PER_KIND = 10
@@ -321,7 +324,50 @@ def report(r: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def targets(r: dict[str, float]) -> list[Target]:
+    big, small = int(r["big_rules"]), int(r["small_rules"])
+    return [
+        Target(
+            f"decision cost, {big:,} rules over {int(r['big_kinds']):,} kinds vs {small} rules",
+            f"{r['decide_cpu_us_big']:.1f} vs {r['decide_cpu_us_small']:.1f} µs CPU = "
+            f"{r['decide_ratio']:.2f}x",
+            f"<= {MAX_DECISION_RATIO}x",
+            bool(r["pass_decide_ratio"]),
+        ),
+        Target(
+            f"loading {big:,} rules",
+            f"{r['load_s_median']:.2f} s = {r['load_s_median'] / MAX_LOAD_SECONDS:.2f}x of limit",
+            f"<= {MAX_LOAD_SECONDS:.0f} s",
+            bool(r["pass_load_time"]),
+        ),
+        Target(
+            f"RSS with {big:,} rules loaded",
+            f"{r['rss_after_load_mb']:.0f} MB = "
+            f"{r['rss_after_load_mb'] / MAX_RSS_MB:.2f}x of limit",
+            f"<= {MAX_RSS_MB:.0f} MB",
+            bool(r["pass_rss"]),
+        ),
+    ]
+
+
+def run_quick(**options: Any) -> dict[str, float]:
+    """`run` at tiny sizes for the test suite: every step (fresh processes, both bundles, the
+    verdict check) in a few seconds."""
+    return run(big_kinds=20, load_runs=1, decisions=200, repeats=2, **options)
+
+
+def section(quick: bool = False) -> Section:
+    """The scale targets for `make bench` (quick: a 200-rule bundle, every step still run)."""
+    figures = run_quick() if quick else run()
+    return Section(
+        title=f"Scale: {int(figures['big_rules']):,} rules",
+        targets=targets(figures),
+        markdown="```text\n" + report(figures) + "\n```\n\n`python -m bench.scale`",
+        data={"scale": figures},
+    )
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backend", default="cel-expr")
     parser.add_argument("--kinds", type=int, default=1000, help="kinds in the big bundle")
@@ -330,16 +376,17 @@ def main() -> None:
         "--unique", action="store_true", help="make every condition text distinct (worst case)"
     )
     parser.add_argument("--write", type=Path, help="only write the big bundle here and exit")
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="a 200-rule bundle: checks it runs")
+    args = parser.parse_args(argv)
     if args.write:
         total = write_bundle(args.write, args.kinds, unique=args.unique)
         print(f"wrote {total} rules to {args.write}")
-        return
-    figures = run(
-        backend=args.backend, big_kinds=args.kinds, rounds=args.rounds, unique=args.unique
-    )
+        return {"rules": float(total)}
+    options = {"backend": args.backend, "rounds": args.rounds, "unique": args.unique}
+    figures = run_quick(**options) if args.quick else run(big_kinds=args.kinds, **options)
     print(report(figures))
+    return figures
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 from signoff.approvals.model import ApprovalRecord, Identity
 from signoff.errors import PermissionDenied
-from signoff.identities import identity_key
+from signoff.identities import identity_key as _identity_key
+
+# Approvers are a handful of people and requesters recur: each name's normal form (NFKC, case
+# folding, a few passes) is worked out once, not on every vote and every view.
+identity_key = functools.lru_cache(maxsize=4096)(_identity_key)
 
 
 def is_requester(record: ApprovalRecord, who: Identity) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -82,8 +83,37 @@ class _Stored:
     """A dataclass stored as a JSON object whose member names are its field names."""
 
     def to_doc(self) -> dict[str, Any]:
-        out: dict[str, Any] = dataclasses.asdict(self)  # type: ignore[call-overload]
+        """What `dataclasses.asdict` gives, built per member: asdict deep-copies every leaf
+        through its generic path, a fifth of the work of holding an approval."""
+        out: dict[str, Any] = _plain(self)
         return out
+
+
+_ATOMS = (str, int, float, bool, type(None))
+
+
+@functools.cache
+def _names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def _plain(value: Any) -> Any:
+    kind: type = type(value)
+    if kind in _ATOMS:  # exactly these types: immutable, so asdict's deep copy is the value
+        return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {name: _plain(getattr(value, name)) for name in _names(kind)}
+    if kind is tuple or kind is list:
+        return kind(_plain(v) for v in value)
+    if kind is dict:
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    # Anything else (a namedtuple, a dict subclass, an enum): exactly as asdict treats it.
+    return dataclasses.asdict(_Wrap(value))["value"]
+
+
+@dataclass(frozen=True)
+class _Wrap:
+    value: Any
 
 
 @dataclass(frozen=True)

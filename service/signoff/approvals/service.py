@@ -212,7 +212,7 @@ class Approvals:
             self._report(record.id, "pending", outcome.status.value, who.subject)
         elif outcome.status is Result.VOTED:
             self._report(record.id, "pending", "pending", who.subject)
-        return self._existing(record.id)
+        return self._as_left(record, outcome)
 
     def cancel(self, approval_id: str, who: Identity, reason: str = "") -> ApprovalRecord:
         """Withdraw a pending or approved approval; only its requester side may."""
@@ -228,7 +228,7 @@ class Approvals:
                 f"approval is {outcome.detail}; only pending or approved can be cancelled"
             )
         self._report(record.id, record.state.value, "cancelled", who.subject)
-        return self._existing(record.id)
+        return self._as_left(record, outcome)
 
     def watch(
         self, approval_id: str, who: Identity, *, active: Callable[[], bool] = lambda: True
@@ -290,6 +290,12 @@ class Approvals:
         self._telemetry.approval_event(approval_id, from_state, to_state, actor)
         if to_state not in ("", State.PENDING.value):
             self._telemetry.record_approval_outcome(to_state)
+
+    def _as_left(self, before: ApprovalRecord, outcome: Outcome) -> ApprovalRecord:
+        """The approval as this transition left it: handed back by the transition's own script
+        (no second read, and no later change mixed in)."""
+        after = self.store.as_left(before, outcome)
+        return after if after is not None else self._existing(before.id)
 
     def _existing(self, approval_id: str) -> ApprovalRecord:
         record = self.store.get(_approval_id(approval_id))

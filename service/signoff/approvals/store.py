@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 import hashlib
 import json
 import logging
@@ -25,16 +26,16 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from signoff.approvals.eligibility import identity_key
 from signoff.approvals.model import ApprovalRecord, ApprovalRequest, State, Vote, is_approval_id
 from signoff.errors import SignoffError, StoreUnavailable
-from signoff.identities import identity_key
 
 log = logging.getLogger("signoff.approvals")
 DEFAULT_PREFIX = "signoff:"
@@ -104,6 +105,12 @@ local function expire_if_due(prefix, id, rec, now, at)
   end
   return state
 end
+-- What a transition can change in the record, and its votes: handed back with the result, so
+-- the caller shows the approval as this transition left it without reading it again.
+local function as_left(rec)
+  return redis.call('HMGET', rec, 'state', 'approved_ms', 'grant_expires_ms', 'final_ms',
+    'final_reason'), redis.call('HGETALL', rec .. ':votes')
+end
 -- The record's key and its state now (expired once its window has ended); nil when absent.
 local function current(prefix, id, now, at)
   local rec = prefix .. 'approval:' .. id
@@ -161,7 +168,7 @@ if not state then return {'not_found'} end
 if state ~= 'pending' then return {'conflict', state} end
 local votes = rec .. ':votes'
 if redis.call('HSETNX', votes, ARGV[5], ARGV[6]) == 0 then
-  return {'duplicate', state, redis.call('HGET', rec, 'approvals')}
+  return {'duplicate', state, as_left(rec)}
 end
 redis.call('PEXPIRE', votes, redis.call('PTTL', rec))
 local n = redis.call('HINCRBY', rec, 'approvals', 1)
@@ -174,9 +181,9 @@ if n >= tonumber(ARGV[7]) then
   unlist(prefix, id, rec)
   redis.call('ZADD', prefix .. 'grants', grant_expires, id)
   emit(prefix, id, 'approval.approved', 'pending', 'approved', ARGV[5], at, ARGV[8], summary)
-  return {'approved', tostring(n)}
+  return {'approved', tostring(n), as_left(rec)}
 end
-return {'voted', tostring(n)}
+return {'voted', tostring(n), as_left(rec)}
 """)
 
 # ARGV: prefix, id, now, at, approver, vote_json, reason
@@ -192,7 +199,7 @@ redis.call('HSET', votes, ARGV[5], ARGV[6])
 redis.call('PEXPIRE', votes, redis.call('PTTL', rec))
 if before then redis.call('HINCRBY', rec, 'approvals', -1) end
 finish(prefix, id, rec, 'rejected', ARGV[5], now, at, ARGV[7])
-return {'rejected'}
+return {'rejected', '', as_left(rec)}
 """)
 
 # ARGV: prefix, id, now, at, actor, reason
@@ -202,7 +209,7 @@ local rec, state = current(prefix, id, now, at)
 if not state then return {'not_found'} end
 if state ~= 'pending' and state ~= 'approved' then return {'conflict', state} end
 finish(prefix, id, rec, 'cancelled', ARGV[5], now, at, ARGV[6])
-return {'cancelled'}
+return {'cancelled', '', as_left(rec)}
 """)
 
 # ARGV: prefix, id, now, at, digest, actor
@@ -256,16 +263,31 @@ class Result(enum.StrEnum):
     CONSUMED = "consumed"
 
 
+# The record's fields a transition can change, in the order the scripts' `as_left` reads them.
+_CHANGING = ("state", "approved_ms", "grant_expires_ms", "final_ms", "final_reason")
+
+
 @dataclass(frozen=True)
 class Outcome:
-    """What a transition script answered: `status` plus the state or count it reports."""
+    """What a transition script answered: `status` plus the state or count it reports, and
+    (vote, reject, cancel) the record's changing fields and votes as the transition left them."""
 
     status: Result
     detail: str = ""
+    left: tuple[dict[str, str], dict[str, str]] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     @classmethod
     def of(cls, result: list[Any]) -> Outcome:
-        return cls(Result(str(result[0])), str(result[1]) if len(result) > 1 else "")
+        left = None
+        if len(result) == 4:
+            changed, votes = result[2], result[3]
+            left = (
+                dict(zip(_CHANGING, changed, strict=True)),
+                dict(zip(votes[::2], votes[1::2], strict=True)),
+            )
+        return cls(Result(str(result[0])), str(result[1]) if len(result) > 1 else "", left)
 
 
 class ApprovalStore:
@@ -390,8 +412,7 @@ class ApprovalStore:
     def _requester_key(self, requester: str) -> str:
         """The key counting `requester`'s pending approvals: one per identity however it is
         spelled (as self-approval compares them), hashed so the key name carries no id."""
-        digest = hashlib.sha256(identity_key(requester).encode()).hexdigest()[:32]
-        return f"{self.prefix}requester:{digest}"
+        return f"{self.prefix}requester:{_requester_hash(requester)}"
 
     def approve(self, approval_id: str, approver: str, reason: str, quorum: int) -> Outcome:
         now = self.clock()
@@ -425,6 +446,14 @@ class ApprovalStore:
     def expire_due(self, limit: int = 500) -> int:
         now = self.clock()
         return int(self._run("expire_due", now, iso(now), limit))
+
+    def as_left(self, before: ApprovalRecord, outcome: Outcome) -> ApprovalRecord | None:
+        """`before` (read ahead of the transition) as `outcome`'s transition left it, or None
+        when the script handed nothing back (a refusal)."""
+        if outcome.left is None:
+            return None
+        changed, votes = outcome.left
+        return replace(before, **_changing(changed, votes, before.pending_expires_ms, self.clock()))
 
     # --- reads ------------------------------------------------------------------------
 
@@ -475,14 +504,42 @@ class ApprovalStore:
         ]
 
 
+# An agent asks for many approvals under one name: its key is worked out once, not per request.
+@functools.lru_cache(maxsize=4096)
+def _requester_hash(requester: str) -> str:
+    return hashlib.sha256(identity_key(requester).encode()).hexdigest()[:32]
+
+
 def _vote_json(*, approve: bool, reason: str, now: int) -> str:
     return json.dumps({"approve": approve, "reason": reason, "at_ms": now}, separators=(",", ":"))
 
 
 def _record(approval_id: str, f: dict[str, str], votes: dict[str, str], now: int) -> ApprovalRecord:
     request = ApprovalRequest.from_doc(json.loads(f["doc"]))
-    state = State(f["state"])
     pending_expires = int(f["pending_expires_ms"])
+    return ApprovalRecord(
+        id=approval_id,
+        digest=f["digest"],
+        requester_id=request.requester_id,
+        requester_kind=request.requester_kind,
+        requester_ids=request.requester_ids,
+        requirement=request.requirement,
+        view=request.view,
+        created_ms=int(f["created_ms"]),
+        pending_expires_ms=pending_expires,
+        grant_ttl_ms=int(f["grant_ttl_ms"]),
+        policy_revision=request.policy_revision,
+        decision_id=request.decision_id,
+        **_changing(f, votes, pending_expires, now),
+    )
+
+
+def _changing(
+    f: dict[str, str], votes: dict[str, str], pending_expires: int, now: int
+) -> dict[str, Any]:
+    """The record's members a transition can change, from its stored fields and votes; a
+    window that has ended reads as expired even before the sweeper has written it."""
+    state = State(f["state"])
     grant_expires = int(f["grant_expires_ms"])
     final_ms = int(f["final_ms"])
     final_reason = f["final_reason"]
@@ -494,23 +551,11 @@ def _record(approval_id: str, f: dict[str, str], votes: dict[str, str], now: int
     for approver, raw in sorted(votes.items()):
         v = json.loads(raw)
         parsed.append(Vote(approver, bool(v["approve"]), str(v["reason"]), int(v["at_ms"])))
-    return ApprovalRecord(
-        id=approval_id,
-        state=state,
-        digest=f["digest"],
-        requester_id=request.requester_id,
-        requester_kind=request.requester_kind,
-        requester_ids=request.requester_ids,
-        requirement=request.requirement,
-        view=request.view,
-        created_ms=int(f["created_ms"]),
-        pending_expires_ms=pending_expires,
-        grant_ttl_ms=int(f["grant_ttl_ms"]),
-        approved_ms=int(f["approved_ms"]),
-        grant_expires_ms=grant_expires,
-        final_ms=final_ms,
-        final_reason=final_reason,
-        policy_revision=request.policy_revision,
-        decision_id=request.decision_id,
-        votes=tuple(parsed),
-    )
+    return {
+        "state": state,
+        "approved_ms": int(f["approved_ms"]),
+        "grant_expires_ms": grant_expires,
+        "final_ms": final_ms,
+        "final_reason": final_reason,
+        "votes": tuple(parsed),
+    }
