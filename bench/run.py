@@ -42,11 +42,14 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 # The benchmark modules `make bench` runs, in this order; each defines
 # `section(quick: bool = False) -> bench.targets.Section`. Cheap, self-contained ones first.
 SECTIONS: list[str] = [
+    "inprocess",
+    "embedded",
     "scale",
+    "masking",
     "approvals",
-    # MERGE (issue 13): the lead adds the other branches' sections here, e.g.
-    #   "inprocess", "embedded", "masking", "vs_cerbos", "client_transport", "observability",
-    # and keeps tests/test_bench_quick.py's registry in step (it fails otherwise).
+    "vs_cerbos",
+    "client_transport",
+    "observability",
 ]
 
 
