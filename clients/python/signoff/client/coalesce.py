@@ -26,7 +26,7 @@ import grpc
 
 from signoff.client.calls import batch_results, deadline_error, rpc_error, single_result
 from signoff.client.errors import InvalidInput, ProtocolError, SignoffRpcError
-from signoff.client.types import Decision, ItemFailure
+from signoff.client.types import Decision, ItemFailure, frame
 from signoff.v1 import signoff_pb2
 
 __all__ = ["Coalescing"]
@@ -69,20 +69,6 @@ class Coalescing:
 QUEUED, SENT, DONE, ABANDONED = range(4)
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _framed(payload: bytes) -> bytes:
-    # CheckBatchRequest.items is field 1, length-delimited: tag 0x0a, length, the item's bytes.
-    return b"\x0a" + _varint(len(payload)) + payload
-
-
 class Entry:
     """One caller's question: a single check, or the items of one check_batch call, kept whole."""
 
@@ -106,7 +92,8 @@ class Entry:
         self.payloads = payloads
         self.count = len(payloads)
         # Framed once: the size is then exact, and a batch is these bytes joined.
-        self.frames = [_framed(p) for p in payloads]
+        # CheckBatchRequest.items is field 1, length-delimited.
+        self.frames = [frame(b"\x0a", p) for p in payloads]
         self.size = sum(len(frame) for frame in self.frames)
         self.deadline = deadline
         self.queued_at = 0.0
