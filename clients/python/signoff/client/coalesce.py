@@ -287,6 +287,11 @@ class Queue:
         return out
 
 
+def _wake(signals: list[threading.Lock]) -> None:
+    for signal in signals:
+        signal.release()
+
+
 def closed_error(method: Method) -> SignoffRpcError:
     # What grpc itself raises for a call on a closed channel.
     return SignoffRpcError(method, grpc.StatusCode.CANCELLED.name, "Channel closed!")
@@ -395,8 +400,9 @@ class ThreadCoalescer:
         with self._lock:
             flight.fail(err)
             self._queue.in_flight -= 1
-            self._finish(flight.entries)
+            woken = self._finish(flight.entries)
             flights = self._take(time.monotonic())
+        _wake(woken)
         self._send(flights)
 
     def _settle(self, flight: Flight, done: Any) -> None:
@@ -422,16 +428,25 @@ class ThreadCoalescer:
                         entry.state = QUEUED
                         self._queue.add(entry, entry.queued_at)
                 flights += self._take(time.monotonic())
+                woken = []
             else:
-                self._finish(flight.entries)
-        self._send(flights)
+                woken = self._finish(flight.entries)
+        # The next call goes out first: the server works on it while the callers wake.
+        try:
+            self._send(flights)
+        finally:
+            _wake(woken)
 
-    def _finish(self, entries: list[Entry]) -> None:
+    def _finish(self, entries: list[Entry]) -> list[threading.Lock]:
+        """Mark the entries answered; returns their callers' signals, to release once the
+        lock is let go (a caller woken while it is held would at once wait for it)."""
         # Under the lock, so a caller giving up at this moment sees DONE and takes the answer.
+        woken = []
         for entry in entries:
             if entry.state == SENT or entry.state == QUEUED:
                 entry.state = DONE
-                entry.signal.release()
+                woken.append(entry.signal)
+        return woken
 
     def _time(self) -> None:
         # While calls are in flight the timer polls every window rather than being woken for
@@ -464,8 +479,9 @@ class ThreadCoalescer:
             left = self._queue.drain()
             for entry in left:
                 entry.error = closed_error(entry.method)
-            self._finish(left)
+            woken = self._finish(left)
             self._wake.notify()
             timer = self._timer
+        _wake(woken)
         if timer is not None and timer is not threading.current_thread():
             timer.join()
