@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime as dt
+import pickle
 from typing import Any
 
 import pytest
@@ -194,3 +196,16 @@ def test_decision_from_proto_is_a_plain_frozen_decision() -> None:
     assert dataclasses.replace(decision, decision_id="e").decision_id == "e"
     with pytest.raises(dataclasses.FrozenInstanceError):
         decision.decision_id = "x"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("uses", [0, 1, 2, 3])
+def test_copied_and_pickled_values_keep_converting_right(uses: int) -> None:
+    item = CheckItem(Principal("p", attributes={"a": 1}), "read", Resource("doc"))
+    for _ in range(uses):
+        item.to_bytes()
+    for each in (copy.copy(item), copy.deepcopy(item), pickle.loads(pickle.dumps(item))):
+        wire = each.principal.to_bytes()  # no to_proto() to fall back on here
+        assert pb.Principal.FromString(wire) == each.principal.to_proto()
+        assert same(each)
+        each.principal.attributes["a"] = True  # type: ignore[index]
+        assert same(each)

@@ -440,8 +440,6 @@ def frame(tag: bytes, payload: bytes) -> bytes:
 # compares equal to the snapshot encodes to the same bytes. An object is snapshotted only
 # when it is converted a second time: one made for a single check pays nothing for this.
 
-_SEEN = object()  # converted once, no snapshot kept
-
 
 class _Same:
     """A snapshot of one JSON-like value: equal only to a value that encodes as it did."""
@@ -494,16 +492,15 @@ def _cached(
     owner: Any, slot: str, mapping: Mapping[str, Any], encode: Callable[[], bytes]
 ) -> bytes:
     """`encode()`, or the bytes it gave before if `mapping` still holds what it held then."""
+    # The state is (snapshot or None, bytes): plain values, so a copied or pickled owner
+    # carries a state that still means what it did.
     state = owner.__dict__.get(slot)
-    if state is not None and state is not _SEEN:
+    if state is not None:
         snap, wire = state
-        if snap == mapping:
+        if snap is not None and snap == mapping:
             wire_bytes: bytes = wire
             return wire_bytes
     wire = encode()
-    if state is None:
-        owner.__dict__[slot] = _SEEN
-    else:
-        snap = _snapshot(mapping)
-        owner.__dict__[slot] = _SEEN if snap is None else (snap, wire)
+    snap = None if state is None else _snapshot(mapping)
+    owner.__dict__[slot] = (snap, wire if snap is not None else b"")
     return wire
