@@ -125,7 +125,7 @@ class AsyncSignoffClient:
 
     async def check_item(self, item: CheckItem, *, timeout: float | None = None) -> Decision:
         """Decide one prepared CheckItem; raises SignoffRpcError when the call fails."""
-        entry = Entry("Check", (item.to_proto().SerializeToString(),), self._deadline(timeout))
+        entry = Entry("Check", (item.to_bytes(),), self._deadline(timeout))
         await self._run(entry)
         return check_outcome(entry)
 
@@ -135,7 +135,7 @@ class AsyncSignoffClient:
         """Decide independent items in one call, as `SignoffClient.check_batch`."""
         if not items:
             return []
-        payloads = [item.to_proto().SerializeToString() for item in items]
+        payloads = [item.to_bytes() for item in items]
         entry = Entry("CheckBatch", payloads, self._deadline(timeout))
         await self._run(entry)
         return batch_outcome(entry)

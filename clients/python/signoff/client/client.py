@@ -134,7 +134,7 @@ class SignoffClient:
         if self._coalescer is None:
             response = self._call("Check", self._stub.Check, item.to_proto(), timeout)
             return Decision.from_proto(response)
-        entry = Entry("Check", (item.to_proto().SerializeToString(),), self._deadline(timeout))
+        entry = Entry("Check", (item.to_bytes(),), self._deadline(timeout))
         self._coalescer.run(entry)
         return check_outcome(entry)
 
@@ -149,7 +149,7 @@ class SignoffClient:
         if not items:
             return []
         if self._coalescer is not None:
-            payloads = [item.to_proto().SerializeToString() for item in items]
+            payloads = [item.to_bytes() for item in items]
             entry = Entry("CheckBatch", payloads, self._deadline(timeout))
             self._coalescer.run(entry)
             return batch_outcome(entry)

@@ -26,7 +26,7 @@ import grpc
 
 from signoff.client.calls import batch_results, deadline_error, rpc_error, single_result
 from signoff.client.errors import InvalidInput, ProtocolError, SignoffRpcError
-from signoff.client.types import Decision, ItemFailure
+from signoff.client.types import Decision, ItemFailure, frame
 from signoff.v1 import signoff_pb2
 
 __all__ = ["Coalescing"]
@@ -69,20 +69,6 @@ class Coalescing:
 QUEUED, SENT, DONE, ABANDONED = range(4)
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _framed(payload: bytes) -> bytes:
-    # CheckBatchRequest.items is field 1, length-delimited: tag 0x0a, length, the item's bytes.
-    return b"\x0a" + _varint(len(payload)) + payload
-
-
 class Entry:
     """One caller's question: a single check, or the items of one check_batch call, kept whole."""
 
@@ -106,7 +92,8 @@ class Entry:
         self.payloads = payloads
         self.count = len(payloads)
         # Framed once: the size is then exact, and a batch is these bytes joined.
-        self.frames = [_framed(p) for p in payloads]
+        # CheckBatchRequest.items is field 1, length-delimited.
+        self.frames = [frame(b"\x0a", p) for p in payloads]
         self.size = sum(len(frame) for frame in self.frames)
         self.deadline = deadline
         self.queued_at = 0.0
@@ -300,6 +287,11 @@ class Queue:
         return out
 
 
+def _wake(signals: list[threading.Lock]) -> None:
+    for signal in signals:
+        signal.release()
+
+
 def closed_error(method: Method) -> SignoffRpcError:
     # What grpc itself raises for a call on a closed channel.
     return SignoffRpcError(method, grpc.StatusCode.CANCELLED.name, "Channel closed!")
@@ -408,8 +400,9 @@ class ThreadCoalescer:
         with self._lock:
             flight.fail(err)
             self._queue.in_flight -= 1
-            self._finish(flight.entries)
+            woken = self._finish(flight.entries)
             flights = self._take(time.monotonic())
+        _wake(woken)
         self._send(flights)
 
     def _settle(self, flight: Flight, done: Any) -> None:
@@ -435,16 +428,25 @@ class ThreadCoalescer:
                         entry.state = QUEUED
                         self._queue.add(entry, entry.queued_at)
                 flights += self._take(time.monotonic())
+                woken = []
             else:
-                self._finish(flight.entries)
-        self._send(flights)
+                woken = self._finish(flight.entries)
+        # The next call goes out first: the server works on it while the callers wake.
+        try:
+            self._send(flights)
+        finally:
+            _wake(woken)
 
-    def _finish(self, entries: list[Entry]) -> None:
+    def _finish(self, entries: list[Entry]) -> list[threading.Lock]:
+        """Mark the entries answered; returns their callers' signals, to release once the
+        lock is let go (a caller woken while it is held would at once wait for it)."""
         # Under the lock, so a caller giving up at this moment sees DONE and takes the answer.
+        woken = []
         for entry in entries:
             if entry.state == SENT or entry.state == QUEUED:
                 entry.state = DONE
-                entry.signal.release()
+                woken.append(entry.signal)
+        return woken
 
     def _time(self) -> None:
         # While calls are in flight the timer polls every window rather than being woken for
@@ -477,8 +479,9 @@ class ThreadCoalescer:
             left = self._queue.drain()
             for entry in left:
                 entry.error = closed_error(entry.method)
-            self._finish(left)
+            woken = self._finish(left)
             self._wake.notify()
             timer = self._timer
+        _wake(woken)
         if timer is not None and timer is not threading.current_thread():
             timer.join()

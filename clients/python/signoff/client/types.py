@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -81,6 +82,13 @@ class Principal:
         _fill_struct(message.attributes, "Principal.attributes", self.attributes)
         return message
 
+    def to_bytes(self) -> bytes:
+        """`to_proto()` serialized; reused while `attributes` hold what they held then."""
+        return _cached(self, "_wire", self.attributes, self._serialize)
+
+    def _serialize(self) -> bytes:
+        return self.to_proto().SerializeToString()
+
 
 @dataclass(frozen=True)
 class Resource:
@@ -104,6 +112,13 @@ class Resource:
         _fill_struct(message.attributes, "Resource.attributes", self.attributes)
         return message
 
+    def to_bytes(self) -> bytes:
+        """`to_proto()` serialized; reused while `attributes` hold what they held then."""
+        return _cached(self, "_wire", self.attributes, self._serialize)
+
+    def _serialize(self) -> bytes:
+        return self.to_proto().SerializeToString()
+
 
 @dataclass(frozen=True)
 class Context:
@@ -125,6 +140,13 @@ class Context:
             message.time.FromDatetime(self.time)
         _fill_struct(message.attributes, "Context.attributes", self.attributes)
         return message
+
+    def to_bytes(self) -> bytes:
+        """`to_proto()` serialized; reused while `attributes` hold what they held then."""
+        return _cached(self, "_wire", self.attributes, self._serialize)
+
+    def _serialize(self) -> bytes:
+        return self.to_proto().SerializeToString()
 
 
 @dataclass(frozen=True)
@@ -154,6 +176,52 @@ class CheckItem:
             message.payload.SetInParent()
             _fill_struct(message.payload, "payload", self.payload)
         return message
+
+    def to_bytes(self) -> bytes:
+        """The CheckRequest this item is, serialized: it parses to exactly `to_proto()`.
+
+        A principal, resource or context used again is not converted again: its bytes are
+        kept and reused while its attributes hold what they held when it was (see `_cached`).
+        Anything the quick assembly does not vouch for goes through `to_proto()`, so every
+        error is the one `to_proto()` raises.
+        """
+        wire = self._assemble()
+        return self.to_proto().SerializeToString() if wire is None else wire
+
+    def _assemble(self) -> bytes | None:
+        action, approval_id, explain = self.action, self.approval_id, self.explain
+        if not (type(action) is str and type(approval_id) is str and type(explain) is bool):
+            return None
+        try:
+            parts = [
+                frame(b"\x0a", self.principal.to_bytes()),
+                frame(b"\x12", action.encode()) if action else b"",
+                frame(b"\x1a", self.resource.to_bytes()),
+            ]
+            if self.context is not None:
+                parts.append(frame(b"\x22", self.context.to_bytes()))
+            if self.payload is not None:
+                parts.append(frame(b"\x2a", self._payload_bytes()))
+        except Exception:
+            return None  # to_proto() raises it, as callers know it
+        if approval_id:
+            try:
+                parts.append(frame(b"\x32", approval_id.encode()))
+            except UnicodeEncodeError:
+                return None
+        if explain:
+            parts.append(b"\x38\x01")
+        return b"".join(parts)
+
+    def _payload_bytes(self) -> bytes:
+        payload = self.payload
+        assert payload is not None
+        return _cached(self, "_payload_wire", payload, self._serialize_payload)
+
+    def _serialize_payload(self) -> bytes:
+        message = struct_pb2.Struct()
+        _fill_struct(message, "payload", self.payload or {})
+        return message.SerializeToString()
 
 
 @dataclass(frozen=True)
@@ -192,15 +260,15 @@ class Decision:
     @classmethod
     def from_proto(cls, response: signoff_pb2.CheckResponse) -> Decision:
         """Convert a CheckResponse; raises ProtocolError for a verdict this client does not know."""
-        try:
-            verdict = Verdict(response.verdict)
-        except ValueError:
+        verdict = _VERDICTS.get(response.verdict)
+        if verdict is None:
             raise ProtocolError(
                 f"decision {response.decision_id!r} has unusable verdict {response.verdict}"
-            ) from None
+            )
         # Copies, so the Decision does not share mutable messages with the response.
         plan = signoff_pb2.MaskingPlan()
-        plan.CopyFrom(response.masking_plan)
+        if response.HasField("masking_plan"):
+            plan.CopyFrom(response.masking_plan)
         approval = None
         if response.HasField("approval"):
             approval = signoff_pb2.ApprovalRequirement()
@@ -209,18 +277,27 @@ class Decision:
         if response.HasField("explanation"):
             explanation = signoff_pb2.Explanation()
             explanation.CopyFrom(response.explanation)
-        return cls(
+        matched, reasons, errored = (
+            response.matched_rules,
+            response.reasons,
+            response.errored_rules,
+        )
+        # Set as __init__ would (every field, nothing else), without its frozen-dataclass
+        # setattr per field: a decision per check is the client's hottest conversion.
+        decision = object.__new__(cls)
+        decision.__dict__.update(
             verdict=verdict,
             decision_id=response.decision_id,
             policy_revision=response.policy_revision,
-            matched_rules=tuple(response.matched_rules),
-            reasons=tuple(response.reasons),
+            matched_rules=tuple(matched) if matched else (),
+            reasons=tuple(reasons) if reasons else (),
             masking_plan=plan,
             approval=approval,
-            errored_rules=tuple(response.errored_rules),
+            errored_rules=tuple(errored) if errored else (),
             approval_id=response.approval_id,
             explanation=explanation,
         )
+        return decision
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready view; enum values are written by their short names."""
@@ -279,6 +356,9 @@ class Decision:
         return view
 
 
+_VERDICTS = {verdict.value: verdict for verdict in Verdict}
+
+
 def _short(name: str, prefix: str) -> str:
     return name.removeprefix(prefix)
 
@@ -327,3 +407,100 @@ def _fill_struct(target: struct_pb2.Struct, where: str, values: Mapping[str, Any
         target.update(values)
     except (TypeError, ValueError) as err:
         raise InvalidInput(f"{where} must be JSON-like with string keys: {err}") from err
+
+
+def varint(n: int) -> bytes:
+    """`n` (non-negative) as a protobuf varint."""
+    if n < 0x80:
+        return _SMALL_VARINTS[n]
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_SMALL_VARINTS = [bytes((n,)) for n in range(0x80)]
+
+
+def frame(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited field: its tag, the payload's length, the payload."""
+    return tag + varint(len(payload)) + payload
+
+
+# --------------------------------------------------------------------- reusing encoded values
+#
+# Callers reuse a Principal (and often a Resource) for many checks, and its conversion is most
+# of what a check costs the client. The values are frozen except their attribute mappings,
+# which belong to the caller and may change between checks, so encoded bytes are reused only
+# while the mapping still holds what it held when they were made: a snapshot of it is kept
+# beside them and compared, with every value matched by exact type as well as value (True is
+# 1 to ==, not to the encoding; -0.0 is 0.0 to ==, not to the encoding), so a mapping that
+# compares equal to the snapshot encodes to the same bytes. An object is snapshotted only
+# when it is converted a second time: one made for a single check pays nothing for this.
+
+
+class _Same:
+    """A snapshot of one JSON-like value: equal only to a value that encodes as it did."""
+
+    __slots__ = ("kind", "value")
+
+    def __init__(self, kind: type, value: Any) -> None:
+        self.kind = kind
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not self.kind:
+            return False
+        if self.kind is float:
+            # NaN never matches (the bytes are simply made again); a zero keeps its sign.
+            return bool(
+                other == self.value
+                and (other != 0.0 or math.copysign(1.0, other) == math.copysign(1.0, self.value))
+            )
+        return bool(self.value == other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+_LEAVES = frozenset({str, int, float, bool, type(None)})
+
+
+def _snapshot(value: Any) -> _Same | None:
+    """A snapshot of `value`, or None when it holds anything but plain JSON-like values."""
+    kind = type(value)
+    if kind in _LEAVES:
+        return _Same(kind, value)
+    if kind is dict:
+        items = {}
+        for key, item in value.items():
+            snap = _snapshot(item)
+            if type(key) is not str or snap is None:
+                return None
+            items[key] = snap
+        return _Same(dict, items)
+    if kind is list or kind is tuple:
+        snaps = [_snapshot(item) for item in value]
+        if any(snap is None for snap in snaps):
+            return None
+        return _Same(kind, snaps if kind is list else tuple(snaps))
+    return None
+
+
+def _cached(
+    owner: Any, slot: str, mapping: Mapping[str, Any], encode: Callable[[], bytes]
+) -> bytes:
+    """`encode()`, or the bytes it gave before if `mapping` still holds what it held then."""
+    # The state is (snapshot or None, bytes): plain values, so a copied or pickled owner
+    # carries a state that still means what it did.
+    state = owner.__dict__.get(slot)
+    if state is not None:
+        snap, wire = state
+        if snap is not None and snap == mapping:
+            wire_bytes: bytes = wire
+            return wire_bytes
+    wire = encode()
+    snap = None if state is None else _snapshot(mapping)
+    owner.__dict__[slot] = (snap, wire if snap is not None else b"")
+    return wire
