@@ -48,19 +48,25 @@ def collector(port_queue: Any, spans: Any, stop: Any) -> None:
     server.stop(1).wait()
 
 
-def configs(collector_port: int) -> dict[str, tuple[bool, dict[str, str]]]:
-    """Each configuration: audit on or off, and its telemetry environment."""
+def configs(
+    collector_port: int, extra: dict[str, str] | None = None
+) -> dict[str, tuple[bool, dict[str, str]]]:
+    """Each configuration: audit on or off, and its telemetry environment. "on" and "off" are
+    the target's; "traces" (tracing alone) and "audit" (audit alone) split the difference.
+    `extra` is added to the traced ones' environment (e.g. OTEL_BSP_MAX_EXPORT_BATCH_SIZE)."""
+    traced = {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector_port}",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        **(extra or {}),
+    }
+    untraced = {"OTEL_TRACES_EXPORTER": "none"}
     return {
-        "on": (
-            True,
-            {
-                "OTEL_TRACES_EXPORTER": "otlp",
-                "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
-                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector_port}",
-                "OTEL_EXPORTER_OTLP_INSECURE": "true",
-            },
-        ),
-        "off": (False, {"OTEL_TRACES_EXPORTER": "none"}),
+        "on": (True, traced),
+        "off": (False, untraced),
+        "traces": (False, traced),
+        "audit": (True, untraced),
     }
 
 
@@ -80,7 +86,12 @@ def _answers_ok(server: SignoffServer) -> bool:
 
 
 def measure(
-    rounds: int = 3, seconds: float = 4.0, warmup: float = 1.0, concurrency: int = 16
+    rounds: int = 3,
+    seconds: float = 4.0,
+    warmup: float = 1.0,
+    concurrency: int = 16,
+    names: tuple[str, ...] = ("on", "off"),
+    extra: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Medians per configuration, their ratios, and the spans the collector received."""
     ctx = multiprocessing.get_context("spawn")  # never fork a process holding gRPC state
@@ -93,7 +104,9 @@ def measure(
     runs: dict[str, list[loadgen.Result]] = {}
     try:
         port = ports.get(timeout=60)
-        for name, (audit, env) in configs(port).items():
+        for name, (audit, env) in configs(port, extra).items():
+            if name not in names:
+                continue
             servers[name] = start_signoff(rules, audit, env=env)
             if not _answers_ok(servers[name]):
                 raise AssertionError(f"signoff ({name}) answered the measured request wrongly")
@@ -188,11 +201,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--split",
+        action="store_true",
+        help="also tracing alone and audit alone, to see which costs what",
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="added to the traced servers' environment, e.g. OTEL_BSP_MAX_EXPORT_BATCH_SIZE=2048",
+    )
     args = parser.parse_args(argv)
+    extra = dict(item.split("=", 1) for item in args.env)
+    names = ("on", "off", "traces", "audit") if args.split else ("on", "off")
     if args.quick:
         result = section(quick=True)
     else:
-        data = measure(args.rounds, args.seconds, concurrency=args.concurrency)
+        data = measure(
+            args.rounds, args.seconds, concurrency=args.concurrency, names=names, extra=extra
+        )
         result = section_of(data)
     print(result.markdown)
     for t in result.targets:
