@@ -120,7 +120,8 @@ def _attributes(tag: int, attributes: Mapping[str, Any] | None) -> bytes:
 def encode_span(span: ReadableSpan) -> bytes:
     """One Span message's bytes, as the SDK's `_encode_span(span)` serializes."""
     if span.links:
-        return _encode_span(span).SerializeToString()  # type: ignore[no-any-return]
+        encoded: bytes = _encode_span(span).SerializeToString()
+        return encoded
     ctx = span.get_span_context()
     assert ctx is not None
     parent = span.parent
@@ -139,7 +140,8 @@ def encode_span(span: ReadableSpan) -> bytes:
         parts.append(b"\x39" + _FIXED64.pack(start))
     if end:
         parts.append(b"\x41" + _FIXED64.pack(end))
-    parts.append(_attributes(0x4A, span.attributes))
+    # The span's own attributes, not the read-only view `attributes` makes on each access.
+    parts.append(_attributes(0x4A, getattr(span, "_attributes", None) or span.attributes))
     if span.dropped_attributes:
         parts.append(b"\x50" + _varint(span.dropped_attributes))
     for event in span.events:
