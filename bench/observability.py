@@ -19,10 +19,18 @@ from concurrent import futures
 from pathlib import Path
 from typing import Any
 
+from opentelemetry import trace
+
 from bench import loadgen, targets, workload
 from bench.signoff_server import SignoffServer, start_signoff
 
 LIMIT = 0.85
+CHECK_SPAN = workload.SIGNOFF_CHECK.lstrip("/")
+RPC_ATTRIBUTES = {
+    "rpc.system": "grpc",
+    "rpc.service": "signoff.v1.DecisionService",
+    "rpc.method": "Check",
+}
 
 
 def collector(port_queue: Any, spans: Any, stop: Any) -> None:
@@ -48,19 +56,25 @@ def collector(port_queue: Any, spans: Any, stop: Any) -> None:
     server.stop(1).wait()
 
 
-def configs(collector_port: int) -> dict[str, tuple[bool, dict[str, str]]]:
-    """Each configuration: audit on or off, and its telemetry environment."""
+def configs(
+    collector_port: int, extra: dict[str, str] | None = None
+) -> dict[str, tuple[bool, dict[str, str]]]:
+    """Each configuration: audit on or off, and its telemetry environment. "on" and "off" are
+    the target's; "traces" (tracing alone) and "audit" (audit alone) split the difference.
+    `extra` is added to the traced ones' environment (e.g. OTEL_BSP_MAX_EXPORT_BATCH_SIZE)."""
+    traced = {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector_port}",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        **(extra or {}),
+    }
+    untraced = {"OTEL_TRACES_EXPORTER": "none"}
     return {
-        "on": (
-            True,
-            {
-                "OTEL_TRACES_EXPORTER": "otlp",
-                "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
-                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector_port}",
-                "OTEL_EXPORTER_OTLP_INSECURE": "true",
-            },
-        ),
-        "off": (False, {"OTEL_TRACES_EXPORTER": "none"}),
+        "on": (True, traced),
+        "off": (False, untraced),
+        "traces": (False, traced),
+        "audit": (True, untraced),
     }
 
 
@@ -80,7 +94,12 @@ def _answers_ok(server: SignoffServer) -> bool:
 
 
 def measure(
-    rounds: int = 3, seconds: float = 4.0, warmup: float = 1.0, concurrency: int = 16
+    rounds: int = 3,
+    seconds: float = 4.0,
+    warmup: float = 1.0,
+    concurrency: int = 16,
+    names: tuple[str, ...] = ("on", "off"),
+    extra: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Medians per configuration, their ratios, and the spans the collector received."""
     ctx = multiprocessing.get_context("spawn")  # never fork a process holding gRPC state
@@ -93,7 +112,9 @@ def measure(
     runs: dict[str, list[loadgen.Result]] = {}
     try:
         port = ports.get(timeout=60)
-        for name, (audit, env) in configs(port).items():
+        for name, (audit, env) in configs(port, extra).items():
+            if name not in names:
+                continue
             servers[name] = start_signoff(rules, audit, env=env)
             if not _answers_ok(servers[name]):
                 raise AssertionError(f"signoff ({name}) answered the measured request wrongly")
@@ -140,11 +161,79 @@ def measure(
     }
 
 
+def encoding_costs(spans: int = 2048, rounds: int = 5) -> dict[str, float]:
+    """CPU µs per span to encode a batch of traced Checks' spans for OTLP: the SDK's encoder
+    and signoff's (same message), alternating, medians; and to make each span (start, the
+    decision's attributes, end) through the SDK."""
+    import time
+
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter
+    from opentelemetry.sdk.trace.export import SpanExportResult as Result
+
+    from signoff.observability import Telemetry
+    from signoff.observability.otlp import encode_request
+
+    finished: list[ReadableSpan] = []
+
+    class Keep(SpanExporter):
+        def export(self, batch: Any) -> Result:
+            finished.extend(batch)
+            return Result.SUCCESS
+
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(Keep()))
+    telemetry = Telemetry(provider, Telemetry.disabled().meter_provider, exports_metrics=False)
+    tracer = telemetry.tracer
+
+    def make() -> float:
+        finished.clear()
+        started = time.process_time()
+        for i in range(spans):
+            span = tracer.start_span(CHECK_SPAN, attributes=dict(RPC_ATTRIBUTES))
+            with trace.use_span(span, end_on_exit=True):
+                with telemetry.decision_span() as decision:
+                    decision.set_decision(
+                        f"e1be6283-5b90-42e8-8a3a-{i:012d}",
+                        "ALLOW",
+                        "ab" * 32,
+                        ["ledger/allow-staff"],
+                        "ledger",
+                        "export",
+                        "bob@acme.io",
+                        "human",
+                    )
+                span.set_attribute("rpc.grpc.status_code", 0)
+        return (time.process_time() - started) / spans * 1e6
+
+    def timed(encode: Any) -> float:
+        started = time.process_time()
+        encode(finished)
+        return (time.process_time() - started) / len(finished) * 1e6
+
+    made, sdk, ours = [], [], []
+    for _ in range(rounds):
+        made.append(make())
+        sdk.append(timed(lambda b: encode_spans(b).SerializeToString()))
+        ours.append(timed(encode_request))
+    provider.shutdown()
+    return {
+        "make_us": statistics.median(made),
+        "sdk_encode_us": statistics.median(sdk),
+        "encode_us": statistics.median(ours),
+    }
+
+
 def section(quick: bool = False) -> targets.Section:
     """The tracing + audit overhead target for `make bench`; quick: tiny runs, still checked."""
     if quick:
-        return section_of(measure(rounds=1, seconds=0.3, warmup=0.1, concurrency=2))
-    return section_of(measure())
+        data = measure(rounds=1, seconds=0.3, warmup=0.1, concurrency=2)
+        data["encoding"] = encoding_costs(spans=64, rounds=1)
+        return section_of(data)
+    data = measure()
+    data["encoding"] = encoding_costs()
+    return section_of(data)
 
 
 def section_of(data: dict[str, Any]) -> targets.Section:
@@ -177,6 +266,19 @@ def section_of(data: dict[str, Any]) -> targets.Section:
             f"| ratio on/off | {data['throughput_ratio']:.2f}x | {data['cpu_ratio']:.2f}x | |",
         ]
     )
+    encoding = data.get("encoding")
+    if encoding is not None:
+        markdown += "\n".join(
+            [
+                "",
+                "",
+                "A traced Check's span (13 attributes), CPU µs per span in-process, medians: "
+                f"making it through the SDK {encoding['make_us']:.1f}; encoding it for OTLP "
+                f"with the SDK's encoder {encoding['sdk_encode_us']:.1f}, with signoff's "
+                f"{encoding['encode_us']:.1f} "
+                f"({encoding['sdk_encode_us'] / encoding['encode_us']:.1f}x less).",
+            ]
+        )
     return targets.Section(
         "Tracing and audit overhead", [target], markdown, {"observability": data}
     )
@@ -188,11 +290,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--split",
+        action="store_true",
+        help="also tracing alone and audit alone, to see which costs what",
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="added to the traced servers' environment, e.g. OTEL_BSP_MAX_EXPORT_BATCH_SIZE=2048",
+    )
     args = parser.parse_args(argv)
+    extra = dict(item.split("=", 1) for item in args.env)
+    names = ("on", "off", "traces", "audit") if args.split else ("on", "off")
     if args.quick:
         result = section(quick=True)
     else:
-        data = measure(args.rounds, args.seconds, concurrency=args.concurrency)
+        data = measure(
+            args.rounds, args.seconds, concurrency=args.concurrency, names=names, extra=extra
+        )
+        data["encoding"] = encoding_costs()
         result = section_of(data)
     print(result.markdown)
     for t in result.targets:

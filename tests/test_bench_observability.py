@@ -14,3 +14,4 @@ def test_quick_observability_bench_exports_spans_and_compares_throughput() -> No
     (target,) = result.targets
     assert target.limit == ">= 0.85x"
     assert data["throughput_ratio"] > 0
+    assert set(data["encoding"]) == {"make_us", "sdk_encode_us", "encode_us"}

@@ -199,7 +199,7 @@ def test_otlp_over_grpc_delivers_spans_and_metrics_without_caller_data(
     assert telemetry.description == "traces: otlp (grpc); metrics: otlp (grpc)"
     serve_one_check(telemetry)
 
-    assert span_names(grpc_collector.traces) == {CHECK, "signoff.decision"}
+    assert span_names(grpc_collector.traces) == {CHECK}
     resource = resource_of(grpc_collector.traces[0])
     assert resource["service.name"] == "signoff-eu"
     assert resource["deployment.environment"] == "prod"
@@ -225,7 +225,7 @@ def test_otlp_over_http_delivers_spans_and_metrics_without_caller_data(
     serve_one_check(telemetry)
 
     traces, metrics = http_collector.bodies["/v1/traces"], http_collector.bodies["/v1/metrics"]
-    assert span_names(traces) == {CHECK, "signoff.decision"}
+    assert span_names(traces) == {CHECK}
     assert resource_of(traces[0])["service.name"] == "signoff"
     assert "signoff.decisions" in metric_names(metrics)
     assert SECRET.encode() not in b"".join(traces + metrics)
@@ -250,7 +250,7 @@ def test_each_signal_can_pick_its_own_protocol(
     )
     serve_one_check(telemetry)
 
-    assert span_names(http_collector.bodies["/v1/traces"]) == {CHECK, "signoff.decision"}
+    assert span_names(http_collector.bodies["/v1/traces"]) == {CHECK}
     assert grpc_collector.traces == []
     assert "signoff.decisions" in metric_names(grpc_collector.metrics)
 

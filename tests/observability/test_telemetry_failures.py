@@ -82,7 +82,7 @@ def test_an_exporter_that_raises_on_export_never_breaks_the_rpc() -> None:
 
     assert response.verdict == pb.VERDICT_ALLOW
     assert len(watched) == 3
-    assert exporter.attempts == 3  # Check, its decision, the watch: each tried, each failed
+    assert exporter.attempts == 2  # the Check (its decision on its span) and the watch
 
 
 def test_a_batch_exporter_that_raises_never_breaks_the_rpc_or_shutdown() -> None:
@@ -122,7 +122,7 @@ def test_a_processor_that_raises_never_breaks_the_rpc(
     ours = [r for r in caplog.records if r.name == "signoff.telemetry"]
     operations = [str(r.args[0]) for r in ours if isinstance(r.args, tuple)]
     assert all(f"{fails_on} " in op for op in operations), operations
-    assert len(operations) == len(set(operations)) >= 2
+    assert len(operations) == len(set(operations)) >= 1
     assert all(SECRET not in r.getMessage() for r in ours)
 
 

@@ -82,7 +82,7 @@ def test_a_shadow_rule_is_traced_and_audited_but_not_enforced(tmp_path: Path) ->
             "reasons": ["reads need a ticket"],
             "changes_verdict": True,
         }
-        decision_span = next(s for s in spans.get_finished_spans() if s.name == "signoff.decision")
+        decision_span = next(s for s in spans.get_finished_spans() if s.name.endswith("/Check"))
         assert decision_span.attributes is not None
         assert decision_span.attributes["signoff.shadow.verdict"] == "deny"
         assert list(decision_span.attributes["signoff.shadow.rules"]) == ["rollout/ticket-required"]  # type: ignore[arg-type]

@@ -182,6 +182,11 @@ def _span_processor(name: str, protocol: str) -> SpanProcessor:
     if name == "console":
         # sys.stdout as it is now, not as it was when the SDK module was imported.
         return SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stdout))
+    if protocol == "grpc":
+        # The SDK's exporter with a cheaper encoder: see signoff.observability.otlp.
+        from signoff.observability.otlp import FastOTLPSpanExporter
+
+        return BatchSpanProcessor(FastOTLPSpanExporter())
     return BatchSpanProcessor(_otlp("trace", protocol))
 
 

@@ -36,6 +36,7 @@ class ServerTracing(grpc.ServerInterceptor):  # type: ignore[type-arg]
         self._shield = shield
         self._skip = frozenset(skip_services)
         self._default_sampler: bool | None = None
+        self._wrapped: dict[str, tuple[Any, grpc.RpcMethodHandler]] = {}  # type: ignore[type-arg]
 
     def intercept_service(
         self,
@@ -46,11 +47,27 @@ class ServerTracing(grpc.ServerInterceptor):  # type: ignore[type-arg]
         # Only methods the server implements get here, so span names stay a bounded set.
         if handler is None:
             return None
-        full = handler_call_details.method.lstrip("/")
+        full = handler_call_details.method
+        known = self._wrapped.get(full)
+        if known is not None and known[0] is handler:
+            # The same handler as before: its wrapper too. Making one per call (a handler,
+            # its closures) cost each traced call more than its span's attributes.
+            return known[1]
+        wrapped = self._wrap(full, handler)
+        if len(self._wrapped) < 1024:  # methods the server implements: a bounded set anyway
+            self._wrapped[full] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(
+        self,
+        path: str,
+        handler: grpc.RpcMethodHandler,  # type: ignore[type-arg]
+    ) -> grpc.RpcMethodHandler:  # type: ignore[type-arg]
+        full = path.lstrip("/")
         service, _, method = full.rpartition("/")
         if service in self._skip:
             return handler
-        rpc = _Rpc(self, full, service, method, handler_call_details.invocation_metadata)
+        rpc = _Rpc(self, full, service, method)
         deser, ser = handler.request_deserializer, handler.response_serializer
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(rpc.single(handler.unary_unary), deser, ser)
@@ -72,7 +89,9 @@ class ServerTracing(grpc.ServerInterceptor):  # type: ignore[type-arg]
         self, full: str, service: str, method: str, metadata: Any
     ) -> _Call | None:  # None: the call runs untraced
         with self._shield("start RPC span"):
-            parent = self._propagator.extract(_carrier(metadata))
+            carrier = _carrier(metadata)
+            # No W3C header, nothing to extract: a new trace, as extract would have said.
+            parent = self._propagator.extract(carrier) if carrier else _EMPTY
             span = self._tracer.start_span(
                 full,
                 context=parent,
@@ -131,18 +150,15 @@ def _sampled_id(ctx: trace.SpanContext) -> str:
 
 
 class _Rpc:
-    """One incoming call: wraps its handler so the span covers it."""
+    """One method's calls: wraps its handler so a span covers each call."""
 
-    def __init__(
-        self, tracing: ServerTracing, full: str, service: str, method: str, metadata: Any
-    ) -> None:
+    def __init__(self, tracing: ServerTracing, full: str, service: str, method: str) -> None:
         self._tracing = tracing
         self._names = (full, service, method)
-        self._metadata = metadata
 
     def single(self, behavior: _Behavior) -> _Behavior:
         def traced(request: Any, context: grpc.ServicerContext) -> Any:
-            call = self._tracing.start(*self._names, self._metadata)
+            call = self._tracing.start(*self._names, context.invocation_metadata())
             if call is None:
                 return behavior(request, context)
             response = _attached(call, context, lambda: behavior(request, context))
@@ -153,7 +169,7 @@ class _Rpc:
 
     def stream(self, behavior: _Behavior) -> _Behavior:
         def traced(request: Any, context: grpc.ServicerContext) -> Any:
-            call = self._tracing.start(*self._names, self._metadata)
+            call = self._tracing.start(*self._names, context.invocation_metadata())
             if call is None:
                 return behavior(request, context)
             # grpc stops iterating a cancelled stream, so only this callback sees its end.
@@ -221,11 +237,17 @@ class _TracedResponses(Iterator[Any]):
             self._call.detach(token)
 
 
+_EMPTY = otel_context.Context()
+_W3C = frozenset({"traceparent", "tracestate"})
+
+
 def _carrier(metadata: Any) -> dict[str, str]:
+    """The W3C trace context entries of `metadata` (gRPC sends keys in lower case)."""
     carrier: dict[str, str] = {}
     for key, value in metadata or ():
-        # Binary (-bin) entries carry no W3C context; the first of a repeated key wins.
-        if isinstance(key, str) and isinstance(value, str):
+        # Binary (-bin) entries carry no W3C context; the first of a repeated key wins. The
+        # propagator (W3C trace context) reads no other key.
+        if isinstance(key, str) and isinstance(value, str) and key.lower() in _W3C:
             carrier.setdefault(key.lower(), value)
     return carrier
 

@@ -66,12 +66,22 @@ UNTRACED_SERVICES = ("grpc.health.v1.Health",)
 
 
 class DecisionSpan:
-    """The span of one decision; every setter is safe to call whatever state telemetry is in."""
+    """Where one decision is traced; every setter is safe to call whatever state telemetry is
+    in. The decision's attributes go on `span` (its own span, or the RPC's for a unary
+    Check), or, for a batch item (`item_index`), into a `signoff.decision` event on it."""
 
-    def __init__(self, span: trace.Span, shield: Shield, *, detailed: bool = True) -> None:
+    def __init__(
+        self,
+        span: trace.Span,
+        shield: Shield,
+        *,
+        detailed: bool = True,
+        item_index: int | None = None,
+    ) -> None:
         self._span = span
         self._shield = shield
         self._detailed = detailed
+        self._item_index = item_index
 
     @property
     def records(self) -> bool:
@@ -99,31 +109,44 @@ class DecisionSpan:
         with self._shield("set decision attributes"):
             if not (self._detailed and self._span.is_recording()):
                 return
-            attributes: dict[str, str | Sequence[str]] = {
-                "signoff.decision.id": _text(decision_id),
-                "signoff.decision.verdict": _text(_enum_text(verdict)),
-                "signoff.policy.revision": _text(policy_revision),
-                "signoff.rules.matched": _texts(matched_rules),
-                "signoff.rules.errored": _texts(errored_rules),
-                "signoff.resource.kind": _text(resource_kind),
-                "signoff.action": _text(action),
-                "signoff.principal.id": _text(principal_id),
-                "signoff.principal.kind": _text(_enum_text(principal_kind)),
-            }
+            attributes: dict[str, str | int | Sequence[str]] = {}
+            if self._item_index is not None:
+                attributes["signoff.batch.item"] = self._item_index
+            attributes.update(
+                {
+                    "signoff.decision.id": _text(decision_id),
+                    "signoff.decision.verdict": _text(_enum_text(verdict)),
+                    "signoff.policy.revision": _text(policy_revision),
+                    "signoff.rules.matched": _texts(matched_rules),
+                    "signoff.rules.errored": _texts(errored_rules),
+                    "signoff.resource.kind": _text(resource_kind),
+                    "signoff.action": _text(action),
+                    "signoff.principal.id": _text(principal_id),
+                    "signoff.principal.kind": _text(_enum_text(principal_kind)),
+                }
+            )
             if approval_id:
                 attributes["signoff.approval.id"] = _text(approval_id)
             if shadow is not None:
                 attributes["signoff.shadow.verdict"] = _text(_enum_text(shadow[0]))
                 attributes["signoff.shadow.rules"] = _texts(shadow[1])
-            self._span.set_attributes(attributes)
+            if self._item_index is None:
+                self._span.set_attributes(attributes)
+            else:
+                self._span.add_event(DECISION_SPAN, attributes)
 
     def set_error(self, code_name: str | grpc.StatusCode) -> None:
         """Mark the decision as not made, e.g. an invalid batch item, by status code name."""
         with self._shield("set decision error"):
-            if not self._detailed:
-                return  # the span is the RPC's, and an item's error is not the call's
-            name = code_name.name if isinstance(code_name, grpc.StatusCode) else code_name
-            self._span.set_status(Status(StatusCode.ERROR, _text(name)))
+            if not (self._detailed and self._span.is_recording()):
+                return
+            name = _text(code_name.name if isinstance(code_name, grpc.StatusCode) else code_name)
+            if self._item_index is None:
+                self._span.set_status(Status(StatusCode.ERROR, name))
+            else:  # an item's error is not the batch call's: an event of its own
+                self._span.add_event(
+                    DECISION_SPAN, {"signoff.batch.item": self._item_index, "signoff.error": name}
+                )
 
     def trace_id_hex(self) -> str:
         """The trace id as 32 hex digits, or "" when this trace is not sampled."""
@@ -358,13 +381,22 @@ class Telemetry:
     def decision_span(
         self, *, item_index: int | None = None
     ) -> AbstractContextManager[DecisionSpan]:
-        """Context manager: a `signoff.decision` span, current for the block's duration.
+        """Context manager: where the decision is traced, in the span it reports the trace id
+        of (the one its audit record links by).
 
-        When nothing exports spans, no span is started: the decision reports the trace id of
-        the span around it (the RPC's), which is all the audit record links by.
+        Inside a recording span (the RPC's), that span: a single decision's attributes are
+        set on it, a batch item's (`item_index`) go into a `signoff.decision` event on it.
+        Outside one (a caller without an RPC span), a `signoff.decision` span of its own,
+        current for the block. When nothing exports spans, nothing is recorded at all.
         """
+        current = trace.get_current_span()
         if not self.exports_spans:
-            return nullcontext(DecisionSpan(trace.get_current_span(), self.shield, detailed=False))
+            return nullcontext(DecisionSpan(current, self.shield, detailed=False))
+        with self.shield("read span state"):
+            if current.is_recording():
+                # One span per call: each made and exported costs a traced call about as
+                # much as the decision itself, so the RPC's span carries the decision.
+                return nullcontext(DecisionSpan(current, self.shield, item_index=item_index))
         return _DecisionScope(self, item_index)
 
     def approval_event(
