@@ -183,10 +183,15 @@ def _span_processor(name: str, protocol: str) -> SpanProcessor:
         # sys.stdout as it is now, not as it was when the SDK module was imported.
         return SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stdout))
     if protocol == "grpc":
-        # The SDK's exporter with a cheaper encoder: see signoff.observability.otlp.
-        from signoff.observability.otlp import FastOTLPSpanExporter
-
-        return BatchSpanProcessor(FastOTLPSpanExporter())
+        # The SDK's exporter with a cheaper encoder: see signoff.observability.otlp. It borrows
+        # the SDK's private encoding helpers; should a release move them, spans still go out
+        # through the SDK's own encoder rather than tracing failing to start.
+        try:
+            from signoff.observability.otlp import FastOTLPSpanExporter
+        except ImportError:
+            log.warning("OTLP: the fast span encoder is unavailable; using the SDK's")
+        else:
+            return BatchSpanProcessor(FastOTLPSpanExporter())
     return BatchSpanProcessor(_otlp("trace", protocol))
 
 
