@@ -55,7 +55,9 @@ def _serve(
             answer, Request.FromString, Response.SerializeToString
         ),
     }
-    interceptors = [StreamsOnPool(Rewrapping(), pool)] if intercepted else []
+    interceptors: list[grpc.ServerInterceptor[Any, Any]] = (
+        [StreamsOnPool(Rewrapping(), pool)] if intercepted else []
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=1),
         interceptors=interceptors,
