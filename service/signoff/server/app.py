@@ -110,7 +110,7 @@ def start(
         # Without BDP probing, HTTP/2 flow-control windows stay at their initial 64 KiB: a call
         # waiting for a worker holds at most that much of its request, instead of all of it.
         # Requests in flight are then bounded by workers x max_message_bytes, plus
-        # max_concurrent_rpcs x 64 KiB for those waiting (8 MiB + 16 MiB by default).
+        # max_concurrent_rpcs x 64 KiB for those waiting (4 MiB + 16 MiB by default).
         ("grpc.http2.bdp_probe", 0),
     ]
     on_malformed = telemetry.record_malformed_request if telemetry is not None else _uncounted
