@@ -47,7 +47,9 @@ DEFAULT_WORKERS = 4
 
 def usable_cores() -> int:
     """The cores this process may run on (its affinity, which containers and taskset set)."""
-    return len(os.sched_getaffinity(0)) or 1
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1  # no affinity API (macOS)
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -467,6 +469,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _stop_with_parent() -> None:
     """A `--processes` child stops (SIGTERM, a clean stop) when its supervisor dies, even by
     SIGKILL: else it would go on serving the shared port with nothing left to stop it."""
+    if not sys.platform.startswith("linux"):
+        return  # prctl is Linux's; elsewhere a killed supervisor leaves its children serving
     import ctypes
 
     pr_set_pdeathsig = 1
