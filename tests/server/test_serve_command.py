@@ -29,6 +29,7 @@ from signoff.client.masking import key_id
 from signoff.cmd import serve
 from signoff.devcerts import create_dev_certs
 from signoff.engine.evaluator import Engine
+from signoff.errors import ConfigError
 from signoff.keys import derive
 from signoff.server import app
 from signoff.v1 import signoff_pb2 as pb
@@ -406,6 +407,14 @@ def test_processes_default_to_one_per_usable_core() -> None:
     assert serve.from_args(args).processes == len(os.sched_getaffinity(0))
     args = build_parser().parse_args(["serve", "--rules", str(RULES), "--processes", "1"])
     assert serve.from_args(args).processes == 1
+
+
+def test_watchers_have_their_own_budget_of_at_least_one() -> None:
+    args = build_parser().parse_args(["serve", "--rules", str(RULES)])
+    assert serve.from_args(args).max_watchers == 16
+    args = build_parser().parse_args(["serve", "--rules", str(RULES), "--max-watchers", "0"])
+    with pytest.raises(ConfigError, match="--max-watchers"):
+        serve.from_args(args)
 
 
 def test_metrics_addresses_give_each_process_its_own_port() -> None:
