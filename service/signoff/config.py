@@ -41,3 +41,4 @@ class Config:
     max_pending_approvals: int = DEFAULT_MAX_PENDING_PER_REQUESTER
     max_message_bytes: int = Limits.max_message_bytes
     max_concurrent_rpcs: int = Limits.max_concurrent_rpcs
+    max_watchers: int = 16  # open WatchApproval streams per process, on threads of their own

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import FrameType
 
 log = logging.getLogger("signoff.supervisor")
@@ -44,9 +44,15 @@ def _reserve(address: str) -> tuple[socket.socket, str]:
     return sock, f"{host}:{sock.getsockname()[1]}"
 
 
-def supervise(address: str, child_env: Mapping[str, str], processes: int) -> int:
+def supervise(
+    address: str,
+    child_env: Mapping[str, str],
+    processes: int,
+    own: Sequence[Mapping[str, str]] = (),
+) -> int:
     """Run `processes` serving children until SIGTERM/SIGINT or until one of them exits.
-    `child_env` is each child's environment: the parent's resolved options, as variables."""
+    `child_env` is each child's environment: the parent's resolved options, as variables;
+    `own[i]`, when given, adds what child i alone gets (e.g. its metrics port)."""
     try:
         reservation, address = _reserve(address)
     except OSError as exc:
@@ -73,11 +79,11 @@ def supervise(address: str, child_env: Mapping[str, str], processes: int) -> int
     children += [
         subprocess.Popen(
             [sys.executable, "-m", "signoff.cli", "serve"],
-            env=env,
+            env={**env, **(own[i] if i < len(own) else {})},
             stdout=subprocess.PIPE,
             text=True,
         )
-        for _ in range(processes)
+        for i in range(processes)
     ]
     try:
         ready = [_ready_line(child) for child in children]

@@ -118,6 +118,8 @@ class AuditSelection:
         )
 
     def pick(self, section: str, values: Mapping[str, Any]) -> dict[str, Any]:
+        if not self.attributes or not values:  # the default keeps none: nothing to look at
+            return {}
         return {k: v for k, v in sorted(values.items()) if f"{section}.{k}" in self.attributes}
 
 
@@ -181,7 +183,11 @@ class Views:
         sel = self.audit_selection
         # Plan paths start at a top-level key, so masking just the kept keys gives the same
         # values as masking everything first, without copying what is then thrown away.
-        kept = {k: v for k, v in sorted(request.payload.items()) if k in sel.payload_keys}
+        kept = (
+            {k: v for k, v in sorted(request.payload.items()) if k in sel.payload_keys}
+            if sel.payload_keys
+            else {}
+        )
         payload = (
             apply_mask(kept, self.plan(decision), keys=self._keys, lenient=True) if kept else {}
         )

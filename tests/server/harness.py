@@ -105,6 +105,8 @@ def serve_environment(prefix: str, extra: Mapping[str, str] | None = None) -> di
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNOFF_")}
     env["SIGNOFF_REDIS_PREFIX"] = prefix
     env["SIGNOFF_HTTP_ADDRESS"] = "127.0.0.1:0"  # the default 8080 may be taken
+    # One process (the default is one per core): tests of the supervisor ask for more.
+    env["SIGNOFF_PROCESSES"] = "1"
     env.update(extra or {})
     return env
 

@@ -7,9 +7,11 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
@@ -22,9 +24,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from signoff.bundles.keys import generate_keys
 from signoff.bundles.signing import sign_bundle
+from signoff.cli import build_parser
 from signoff.client.masking import key_id
+from signoff.cmd import serve
 from signoff.devcerts import create_dev_certs
 from signoff.engine.evaluator import Engine
+from signoff.errors import ConfigError
 from signoff.keys import derive
 from signoff.server import app
 from signoff.v1 import signoff_pb2 as pb
@@ -357,10 +362,79 @@ def test_a_serving_process_dying_stops_the_others_with_an_error() -> None:
         assert not _alive(second)
 
 
-def test_prometheus_endpoint_with_several_processes_is_refused() -> None:
-    result = _run(*SERVE_BUNDLED[1:], "--processes", "2", "--metrics-address", "127.0.0.1:0")
+def _free_port_pair() -> int:
+    """A port p with p and p+1 both free just now."""
+    for _ in range(50):
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", 0))
+            port = int(first.getsockname()[1])
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no two consecutive free ports")
+
+
+def _metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=TIMEOUT) as reply:
+        return str(reply.read().decode())
+
+
+def test_each_of_several_processes_serves_its_own_metrics_on_consecutive_ports() -> None:
+    port = _free_port_pair()
+    with _serve(
+        *SERVE_BUNDLED[1:], "--processes", "2", "--metrics-address", f"127.0.0.1:{port}"
+    ) as served:
+        for _ in range(6):
+            with channel_to(served.port) as channel:
+                pb_grpc.DecisionServiceStub(channel).Check(allowed_read(), timeout=TIMEOUT)
+        pages = [_metrics(port), _metrics(port + 1)]
+        code, _, err = _stop(served)
+    assert code == 0, err
+    assert all("signoff" in page for page in pages)
+
+
+def test_metrics_ports_past_the_last_port_are_refused() -> None:
+    result = _run(*SERVE_BUNDLED[1:], "--processes", "2", "--metrics-address", "127.0.0.1:65535")
     assert result.returncode == 2
-    assert "OTLP" in result.stderr
+    assert "65535" in result.stderr
+
+
+def test_processes_default_to_one_per_usable_core() -> None:
+    args = build_parser().parse_args(["serve", "--rules", str(RULES)])
+    assert args.processes == 0
+    assert serve.from_args(args).processes == len(os.sched_getaffinity(0))
+    args = build_parser().parse_args(["serve", "--rules", str(RULES), "--processes", "1"])
+    assert serve.from_args(args).processes == 1
+
+
+def test_watchers_have_their_own_budget_of_at_least_one() -> None:
+    args = build_parser().parse_args(["serve", "--rules", str(RULES)])
+    assert serve.from_args(args).max_watchers == 16
+    args = build_parser().parse_args(["serve", "--rules", str(RULES), "--max-watchers", "0"])
+    with pytest.raises(ConfigError, match="--max-watchers"):
+        serve.from_args(args)
+
+
+def test_metrics_addresses_give_each_process_its_own_port() -> None:
+    assert serve.metrics_addresses("127.0.0.1:9000", 3) == [
+        "127.0.0.1:9000",
+        "127.0.0.1:9001",
+        "127.0.0.1:9002",
+    ]
+    assert serve.metrics_addresses("127.0.0.1:0", 2) == ["127.0.0.1:0", "127.0.0.1:0"]
+
+
+def test_a_supervised_process_stops_when_its_supervisor_is_killed() -> None:
+    with _serve(*SERVE_BUNDLED[1:], "--processes", "2", "--workers", "2") as served:
+        children = _children(served.process.pid)
+        served.process.kill()
+        served.process.wait(timeout=STARTUP_SECONDS)
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while any(_alive(c) for c in children) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(c) for c in children)
 
 
 def test_sighup_reloads_the_bundle_and_a_refused_one_keeps_the_old(tmp_path: Path) -> None:

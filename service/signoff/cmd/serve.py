@@ -40,6 +40,16 @@ if TYPE_CHECKING:
     from signoff.views import Views
 
 LOG_LEVELS = options.LOG_LEVELS
+# Measured (docs/performance.md): more busy threads per process contend for its GIL; fewer
+# leave a core idle while a call waits on Redis.
+DEFAULT_WORKERS = 4
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, which containers and taskset set)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1  # no affinity API (macOS)
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -138,16 +148,27 @@ def _serve_settings() -> tuple[Setting, ...]:
         "--workers",
         type=int,
         env="SIGNOFF_WORKERS",
-        default="8",
-        help="gRPC worker threads (SIGNOFF_WORKERS; default 8)",
+        default=str(DEFAULT_WORKERS),
+        help="gRPC worker threads per process for unary calls; approval watches have threads "
+        f"of their own (SIGNOFF_WORKERS; default {DEFAULT_WORKERS})",
     )
     option(
         "--processes",
         type=int,
         env="SIGNOFF_PROCESSES",
-        default="1",
-        help="serving processes sharing the address (SIGNOFF_PROCESSES; default 1). Each "
-        "runs --workers threads; more than one uses every core, as Python threads cannot.",
+        default="0",
+        help="serving processes sharing the address (SIGNOFF_PROCESSES; default 0: one per "
+        "usable core). Each runs --workers threads; more than one uses every core, as Python "
+        "threads cannot.",
+    )
+    option(
+        "--max-watchers",
+        type=int,
+        env="SIGNOFF_MAX_WATCHERS",
+        default="16",
+        help="WatchApproval streams open at once per process, each on a thread of its own "
+        "beside the --workers; more are refused with RESOURCE_EXHAUSTED "
+        "(SIGNOFF_MAX_WATCHERS; default 16)",
     )
     option(
         "--decision-cache",
@@ -199,7 +220,8 @@ def _serve_settings() -> tuple[Setting, ...]:
         env="SIGNOFF_METRICS_ADDRESS",
         default="",
         help="host:port serving Prometheus metrics (SIGNOFF_METRICS_ADDRESS; default off). "
-        "Traces and OTLP metrics follow the standard OTEL_* variables.",
+        "With several --processes, process i serves on port+i (scrape them all; port 0: each "
+        "its own free port). Traces and OTLP metrics follow the standard OTEL_* variables.",
     )
     option(
         "--audit",
@@ -265,8 +287,10 @@ def from_args(args: argparse.Namespace) -> config_mod.Config:
         raise ConfigError("--audit-max-records must be at least 1")
     if args.max_batch_items < 1:
         raise ConfigError("--max-batch-items must be at least 1")
-    if args.processes < 1:
-        raise ConfigError("--processes must be at least 1")
+    if args.processes < 0:
+        raise ConfigError("--processes must not be negative (0: one per usable core)")
+    if args.max_watchers < 1:
+        raise ConfigError("--max-watchers must be at least 1")
     if args.decision_cache < 0:
         raise ConfigError("--decision-cache must not be negative")
     if args.max_pending_approvals < 0:
@@ -279,11 +303,9 @@ def from_args(args: argparse.Namespace) -> config_mod.Config:
         raise ConfigError("--max-concurrent-rpcs must not be negative")
     if not args.bundle_public_key and Path(args.rules).is_file():
         raise ConfigError("--rules is a file; a signed bundle needs --bundle-public-key")
-    if args.processes > 1 and args.metrics_address:
-        raise ConfigError(
-            "--metrics-address would serve one process's metrics only; with --processes "
-            "above 1, export metrics over OTLP (OTEL_METRICS_EXPORTER=otlp)"
-        )
+    processes = args.processes or usable_cores()
+    if args.metrics_address:
+        metrics_addresses(args.metrics_address, processes)  # refused here, not in a child
     tls = _tls(args)
     if tls is None and args.allow_plaintext != "on" and not is_loopback(args.address):
         raise ConfigError(
@@ -309,7 +331,7 @@ def from_args(args: argparse.Namespace) -> config_mod.Config:
         audit_max_records=args.audit_max_records,
         audit_attributes=tuple(a for a in args.audit_attributes.split(",") if a.strip()),
         audit_payload_keys=tuple(k for k in args.audit_payload_keys.split(",") if k.strip()),
-        processes=args.processes,
+        processes=processes,
         decision_cache=args.decision_cache,
         bundle_public_key=Path(args.bundle_public_key) if args.bundle_public_key else None,
         share_port=os.environ.get(SHARE_PORT_ENV) == "1",
@@ -317,7 +339,29 @@ def from_args(args: argparse.Namespace) -> config_mod.Config:
         max_pending_approvals=args.max_pending_approvals,
         max_message_bytes=args.max_message_bytes,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
+        max_watchers=args.max_watchers,
     )
+
+
+def metrics_addresses(address: str, processes: int) -> list[str]:
+    """The Prometheus address of each of `processes` serving processes: port, port+1, ...
+
+    Each process counts only its own calls; one endpoint per process keeps every count exact
+    (a scrape sums them by target), where one shared endpoint would show whichever process the
+    scrape reached. Port 0 gives each process a free port of its own.
+    """
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"--metrics-address must be host:port, not {address!r}")
+    first = int(port)
+    if first == 0:
+        return [address] * processes
+    if first + processes - 1 > 65535:
+        raise ConfigError(
+            f"--metrics-address {address}: {processes} processes need ports {first} to "
+            f"{first + processes - 1}, past 65535"
+        )
+    return [f"{host}:{first + i}" for i in range(processes)]
 
 
 def _tls(args: argparse.Namespace) -> TLSFiles | None:
@@ -400,7 +444,9 @@ def _serve(args: argparse.Namespace) -> int:
         cfg = from_args(args)
         http = http_options(args, cfg.tls)
         if cfg.processes > 1:
-            return _supervise(args, cfg.processes, http)
+            return _supervise(args, cfg.processes, http, cfg.metrics_address)
+        if cfg.share_port:
+            _stop_with_parent()
         identity_config = from_env(os.environ)
         identity = authenticator_for(identity_config)
         telemetry = Telemetry.from_env(os.environ, prometheus_address=cfg.metrics_address or None)
@@ -420,14 +466,36 @@ def _serve(args: argparse.Namespace) -> int:
         telemetry.shutdown()
 
 
-def _supervise(args: argparse.Namespace, processes: int, http: HttpOptions) -> int:
+def _stop_with_parent() -> None:
+    """A `--processes` child stops (SIGTERM, a clean stop) when its supervisor dies, even by
+    SIGKILL: else it would go on serving the shared port with nothing left to stop it."""
+    if not sys.platform.startswith("linux"):
+        return  # prctl is Linux's; elsewhere a killed supervisor leaves its children serving
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() == 1:  # the supervisor died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _supervise(
+    args: argparse.Namespace, processes: int, http: HttpOptions, metrics: str = ""
+) -> int:
     """`--processes N`: the children share the gRPC address and, with SO_REUSEPORT, the
-    HTTP one; an HTTP port 0 is resolved here and held until they listen, so all take one."""
+    HTTP one; an HTTP port 0 is resolved here and held until they listen, so all take one.
+    Each serves its own metrics (metrics_addresses)."""
     from signoff.supervisor import supervise
 
     env = child_environment(args, args.address)
+    own = (
+        [{"SIGNOFF_METRICS_ADDRESS": a} for a in metrics_addresses(metrics, processes)]
+        if (metrics)
+        else []
+    )
     if not http.address:
-        return supervise(args.address, env, processes)
+        return supervise(args.address, env, processes, own)
     from signoff.http.gateway_server import listen_socket
 
     try:
@@ -438,7 +506,7 @@ def _supervise(args: argparse.Namespace, processes: int, http: HttpOptions) -> i
     try:
         host = http.address.rpartition(":")[0]
         env["SIGNOFF_HTTP_ADDRESS"] = f"{host}:{reservation.getsockname()[1]}"
-        return supervise(args.address, env, processes)
+        return supervise(args.address, env, processes, own)
     finally:
         reservation.close()
 
@@ -540,7 +608,7 @@ def _serve_with(
         digest_key=keys.digest,
         views=views,
         telemetry=telemetry,
-        max_watchers=cfg.workers // 2,
+        max_watchers=cfg.max_watchers,
     )
     # Handlers go in before the ready line: a supervisor may stop us the moment it sees it.
     stop = threading.Event()
@@ -557,6 +625,7 @@ def _serve_with(
             cfg.address,
             hash_key_id=views.hash_key_id,
             workers=cfg.workers,
+            streams=cfg.max_watchers,
             share_port=cfg.share_port,
             decision_cache=cfg.decision_cache,
             limits=convert.Limits(

@@ -25,6 +25,7 @@ from signoff.server.approvals import ApprovalService
 from signoff.server.embedded import SERVICE_NAME as EMBEDDED_SERVICE_NAME
 from signoff.server.embedded import Embedded, EmbeddedService
 from signoff.server.parsing import ParsingServer, RequestParsing
+from signoff.server.pool import StreamsOnPool, streams_pool
 from signoff.server.reload import POLICY_HEALTH, LoadStatus, PolicyReloader
 from signoff.server.service import DecisionService
 from signoff.server.tls import ServerTLS
@@ -66,10 +67,13 @@ class Running:
     decisions: DecisionService
     health: health.HealthServicer
     reloader: PolicyReloader | None = None
+    streams: futures.ThreadPoolExecutor | None = None
 
     def stop(self, grace: float | None = 5.0) -> None:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.streams is not None:
+            self.streams.shutdown(wait=False)
 
 
 def start(
@@ -78,6 +82,7 @@ def start(
     *,
     hash_key_id: str,
     workers: int = 8,
+    streams: int = 4,
     share_port: bool = False,
     decision_cache: int = 4096,
     limits: convert.Limits | None = None,
@@ -92,7 +97,9 @@ def start(
 ) -> Running:
     """Start serving on `address` ("host:port"; port 0 picks a free one), over TLS when `tls`
     is given. `share_port` lets the processes of `signoff serve --processes N` listen on one
-    port."""
+    port. `workers` threads serve unary calls; response streams (approval watches, at most
+    `streams` open at once, approvals.py) have threads of their own, so open watches never
+    take a thread a check needs."""
     limits = limits or convert.Limits()
     options = [
         # Unless sharing is meant, a second server on the same port must fail loudly, not
@@ -103,13 +110,14 @@ def start(
         # Without BDP probing, HTTP/2 flow-control windows stay at their initial 64 KiB: a call
         # waiting for a worker holds at most that much of its request, instead of all of it.
         # Requests in flight are then bounded by workers x max_message_bytes, plus
-        # max_concurrent_rpcs x 64 KiB for those waiting (8 MiB + 16 MiB by default).
+        # max_concurrent_rpcs x 64 KiB for those waiting (4 MiB + 16 MiB by default).
         ("grpc.http2.bdp_probe", 0),
     ]
     on_malformed = telemetry.record_malformed_request if telemetry is not None else _uncounted
+    stream_threads = streams_pool(streams)
     interceptors: list[grpc.ServerInterceptor] = []  # type: ignore[type-arg]
     if telemetry is not None and telemetry.exports_spans:
-        interceptors.append(telemetry.server_interceptor())
+        interceptors.append(StreamsOnPool(telemetry.server_interceptor(), stream_threads))
     # When nothing exports spans no RPC gets one (nobody would see it): the server then has
     # no interceptor, and grpc runs no interceptor pipeline per call. Decisions' audit records
     # still get the trace id the span would have had (DecisionService.traced). Requests are
@@ -120,7 +128,7 @@ def start(
         interceptors=interceptors,
         maximum_concurrent_rpcs=limits.max_concurrent_rpcs or None,
     )
-    registrar: Any = ParsingServer(server, RequestParsing(on_malformed))
+    registrar: Any = ParsingServer(server, RequestParsing(on_malformed), stream_threads)
     decisions = DecisionService(
         engine,
         hash_key_id=hash_key_id,
@@ -191,4 +199,4 @@ def start(
         engine.bundle.rule_count,
         engine.bundle.backend.name,
     )
-    return Running(server, port, decisions, health_servicer, reloader)
+    return Running(server, port, decisions, health_servicer, reloader, stream_threads)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from typing import Any
+from typing import Any, NoReturn
 
 from google.protobuf import struct_pb2
 
@@ -93,75 +93,133 @@ def _bounded_struct(s: struct_pb2.Struct, field: str, limits: Limits) -> dict[st
         raise InvalidRequest(field + "".join(reversed(bad.steps)), bad.message) from None
 
 
-def _text(value: str, field: str, limits: Limits, *, required: bool = False) -> str:
-    if required and not value:
+def _refuse_text(value: str, field: str, limits: Limits) -> NoReturn:
+    if not value:
         raise InvalidRequest(field, "is required")
+    raise InvalidRequest(field, f"longer than {limits.max_id_length} characters")
+
+
+def _text(value: str, field: str, limits: Limits) -> str:
+    """An optional text field, at most max_id_length long."""
     if len(value) > limits.max_id_length:
-        raise InvalidRequest(field, f"longer than {limits.max_id_length} characters")
+        _refuse_text(value, field, limits)
     return value
 
 
-def to_request(msg: pb.CheckRequest, limits: Limits) -> model.Request:
-    """Validate a CheckRequest; raises InvalidRequest naming the first offending field."""
-    if not msg.HasField("principal"):
-        raise InvalidRequest("principal", "is required")
-    p = msg.principal
+# Field names below are made only for a refusal: formatting them for every field of every
+# valid request was a good part of the conversion's cost.
+
+
+def _principal(p: pb.Principal, limits: Limits) -> model.Principal:
     kind = _KINDS.get(p.kind)
     if kind is None:
         if p.kind == pb.PRINCIPAL_KIND_UNSPECIFIED:
             raise InvalidRequest("principal.kind", "is required (human, agent or service)")
         raise InvalidRequest("principal.kind", f"unknown value {p.kind}")
-    if len(p.roles) > limits.max_roles:
+    roles = tuple(p.roles)
+    if len(roles) > limits.max_roles:
         raise InvalidRequest("principal.roles", f"more than {limits.max_roles} roles")
-    for i, role in enumerate(p.roles):
-        _text(role, f"principal.roles[{i}]", limits, required=True)
-    principal = model.Principal(
-        id=_text(p.id, "principal.id", limits, required=True),
+    longest = limits.max_id_length
+    for i, role in enumerate(roles):
+        if not role or len(role) > longest:
+            _refuse_text(role, f"principal.roles[{i}]", limits)
+    principal_id = p.id
+    if not principal_id or len(principal_id) > longest:
+        _refuse_text(principal_id, "principal.id", limits)
+    return model.Principal(
+        id=principal_id,
         kind=kind,
-        roles=tuple(p.roles),
+        roles=roles,
         attributes=_bounded_struct(p.attributes, "principal.attributes", limits),
     )
-    action = _text(msg.action, "action", limits, required=True)
+
+
+class Principals:
+    """Converted principals by their encoded bytes, for `limits`: the items of a batch, and a
+    caller's successive checks, mostly name one principal, converted (roles, attributes) once.
+    Only valid ones are kept, so a refusal is made, and worded, as without the cache. Equal
+    bytes are an equal message, so a kept principal is what converting it again would give."""
+
+    def __init__(self, limits: Limits, entries: int = 1024) -> None:
+        self.limits = limits
+        self._entries = entries
+        self._kept: dict[bytes, model.Principal] = {}
+
+    def get(self, p: pb.Principal) -> model.Principal:
+        key = p.SerializeToString()
+        found = self._kept.get(key)
+        if found is None:
+            found = _principal(p, self.limits)
+            if len(self._kept) >= self._entries:
+                self._kept.clear()  # a crude bound: principals change rarely
+            self._kept[key] = found
+        return found
+
+
+def to_request(
+    msg: pb.CheckRequest, limits: Limits, principals: Principals | None = None
+) -> model.Request:
+    """Validate a CheckRequest; raises InvalidRequest naming the first offending field.
+    `principals` (made for the same `limits`) reuses the conversion of a principal seen
+    before."""
+    if not msg.HasField("principal"):
+        raise InvalidRequest("principal", "is required")
+    principal = (
+        _principal(msg.principal, limits) if principals is None else principals.get(msg.principal)
+    )
+    longest = limits.max_id_length
+    action = msg.action
+    if not action or len(action) > longest:
+        _refuse_text(action, "action", limits)
     if not msg.HasField("resource"):
         raise InvalidRequest("resource", "is required")
     r = msg.resource
     if len(r.fields) > limits.max_fields:
         raise InvalidRequest("resource.fields", f"more than {limits.max_fields} fields")
     fields = []
+    most_tags = limits.max_tags_per_field
     for i, f in enumerate(r.fields):
-        where = f"resource.fields[{i}]"
-        if len(f.tags) > limits.max_tags_per_field:
-            raise InvalidRequest(f"{where}.tags", f"more than {limits.max_tags_per_field} tags")
-        path = _text(f.path, f"{where}.path", limits, required=True)
+        tags = tuple(f.tags)
+        if len(tags) > most_tags:
+            raise InvalidRequest(f"resource.fields[{i}].tags", f"more than {most_tags} tags")
+        path = f.path
+        if not path or len(path) > longest:
+            _refuse_text(path, f"resource.fields[{i}].path", limits)
         # A tagged path can come back in the masking plan, which callers and the reviewers'
         # view must be able to apply: the plan's paths have no empty segment (docs/masking.md).
-        if "" in path.split("."):
-            raise InvalidRequest(f"{where}.path", "has an empty segment ('a..b', '.a', 'a.')")
-        fields.append(
-            model.FieldRef(
-                path=path,
-                tags=tuple(_text(t, f"{where}.tags", limits, required=True) for t in f.tags),
+        if path[0] == "." or path[-1] == "." or ".." in path:
+            raise InvalidRequest(
+                f"resource.fields[{i}].path", "has an empty segment ('a..b', '.a', 'a.')"
             )
-        )
+        for tag in tags:
+            if not tag or len(tag) > longest:
+                _refuse_text(tag, f"resource.fields[{i}].tags", limits)
+        fields.append(model.FieldRef(path=path, tags=tags))
+    kind = r.kind
+    if not kind or len(kind) > longest:
+        _refuse_text(kind, "resource.kind", limits)
     resource = model.Resource(
-        kind=_text(r.kind, "resource.kind", limits, required=True),
+        kind=kind,
         id=_text(r.id, "resource.id", limits),
         attributes=_bounded_struct(r.attributes, "resource.attributes", limits),
         fields=tuple(fields),
     )
-    c = msg.context
-    when = None
-    if c.HasField("time"):
-        try:
-            when = c.time.ToDatetime(tzinfo=dt.UTC)
-        except (ValueError, OverflowError):
-            raise InvalidRequest("context.time", "not a valid timestamp") from None
-    context = model.Context(
-        environment=_text(c.environment, "context.environment", limits),
-        time=when,
-        source_ip=_text(c.source_ip, "context.source_ip", limits),
-        attributes=_bounded_struct(c.attributes, "context.attributes", limits),
-    )
+    if msg.HasField("context"):
+        c = msg.context
+        when = None
+        if c.HasField("time"):
+            try:
+                when = c.time.ToDatetime(tzinfo=dt.UTC)
+            except (ValueError, OverflowError):
+                raise InvalidRequest("context.time", "not a valid timestamp") from None
+        context = model.Context(
+            environment=_text(c.environment, "context.environment", limits),
+            time=when,
+            source_ip=_text(c.source_ip, "context.source_ip", limits),
+            attributes=_bounded_struct(c.attributes, "context.attributes", limits),
+        )
+    else:
+        context = model.Context()  # an unset context reads as all defaults
     return model.Request(
         principal=principal,
         action=action,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures
 from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from signoff.errors import InvalidRequest
+from signoff.server.pool import on_pool
 from signoff.server.status import abort
 
 _Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
@@ -104,16 +106,27 @@ class ParsingServer:
     through it parses its own requests as RequestParsing's do, with no interceptor. A server
     without interceptors runs no interceptor pipeline per call, which costs every call more
     than most handlers take; tracing, when spans are exported, stays an interceptor around
-    these handlers (so its span still covers a refused request)."""
+    these handlers (so its span still covers a refused request). With `streams`, handlers
+    streaming their responses run on that pool (pool.py), not on the server's workers."""
 
-    def __init__(self, server: grpc.Server, parsing: RequestParsing) -> None:
+    def __init__(
+        self,
+        server: grpc.Server,
+        parsing: RequestParsing,
+        streams: futures.ThreadPoolExecutor | None = None,
+    ) -> None:
         self._server = server
         self._parsing = parsing
+        self._streams = streams
+
+    def _made(self, method: str, handler: _Handler | None) -> _Handler | None:
+        made = self._parsing.handler(method, handler)
+        return made if self._streams is None else on_pool(made, self._streams)
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, _Handler]) -> None:
         wrapped = {}
         for name, handler in handlers.items():
-            made = self._parsing.handler(f"/{service}/{name}", handler)
+            made = self._made(f"/{service}/{name}", handler)
             assert made is not None  # a handler in, a handler out
             wrapped[name] = made
         register: Any = self._server.add_registered_method_handlers  # type: ignore[attr-defined]
@@ -123,15 +136,19 @@ class ParsingServer:
         self, handlers: Sequence[grpc.GenericRpcHandler[Any, Any]]
     ) -> None:
         self._server.add_generic_rpc_handlers(
-            tuple(_ParsingGeneric(handler, self._parsing) for handler in handlers)
+            tuple(_ParsingGeneric(handler, self._made) for handler in handlers)
         )
 
 
 class _ParsingGeneric(grpc.GenericRpcHandler):  # type: ignore[type-arg]
-    def __init__(self, inner: grpc.GenericRpcHandler[Any, Any], parsing: RequestParsing) -> None:
+    def __init__(
+        self,
+        inner: grpc.GenericRpcHandler[Any, Any],
+        made: Callable[[str, _Handler | None], _Handler | None],
+    ) -> None:
         self._inner = inner
-        self._parsing = parsing
+        self._made = made
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> _Handler | None:
         found: _Handler | None = self._inner.service(handler_call_details)
-        return self._parsing.handler(handler_call_details.method, found)
+        return self._made(handler_call_details.method, found)

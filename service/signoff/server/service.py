@@ -74,6 +74,7 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         self._decisions = DecisionCache(engine, cache_entries)
         self._hash_key_id = hash_key_id
         self._limits = limits or convert.Limits()
+        self._principals = convert.Principals(self._limits)
         self._core = Decisions(approvals=approvals, telemetry=telemetry, audit=audit, views=views)
         self._on_malformed = on_malformed
         # Nothing exports spans: the calls run without an RPC span (see `traced`), and the
@@ -164,7 +165,9 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         def parse() -> Request:
             # Only a request the cache does not hold is parsed; one it held was valid.
             return convert.to_request(
-                msg if msg is not None else pb.CheckRequest.FromString(raw), self._limits
+                msg if msg is not None else pb.CheckRequest.FromString(raw),
+                self._limits,
+                self._principals,
             )
 
         outcome = self._core.check(
@@ -227,7 +230,7 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         outcome = self._core.check(
             decisions,
             msg.SerializeToString() if decisions.keeps else b"",
-            lambda: convert.to_request(msg, self._limits),
+            lambda: convert.to_request(msg, self._limits, self._principals),
             caller=caller,
             item_index=item_index,
         )
