@@ -17,7 +17,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from signoff import config as config_mod
-from signoff import logsetup
+from signoff import heap, logsetup
 from signoff.approvals.store import DEFAULT_MAX_PENDING_PER_REQUESTER
 from signoff.client.cmd.settings import Setting, add_settings
 from signoff.client.tls import is_loopback
@@ -664,6 +664,7 @@ def _serve_with(
     # SIGHUP reloads the bundle now; the watcher also reloads once changed files settle.
     signal.signal(signal.SIGHUP, lambda signum, frame: reloader.request())
     threading.Thread(target=reloader.watch, args=(stop,), name="policy-watch", daemon=True).start()
+    heap.settle()
     print(
         f"signoff listening on {cfg.address.rsplit(':', 1)[0]}:{running.port} "
         f"revision {bundle.revision[:12]} ({bundle.rule_count} rules)"

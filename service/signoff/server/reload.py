@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from signoff import heap
 from signoff.engine.compiled import Bundle
 from signoff.engine.evaluator import Engine
 from signoff.errors import ConfigError, PolicyError, Problem
@@ -93,6 +94,7 @@ class PolicyReloader:
             changed = bundle.revision != current.revision
             if changed:
                 self._service.engine = self._make_engine(bundle)
+                heap.settle()
                 log.info(
                     "policy bundle reloaded: revision %s -> %s (%d rules)",
                     current.revision[:12],
