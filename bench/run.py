@@ -106,11 +106,13 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5))
     systems = sorted({r["system"] for r in rows}, key=lambda s: (s != "cerbos", s))
     shapes = sorted({r["shape"] for r in rows})
     styles = ["-o", "--s", ":^", "-.v"]
-    for system in systems:
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for n, system in enumerate(systems):
+        colour = colours[n % len(colours)]  # one colour a system, one line style a shape
         for shape, style in zip(shapes, styles * len(shapes), strict=False):
             mine = sorted(
                 (r for r in rows if r["system"] == system and r["shape"] == shape),
@@ -120,8 +122,10 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
                 continue
             x = [r["concurrency"] for r in mine]
             label = f"{system} {shape}"
-            left.plot(x, [r["checks_per_s"] for r in mine], style, label=label)
-            right.plot(x, [r["server_cpu_us_per_check"] for r in mine], style, label=label)
+            left.plot(x, [r["checks_per_s"] for r in mine], style, color=colour, label=label)
+            right.plot(
+                x, [r["server_cpu_us_per_check"] for r in mine], style, color=colour, label=label
+            )
     left.set(
         xlabel="concurrent callers", ylabel="checks / s", title="Throughput (higher is better)"
     )
@@ -133,7 +137,7 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
     for ax in (left, right):
         ax.set_xscale("log", base=2)
         ax.grid(True, alpha=0.3)
-    right.legend(fontsize=8)
+    right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.suptitle("signoff vs Cerbos, same 2-core machine, same load generator, same run")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -381,9 +381,7 @@ def section(quick: bool = False) -> targets.Section:
     )
     if any(n.startswith("Cerbos skipped") for n in notes):
         text = "\n".join(n for n in notes if n.startswith("Cerbos skipped")) + "\n\n" + text
-    return targets.Section(
-        "signoff vs Cerbos and the bare gRPC floor", found, text, {"vs_cerbos": rows}
-    )
+    return targets.Section("signoff vs Cerbos and the bare gRPC floor", found, text, {"grpc": rows})
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

@@ -36,6 +36,8 @@ def test_quick_run_reports_every_sections_targets_and_writes_only_where_asked(
     markdown = (tmp_path / "latest.md").read_text()
     assert "QUICK sizes" in markdown
     assert markdown.count("| PASS |") + markdown.count("| **FAIL** |") == len(document["targets"])
+    # The gRPC comparison's rows reach the chart (its section hands them over as "grpc").
+    assert f"]({run.CHART_NAME})" in markdown
     # Quick figures never replace the published ones.
     assert {p: p.read_bytes() for p in published} == published
 

@@ -9,7 +9,7 @@ def test_quick_vs_cerbos_bench_measures_every_shape_with_right_answers() -> None
     # Quick mode checks the answers to every load payload (repeated and distinct) before
     # timing, and a wrong answer raises; every measured call must succeed too.
     result = vs_cerbos.section(quick=True)
-    rows = result.data["vs_cerbos"]
+    rows = result.data["grpc"]
     assert rows
     assert all(r["ok"] for r in rows)
     assert {r["shape"] for r in rows} == {"check", "1x3", "20x3", "20x3-distinct"}
