@@ -58,17 +58,21 @@ def test_the_writer_trims_by_itself(make_log: MakeLog, r: redis.Redis) -> None:
     assert log.stats()["trimmed"] == 150
 
 
+# Long enough that writing and flushing 20 records on a loaded machine stays within it.
+AGE_MS = 1500
+
+
 def test_max_age_trims_old_records_but_keeps_the_last(make_log: MakeLog, r: redis.Redis) -> None:
-    log = make_log(max_records=None, max_age=dt.timedelta(milliseconds=300))
+    log = make_log(max_records=None, max_age=dt.timedelta(milliseconds=AGE_MS))
     write(log, 30)
-    time.sleep(0.4)
+    time.sleep(AGE_MS / 1000 + 0.1)
     write(log, 20, start=30)
 
     assert log.enforce_retention("decisions") == 30
     assert [x["seq"] for x in records(r, log.keys["decisions"].stream)] == list(range(31, 51))
     assert log.verify("decisions").ok
 
-    time.sleep(0.4)
+    time.sleep(AGE_MS / 1000 + 0.1)
     # Everything is old now; the last record stays so the chain keeps a start and an end.
     assert log.enforce_retention("decisions") == 19
     assert log.verify("decisions").checked == 1
