@@ -16,6 +16,7 @@ from signoff.client.plan import MaskEntry, MaskOperator, MaskPlan
 pa = pytest.importorskip("pyarrow")
 pd = pytest.importorskip("pandas")
 
+from signoff.client import masking_columns  # noqa: E402
 from signoff.client.masking_columns import mask_column, mask_columns  # noqa: E402
 
 KEY = b"columns-key"
@@ -64,6 +65,42 @@ operator_entries = st.builds(
 def test_a_string_column_is_masked_as_the_rows_are(values: list[Any], field: MaskEntry) -> None:
     plan = MaskPlan((field,))
     masked = mask_column(pa.array(values, pa.string()), "c", compile_mask(plan, keys=KEYS))
+    assert masked.to_pylist() == by_rows(values, plan)
+
+
+# Runs of ASCII-only values between runs of any text: PARTIAL reuses its scratch arrays from
+# block to block, so an ASCII-only block may follow one with multi-byte characters, and back.
+ascii_texts = st.lists(st.one_of(st.none(), st.text(alphabet="aZ9 -.", max_size=8)), max_size=90)
+any_texts = st.lists(
+    st.one_of(
+        st.none(),
+        st.just(""),
+        st.text(max_size=12),
+        # combining marks, 2-, 3- and 4-byte characters
+        st.text(alphabet="aZ9 -e\u0301\u0300é山\U0001f44d\U00010348", max_size=10),
+    ),
+    max_size=90,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    parts=st.lists(st.one_of(ascii_texts, any_texts), min_size=1, max_size=4),
+    keep_first=st.integers(0, 3),
+    keep_last=st.integers(0, 3),
+    cut=st.integers(1, 200),
+)
+def test_partial_over_many_blocks_and_chunks_is_masked_as_the_rows_are(
+    parts: list[list[Any]], keep_first: int, keep_last: int, cut: int
+) -> None:
+    values = [value for part in parts for value in part]
+    plan = MaskPlan((entry(MaskOperator.PARTIAL, keep_first, keep_last),))
+    chunks = [values[i : i + cut] for i in range(0, len(values), cut)]
+    column = pa.chunked_array([pa.array(chunk, pa.string()) for chunk in chunks], pa.string())
+    with pytest.MonkeyPatch.context() as patch:
+        # The smallest blocks (64 values), so that a few hundred values take several.
+        patch.setattr(masking_columns, "_BLOCK_BYTES", 1)
+        masked = mask_column(column, "c", compile_mask(plan, keys=KEYS))
     assert masked.to_pylist() == by_rows(values, plan)
 
 
