@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"127.0.0.1:{http_port}",
         "--workers",
         str(max(8, threads)),
+        # Both faces of one process: its CPU is what is compared, so no serving children.
+        "--processes",
+        "1",
     )
     clients: list[Any] = []
     try:
