@@ -153,3 +153,31 @@ def test_a_malformed_http_address_is_refused() -> None:
 
 def test_the_default_http_address_is_loopback_8080() -> None:
     assert _options().address == "127.0.0.1:8080"
+
+
+def test_a_session_started_on_one_process_is_honoured_by_every_other() -> None:
+    # Each process signs sessions; without a configured secret they must still share one,
+    # or a reviewer's next request, landing on another process, finds itself signed out.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ("--processes", "2", "--workers", "2", "--http-address", f"127.0.0.1:{port}")
+    with served(*args, "--dev-login", "on") as (process, line):
+        assert f"; HTTP on 127.0.0.1:{port}" in line, line
+        url = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=url, timeout=10.0) as login:
+            reply = login.post(
+                "/inbox/login/dev", data={"subject": "ana@acme.io", "roles": "", "groups": ""}
+            )
+            assert reply.status_code == 303, reply.text
+            cookies = dict(login.cookies)
+        assert cookies
+        signed_out = 0
+        for _ in range(30):  # a new connection each: the kernel spreads them over both
+            with httpx.Client(base_url=url, timeout=10.0, cookies=cookies) as client:
+                page = client.get("/inbox")
+            assert page.status_code == 200
+            signed_out += 'name="csrf"' not in page.text
+        assert signed_out == 0
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=STARTUP_SECONDS) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -503,6 +504,10 @@ def _supervise(
     except OSError as exc:
         print(f"signoff: {exc}", file=sys.stderr)
         return 1
+    if not env.get("SIGNOFF_SESSION_SECRET", "").strip():
+        # Each process would otherwise sign inbox sessions with a secret of its own, and a
+        # reviewer's next request, landing on another process, would find them signed out.
+        env["SIGNOFF_SESSION_SECRET"] = secrets.token_urlsafe(48)
     try:
         host = http.address.rpartition(":")[0]
         env["SIGNOFF_HTTP_ADDRESS"] = f"{host}:{reservation.getsockname()[1]}"

@@ -199,8 +199,9 @@ class SecureHeaders:
 def sessions_for(settings: Mapping[str, Any]) -> Sessions:
     """The gateway's session signer, from `public_url`, `session_secret`, `session_seconds`.
 
-    Without a configured secret each process makes its own (sessions end on restart and are
-    not shared between replicas). Cookies are Secure when the public URL is https.
+    Without a configured secret each `signoff serve` makes its own (its `--processes` are
+    handed one by their supervisor; sessions end on restart and are not shared between
+    replicas). Cookies are Secure when the public URL is https.
     """
     secret = str(settings.get("session_secret", "")) or secrets.token_urlsafe(48)
     secure = str(settings.get("public_url", "")).lower().startswith("https://")
