@@ -374,7 +374,7 @@ class Telemetry:
     def untraced_trace_id(self, full_method: str, metadata: object) -> str:
         """For an RPC served without its span (only when nothing exports spans, see
         `exports_spans`): the trace id its span would have had, "" when unsampled.
-        `full_method` is e.g. "signoff.v1.DecisionService/Check"."""
+        `full_method` is the gRPC method path: package.Service/Method."""
         service, _, method = full_method.rpartition("/")
         return self._untraced.trace_id(full_method, service, method, metadata)
 
