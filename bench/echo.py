@@ -71,10 +71,11 @@ def serve(port: int, workers: int) -> tuple[Any, int]:
     """An echo server on 127.0.0.1:`port` (0: a free one); returns (server, port)."""
     import grpc
 
+    from signoff.server import wire
     from signoff.server.app import MAX_RESPONSE_BYTES
 
     check, result = _responses()
-    framed = b"\x0a" + _encode_varint(len(result)) + result
+    framed = wire.field(1, result)  # CheckBatchResponse.results
 
     def on_check(raw: bytes, context: Any) -> bytes:
         return check
@@ -102,15 +103,6 @@ def serve(port: int, workers: int) -> tuple[Any, int]:
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     return server, bound
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 @dataclass
