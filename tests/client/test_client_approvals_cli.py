@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -354,7 +356,13 @@ def test_watch_prints_each_change_and_exits_0_when_approved(
     approval_id = held_grant(requester)
 
     def approve() -> None:
-        time.sleep(0.3)
+        # Vote only once the watch has printed the state it started from (a fixed sleep lost
+        # that race on a loaded machine, and the first change went unseen): the output the
+        # command writes is captured in sys.stdout, read here without consuming it.
+        deadline = time.monotonic() + 10
+        captured: Any = sys.stdout  # pytest's capture buffer while the command runs
+        while "0/2 approvals" not in captured.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.01)
         for name in ("sam", "sue"):
             with SignoffClient(approvals_address, token=tokens[name]) as approver:
                 approver.approve(approval_id, "ok")
