@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import select
 import signal
 import subprocess
 import sys
 import threading
 from concurrent import futures
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from bench.signoff_server import ServedProcess, ready_line
 
 REPO = Path(__file__).resolve().parent.parent
 CHECK = "Check"
@@ -105,37 +105,8 @@ def serve(port: int, workers: int) -> tuple[Any, int]:
     return server, bound
 
 
-@dataclass
-class EchoServer:
+class EchoServer(ServedProcess):
     """A running echo server subprocess."""
-
-    proc: subprocess.Popen[str]
-    port: int
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-    def __enter__(self) -> EchoServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def start_echo(workers: int = 8, timeout: float = 30.0) -> EchoServer:
@@ -147,9 +118,7 @@ def start_echo(workers: int = 8, timeout: float = 30.0) -> EchoServer:
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    line = proc.stdout.readline() if ready else ""
+    line = ready_line(proc, timeout)
     server = EchoServer(proc, 0)
     if not line.startswith("echo listening on "):
         server.stop()

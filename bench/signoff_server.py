@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import redis
 
@@ -21,13 +22,11 @@ HASH_KEY = "bench-secret-bench-secret-bench-secret-0123"
 
 
 @dataclass
-class SignoffServer:
-    """A running `signoff serve` with its own Redis key prefix."""
+class ServedProcess:
+    """A server subprocess a benchmark started (signoff, the echo floor): its port, a stop."""
 
     proc: subprocess.Popen[str]
     port: int
-    prefix: str
-    redis_url: str
 
     @property
     def pid(self) -> int:
@@ -38,7 +37,6 @@ class SignoffServer:
         return f"127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        """Stop the server and delete every Redis key under its prefix."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -48,17 +46,36 @@ class SignoffServer:
                 self.proc.wait()
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def ready_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    """The first line `proc` prints within `timeout` s ("" when none, or when it exited)."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    return proc.stdout.readline() if ready else ""
+
+
+@dataclass
+class SignoffServer(ServedProcess):
+    """A running `signoff serve` with its own Redis key prefix."""
+
+    prefix: str
+    redis_url: str
+
+    def stop(self) -> None:
+        """Stop the server and delete every Redis key under its prefix."""
+        super().stop()
         client = redis.Redis.from_url(self.redis_url)
         keys = list(client.scan_iter(match=f"{self.prefix}*", count=1000))
         for i in range(0, len(keys), 1000):
             client.delete(*keys[i : i + 1000])
         client.close()
-
-    def __enter__(self) -> SignoffServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def start_signoff(
@@ -104,9 +121,7 @@ def start_signoff(
         cwd=REPO,
     )
     server = SignoffServer(proc, 0, prefix, redis_url)
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    line = proc.stdout.readline() if ready else ""  # "" also when the process exited
+    line = ready_line(proc, timeout)
     if not line.startswith("signoff listening on "):
         server.stop()
         raise RuntimeError(f"signoff serve did not start in {timeout} s: {line!r}")
